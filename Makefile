@@ -1,0 +1,38 @@
+# Two commands do all set-up: `make demo` (a whole tournament, then the board) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint serve bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: the project's own range then installs nothing newer.
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test,postgres,distributed]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/arena demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not service"
+
+lint: $(STAMP)
+	$(BIN)/ruff check arena leaderboard plugins tests bench
+	$(BIN)/ruff format --check arena leaderboard plugins tests bench
+
+serve: $(STAMP)
+	$(BIN)/arena serve
+
+bench: $(STAMP)
+	$(BIN)/python bench/match_overhead.py
+
+clean:
+	rm -rf $(VENV) .arena .pytest_cache

@@ -1,0 +1,56 @@
+"""Where the arena keeps its state, read from the environment once per call (no global state).
+
+========================  ==================================================  =========================
+variable                  meaning                                             default
+========================  ==================================================  =========================
+``ARENA_HOME``            database, artifacts cache, secret, logs             ``./.arena``
+``ARENA_DATABASE_URL``    SQLAlchemy URL (PostgreSQL at scale)                SQLite in ``ARENA_HOME``
+``ARENA_DATA_DIR``        MNIST (``mnist.npz`` or the four IDX files)         ``ARENA_HOME/data``
+``ARENA_PLUGIN_DIRS``     extra plugin folders, separated by ``os.pathsep``   the built-in ``plugins/``
+``ARENA_BROKER_URL``      Celery broker (Redis); unset means local executor   unset
+========================  ==================================================  =========================
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the repository's own plugin folders (built-in attacks and defenses), when running from a checkout
+BUILTIN_PLUGIN_DIRS = (
+    Path(__file__).resolve().parent.parent / "plugins" / "attacks",
+    Path(__file__).resolve().parent.parent / "plugins" / "defenses",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The arena's settings for one process."""
+
+    home: Path
+    database_url: str
+    data_dir: Path
+    plugin_dirs: tuple[Path, ...]
+    broker_url: str | None
+
+    @classmethod
+    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        home = Path(env.get("ARENA_HOME", ".arena")).resolve()
+        database_url = env.get("ARENA_DATABASE_URL") or f"sqlite:///{home / 'arena.db'}"
+        data_dir = Path(env.get("ARENA_DATA_DIR") or home / "data").resolve()
+        extra = tuple(Path(p).resolve() for p in env.get("ARENA_PLUGIN_DIRS", "").split(os.pathsep) if p)
+        builtin = tuple(p for p in BUILTIN_PLUGIN_DIRS if p.is_dir())
+        return cls(home, database_url, data_dir, builtin + extra, env.get("ARENA_BROKER_URL") or None)
+
+    def secret(self) -> bytes:
+        """The arena's secret (seeds of defenses and twins derive from it); created on first use."""
+        path = self.home / "secret"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return bytes.fromhex(path.read_text().strip())

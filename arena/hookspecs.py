@@ -1,0 +1,216 @@
+"""The plugin contract: the hooks a plugin implements and the classes it subclasses.
+
+Read this file first. A plugin is a folder with a ``plugin.toml`` manifest and a Python module whose
+functions are marked with :data:`hookimpl`. The arena calls the registration hooks below, takes the
+classes they return, and plays them against each other:
+
+* an **attack** subclasses :class:`Attack` and implements :meth:`Attack.run`;
+* a **defense** subclasses :class:`Defense` and implements :meth:`Defense.train`.
+
+What an attack may see is a :class:`Target` (built by the arena for the threat model) and a
+:class:`Budget`; what a defense may use to train is a :class:`TrainContext`. Everything else
+(projection onto the budget, scoring, counting queries) is the referee's job, never a plugin's.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import pluggy
+import torch
+from torch import nn
+
+PROJECT = "arena"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Norm = Literal["linf", "l2", "l0"]
+Threat = Literal["white-box", "gray-box", "black-box"]
+
+NORMS: tuple[str, ...] = ("linf", "l2", "l0")
+THREATS: tuple[str, ...] = ("white-box", "gray-box", "black-box")
+
+
+class ThreatModelError(PermissionError):
+    """An attack asked for something its threat model does not give it."""
+
+
+class QueryBudgetExceeded(RuntimeError):
+    """An attack asked for more queries than its budget allows."""
+
+
+# --------------------------------------------------------------------------------------------------
+# What an attack receives
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The limits of one attack call, set by the arena and enforced by the referee.
+
+    ``eps`` is measured in ``norm`` ("linf", "l2", or "l0": the number of changed pixels).
+    ``targets`` holds one target label per sample for targeted attacks (the same for every
+    attack; ``None`` for untargeted ones). ``max_queries`` is the number of images per sample the
+    attack may send to :meth:`Target.query`. ``generator`` is seeded by the arena: draw all
+    randomness from it and the attack is reproducible.
+    """
+
+    norm: str
+    eps: float
+    max_queries: int
+    generator: torch.Generator
+    targets: torch.Tensor | None = None
+
+
+class Target(abc.ABC):
+    """What an attack may see of the defense it attacks; built by the arena for one threat model.
+
+    ============  ==========================  ==============  =============================
+    threat        ``model``                   ``query``       ``substitute``
+    ============  ==========================  ==============  =============================
+    white-box     the defended model          yes             an undefended, other model
+    gray-box      a twin (other secret seed)  yes             an undefended, other model
+    black-box     raises ThreatModelError     yes             an undefended, other model
+    ============  ==========================  ==============  =============================
+    """
+
+    threat: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    device: torch.device
+
+    @property
+    @abc.abstractmethod
+    def model(self) -> nn.Module:
+        """A differentiable model mapping images in [0, 1] to logits (white-box and gray-box only)."""
+
+    @property
+    @abc.abstractmethod
+    def substitute(self) -> nn.Module:
+        """An undefended model of another architecture, trained by the arena on the training split."""
+
+    @abc.abstractmethod
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of the secret defended model for ``x``; every image counts as one query."""
+
+    @property
+    @abc.abstractmethod
+    def queries_used(self) -> int:
+        """Images sent to :meth:`query` so far in this match."""
+
+    @property
+    @abc.abstractmethod
+    def queries_left(self) -> int:
+        """Images that :meth:`query` still accepts in this call."""
+
+    @property
+    @abc.abstractmethod
+    def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The track's public training split ``(x, y)``, to train substitutes of your own."""
+
+
+class Attack(abc.ABC):
+    """Base class of attacks.
+
+    Subclasses set the class attributes and implement :meth:`run`. Parameters from the manifest's
+    ``[params]`` table arrive as keyword arguments of ``__init__``.
+    """
+
+    #: norms the attack can respect ("linf", "l2", "l0")
+    norms: ClassVar[tuple[str, ...]] = ("linf",)
+    #: threat models the attack can play under
+    threats: ClassVar[tuple[str, ...]] = ("white-box", "gray-box")
+    #: whether the attack aims at ``budget.targets`` rather than at any wrong class
+    targeted: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        for key, value in params.items():
+            setattr(self, key, value)
+
+    @abc.abstractmethod
+    def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
+        """Return adversarial examples for the batch ``x`` (N, C, H, W) in [0, 1] with labels ``y``.
+
+        The result must have the shape of ``x`` and a floating dtype; the referee clips it to
+        [0, 1], projects it onto the budget and records every sample it had to change.
+        """
+
+
+# --------------------------------------------------------------------------------------------------
+# What a defense receives
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainContext:
+    """Everything a defense may use to train: the training split, a model factory, device, seed, time.
+
+    The evaluation split is never here. ``make_model()`` builds the track's reference architecture
+    (untrained, on ``device``); a defense may bring its own architecture instead.
+    """
+
+    track: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    norm: str
+    eps: float
+    x: torch.Tensor
+    y: torch.Tensor
+    make_model: Callable[[], nn.Module]
+    device: torch.device
+    seed: int
+    time_budget: float
+    epochs: int
+    generator: torch.Generator = field(init=False)
+    log: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def batches(self, batch_size: int = 128) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One shuffled pass over the training split, as ``(x, y)`` batches on ``device``."""
+        order = torch.randperm(len(self.x), generator=self.generator)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            yield self.x[index].to(self.device), self.y[index].to(self.device)
+
+
+class Defense(abc.ABC):
+    """Base class of defenses.
+
+    :meth:`train` returns a module mapping images in [0, 1] to logits. That module may also define
+    ``reject(x) -> BoolTensor`` (a detector): a rejected adversarial input counts for the defense, a
+    rejected clean input against its clean accuracy. A defense whose module draws randomness at
+    inference sets ``randomized = True`` and is evaluated over several draws.
+    """
+
+    randomized: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        for key, value in params.items():
+            setattr(self, key, value)
+
+    @abc.abstractmethod
+    def train(self, ctx: TrainContext) -> nn.Module:
+        """Train on ``ctx``'s training split and return the defended model."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration hooks: each returns a list; the arena flattens them.
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def arena_attacks() -> list[type[Attack]]:
+    """Return the attack classes this plugin provides."""
+
+
+@hookspec
+def arena_defenses() -> list[type[Defense]]:
+    """Return the defense classes this plugin provides."""

@@ -1,0 +1,205 @@
+"""SQLAlchemy models: teams, plugins and their versions, tracks, rounds, jobs, artifacts and results.
+
+The database is the truth for everything the arena knows; the broker (when there is one) is only
+transport. Results and artifacts are keyed by content, so a new round recomputes only what changed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every arena table."""
+
+    type_annotation_map = {dict[str, Any]: JSON, bytes: LargeBinary}
+
+
+class Team(Base):
+    """A team of students (or the arena itself, for the built-in plugins)."""
+
+    __tablename__ = "teams"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    repo_url: Mapped[Optional[str]] = mapped_column(String(500))
+    branch: Mapped[str] = mapped_column(String(100), default="main")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    plugins: Mapped[list[Plugin]] = relationship(back_populates="team")
+
+
+class Plugin(Base):
+    """One attack or defense of a team; its code changes through versions."""
+
+    __tablename__ = "plugins"
+    __table_args__ = (UniqueConstraint("team_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(10))  # "attack" | "defense"
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    team: Mapped[Team] = relationship(back_populates="plugins")
+    versions: Mapped[list[PluginVersion]] = relationship(
+        back_populates="plugin", order_by="PluginVersion.id"
+    )
+
+
+class PluginVersion(Base):
+    """The exact code of a plugin: its folder as an archive, named by the hash of its content."""
+
+    __tablename__ = "plugin_versions"
+    __table_args__ = (UniqueConstraint("plugin_id", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plugin_id: Mapped[int] = mapped_column(ForeignKey("plugins.id"))
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    commit: Mapped[Optional[str]] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(500))  # where it was found: a folder, a repo, an entry point
+    archive: Mapped[bytes]  # the plugin folder as a zip
+    manifest: Mapped[dict[str, Any]]
+    valid: Mapped[bool] = mapped_column(default=False)
+    errors: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    plugin: Mapped[Plugin] = relationship(back_populates="versions")
+
+
+class Track(Base):
+    """A track as it was played: its configuration is copied here so results stay explainable."""
+
+    __tablename__ = "tracks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    config: Mapped[dict[str, Any]]
+
+
+class Round(Base):
+    """One round of the repeated game: a frozen set of plugin versions played on some tracks."""
+
+    __tablename__ = "rounds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int] = mapped_column(unique=True)
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open | running | done | failed
+    seed: Mapped[int] = mapped_column(default=0)
+    tracks: Mapped[list[str]] = mapped_column(JSON)
+    published: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[Optional[datetime]]
+    finished_at: Mapped[Optional[datetime]]
+
+    entries: Mapped[list[RoundEntry]] = relationship(back_populates="round", cascade="all, delete-orphan")
+    matches: Mapped[list[RoundMatch]] = relationship(back_populates="round", cascade="all, delete-orphan")
+
+
+class RoundEntry(Base):
+    """A plugin version frozen into a round."""
+
+    __tablename__ = "round_entries"
+    __table_args__ = (UniqueConstraint("round_id", "plugin_version_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
+    plugin_version_id: Mapped[int] = mapped_column(ForeignKey("plugin_versions.id"))
+
+    round: Mapped[Round] = relationship(back_populates="entries")
+    plugin_version: Mapped[PluginVersion] = relationship()
+
+
+class RoundMatch(Base):
+    """A cell of a round's matrix: which result (by key) decides this pair on this track and threat."""
+
+    __tablename__ = "round_matches"
+    __table_args__ = (UniqueConstraint("round_id", "result_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
+    result_key: Mapped[str] = mapped_column(String(64), index=True)
+    attack_version_id: Mapped[int] = mapped_column(ForeignKey("plugin_versions.id"))
+    defense_version_id: Mapped[int] = mapped_column(ForeignKey("plugin_versions.id"))
+    track: Mapped[str] = mapped_column(String(100))
+    threat: Mapped[str] = mapped_column(String(20))
+
+    round: Mapped[Round] = relationship(back_populates="matches")
+    attack_version: Mapped[PluginVersion] = relationship(foreign_keys=[attack_version_id])
+    defense_version: Mapped[PluginVersion] = relationship(foreign_keys=[defense_version_id])
+
+
+class Job(Base):
+    """A unit of work: train a defense, a twin or a substitute, or play a match.
+
+    ``key`` names its output (an artifact key or a result key); a job whose output already exists
+    is never written again.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_round_state", "round_id", "state"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[Optional[int]] = mapped_column(ForeignKey("rounds.id"))
+    kind: Mapped[str] = mapped_column(String(20))  # train-defense | train-twin | train-substitute | match
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    params: Mapped[dict[str, Any]]
+    depends_on: Mapped[list[str]] = mapped_column(JSON, default=list)  # keys of required artifacts
+    state: Mapped[str] = mapped_column(String(20), default="queued")  # queued | running | done | failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    log_tail: Mapped[Optional[str]] = mapped_column(Text)
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[Optional[datetime]]
+    finished_at: Mapped[Optional[datetime]]
+
+
+class Artifact(Base):
+    """A trained model (defense, twin or substitute) that any worker can load."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # defense | twin | substitute
+    plugin_version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("plugin_versions.id"))
+    track: Mapped[str] = mapped_column(String(100))
+    data: Mapped[bytes]
+    meta: Mapped[dict[str, Any]]  # train time, clean accuracy, epochs, ...
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Result(Base):
+    """The outcome of one match, written once under its content key."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    attack_version_id: Mapped[int] = mapped_column(ForeignKey("plugin_versions.id"))
+    defense_version_id: Mapped[int] = mapped_column(ForeignKey("plugin_versions.id"))
+    track: Mapped[str] = mapped_column(String(100))
+    threat: Mapped[str] = mapped_column(String(20))
+    seed: Mapped[int]
+    referee_version: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))  # ok | failed
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    log_tail: Mapped[Optional[str]] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any]]
+    samples: Mapped[Optional[bytes]]  # per-sample records, npz
+    gallery: Mapped[Optional[bytes]]  # a few clean/adversarial pairs, npz
+    wall_time: Mapped[float] = mapped_column(default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    attack_version: Mapped[PluginVersion] = relationship(foreign_keys=[attack_version_id])
+    defense_version: Mapped[PluginVersion] = relationship(foreign_keys=[defense_version_id])
