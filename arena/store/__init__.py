@@ -1,0 +1,31 @@
+"""Storage: SQLAlchemy models, the database handle and schema migrations."""
+
+from arena.store.db import Database
+from arena.store.models import (
+    Artifact,
+    Base,
+    Job,
+    Plugin,
+    PluginVersion,
+    Result,
+    Round,
+    RoundEntry,
+    RoundMatch,
+    Team,
+    Track,
+)
+
+__all__ = [
+    "Artifact",
+    "Base",
+    "Database",
+    "Job",
+    "Plugin",
+    "PluginVersion",
+    "Result",
+    "Round",
+    "RoundEntry",
+    "RoundMatch",
+    "Team",
+    "Track",
+]

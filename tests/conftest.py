@@ -1,0 +1,39 @@
+"""Shared fixtures: an isolated arena home per test, and the shared MNIST data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from arena.config import Settings
+
+#: MNIST for tests and benchmarks lies beside the repository (never inside it)
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture
+def arena_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``ARENA_HOME`` (SQLite database, artifacts, secret) for one test."""
+    home = tmp_path / "arena-home"
+    monkeypatch.setenv("ARENA_HOME", str(home))
+    monkeypatch.delenv("ARENA_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ARENA_BROKER_URL", raising=False)
+    return home
+
+
+@pytest.fixture
+def settings(arena_home: Path) -> Settings:
+    """Settings pointing at the test's own arena home."""
+    return Settings.from_env()
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The folder holding ``mnist.npz`` (``../shared/data``); skips where it is absent."""
+    if not SHARED_MNIST.exists():
+        pytest.skip(f"MNIST not found at {SHARED_MNIST}")
+    return SHARED_MNIST.parent
