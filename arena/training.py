@@ -1,0 +1,143 @@
+"""Training defenses, twins and substitutes into artifacts, and loading artifacts back.
+
+A defense trains in its sandbox through ``Defense.train(ctx)``; the module it returns is checked and
+saved whole (``torch.save``), so a defense may bring its own architecture. Loading an artifact first
+imports the defense's code (from its stored archive) so its classes can be found again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from arena import plugins
+from arena.hookspecs import Defense, TrainContext
+from arena.plugins import PluginSource
+from arena.sandbox import Sandbox
+from arena.tracks import Track
+
+#: bump when training by the arena changes: artifacts are cached under it
+TRAINING_VERSION = "1"
+SUBSTITUTE_SEED = 1234
+
+
+def pick_device() -> torch.device:
+    """The worker's accelerator when it has one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def derive_seed(secret: bytes, *parts: str) -> int:
+    """A seed that only the arena can compute: HMAC of the parts under the arena's secret."""
+    digest = hmac.new(secret, "\0".join(parts).encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def save_model(model: nn.Module) -> bytes:
+    """The whole module (architecture and weights), on the CPU, as bytes."""
+    buffer = io.BytesIO()
+    torch.save(model.to("cpu").eval(), buffer)
+    return buffer.getvalue()
+
+
+def load_model(data: bytes, device: torch.device, defense: PluginSource | None, cache_dir: Path) -> nn.Module:
+    """Load an artifact saved by :func:`save_model`, importing the defense's code first when given."""
+    if defense is not None:
+        plugins.load(defense, cache_dir)
+    model = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"artifact holds {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def check_model(model: object, x: torch.Tensor, num_classes: int) -> None:
+    """Raise ``ValueError`` unless ``model`` maps a batch of images to finite logits of the right shape."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"train() returned {type(model).__name__}, expected a torch.nn.Module")
+    with torch.no_grad():
+        logits = model.eval()(x)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(x), num_classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the trained model returns {shape}, expected logits shaped ({len(x)}, {num_classes})")
+    if not torch.isfinite(logits).all():
+        raise ValueError("the trained model returns NaN or infinite logits")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything a defense's training needs, picklable into its sandbox."""
+
+    source: PluginSource
+    track: Track
+    seed: int
+    data_dir: Path
+    cache_dir: Path
+
+
+def train_defense(spec: TrainSpec) -> tuple[bytes, dict[str, Any]]:
+    """Train a defense (or its twin, with another seed) in its sandbox; raise ``PluginFailure``."""
+    with Sandbox(_train_setup, (spec,), time_limit=spec.track.time_limit, label=spec.source.label) as box:
+        return box.call(("train",))
+
+
+def _train_setup(_conn: Connection, spec: TrainSpec):  # noqa: ANN202 (a sandbox handler)
+    device = pick_device()
+    plugin = plugins.load(spec.source, spec.cache_dir)
+    data = spec.track.load(spec.data_dir)
+
+    def handle(_request: object) -> tuple[bytes, dict[str, Any]]:
+        torch.manual_seed(spec.seed)
+        defense = plugin.instantiate()
+        assert isinstance(defense, Defense)
+        ctx = TrainContext(
+            track=spec.track.name,
+            num_classes=spec.track.num_classes,
+            input_shape=spec.track.input_shape,
+            norm=spec.track.norm,
+            eps=spec.track.eps,
+            x=torch.from_numpy(data.x_train),
+            y=torch.from_numpy(data.y_train),
+            make_model=lambda: spec.track.make_reference().to(device),
+            device=device,
+            seed=spec.seed,
+            time_budget=spec.track.time_limit * 0.9,
+            epochs=spec.track.epochs,
+        )
+        started = time.perf_counter()
+        model = defense.train(ctx)
+        seconds = time.perf_counter() - started
+        check_model(model, ctx.x[:16].to(device), spec.track.num_classes)
+        return save_model(model), {"seconds": seconds, "device": str(device), "epochs": ctx.epochs}
+
+    return handle
+
+
+def train_substitute(track: Track, data_dir: Path) -> tuple[bytes, dict[str, Any]]:
+    """Train the track's substitute (an undefended model of another architecture): the arena's own code."""
+    device = pick_device()
+    data = track.load(data_dir)
+    torch.manual_seed(SUBSTITUTE_SEED)
+    model = track.make_substitute().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    generator = torch.Generator().manual_seed(SUBSTITUTE_SEED)
+    started = time.perf_counter()
+    model.train()
+    for _ in range(track.epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), 128):
+            index = order[start : start + 128]
+            loss = nn.functional.cross_entropy(model(x[index].to(device)), y[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    seconds = time.perf_counter() - started
+    return save_model(model), {"seconds": seconds, "device": str(device), "epochs": track.epochs}
