@@ -126,13 +126,12 @@ def _attack_setup(conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandbox
     else:
         model = None
     substitute = load_model(spec.substitute_artifact, device, None, spec.cache_dir)
-    data = track.load(spec.data_dir)
     target = ArenaTarget(
         spec.threat,
         conn,
         model,
         substitute,
-        (torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)),
+        track.train_set(spec.data_dir),
         track.num_classes,
         track.input_shape,
         device,

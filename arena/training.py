@@ -91,7 +91,7 @@ def train_defense(spec: TrainSpec) -> tuple[bytes, dict[str, Any]]:
 def _train_setup(_conn: Connection, spec: TrainSpec):  # noqa: ANN202 (a sandbox handler)
     device = pick_device()
     plugin = plugins.load(spec.source, spec.cache_dir)
-    data = spec.track.load(spec.data_dir)
+    x, y = spec.track.train_set(spec.data_dir)
 
     def handle(_request: object) -> tuple[bytes, dict[str, Any]]:
         torch.manual_seed(spec.seed)
@@ -103,8 +103,8 @@ def _train_setup(_conn: Connection, spec: TrainSpec):  # noqa: ANN202 (a sandbox
             input_shape=spec.track.input_shape,
             norm=spec.track.norm,
             eps=spec.track.eps,
-            x=torch.from_numpy(data.x_train),
-            y=torch.from_numpy(data.y_train),
+            x=x,
+            y=y,
             make_model=lambda: spec.track.make_reference().to(device),
             device=device,
             seed=spec.seed,
@@ -123,11 +123,10 @@ def _train_setup(_conn: Connection, spec: TrainSpec):  # noqa: ANN202 (a sandbox
 def train_substitute(track: Track, data_dir: Path) -> tuple[bytes, dict[str, Any]]:
     """Train the track's substitute (an undefended model of another architecture): the arena's own code."""
     device = pick_device()
-    data = track.load(data_dir)
+    x, y = track.train_set(data_dir)
     torch.manual_seed(SUBSTITUTE_SEED)
     model = track.make_substitute().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     generator = torch.Generator().manual_seed(SUBSTITUTE_SEED)
     started = time.perf_counter()
     model.train()

@@ -6,9 +6,24 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
+
+from arena.store.models import Base
+
+#: the Alembic environment and its revisions, shipped inside the package
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+#: key of the PostgreSQL advisory lock that lets one process at a time migrate
+_MIGRATION_LOCK = 0x4152454E41  # "ARENA"
+
+#: INSERT constructs that know ON CONFLICT, by dialect name
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 class Database:
@@ -31,6 +46,17 @@ class Database:
         with self._sessions.begin() as session:
             yield session
 
+    def upgrade(self) -> None:
+        """Migrate the schema to the newest revision (``alembic upgrade head``); harmless when current.
+
+        On PostgreSQL the whole upgrade is one transaction under an advisory lock, so processes that
+        start together migrate once; on SQLite let one process migrate before the others start.
+        """
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            command.upgrade(migration_config(connection), "head")
+
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
@@ -38,6 +64,33 @@ class Database:
     def _after_fork(self) -> None:
         # A forked child must not share the parent's connections (Celery prefork, multiprocessing).
         self.engine.dispose(close=False)
+
+
+def migration_config(connection: Connection) -> Config:
+    """An Alembic configuration for the arena's migrations that runs on ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def insert_once(session: Session, model: type[Base], **values: Any) -> bool:
+    """Insert a row of ``model`` (a table with a unique ``key``) unless a row with that key exists.
+
+    The database decides (``INSERT ... ON CONFLICT (key) DO NOTHING``), so a redelivered job, or two
+    workers at once, leave exactly one row. Returns True when this call inserted it.
+    """
+    table = model.__table__
+    dialect = session.get_bind().dialect.name
+    if dialect not in _INSERTS:
+        raise NotImplementedError(f"insert_once supports {sorted(_INSERTS)}, not {dialect}")
+    statement = (
+        _INSERTS[dialect](table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[table.c.key])
+        .returning(*table.primary_key.columns)  # a row back only when one went in
+    )
+    return session.execute(statement).first() is not None
 
 
 def _make_engine(url: str) -> Engine:

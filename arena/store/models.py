@@ -7,10 +7,31 @@ transport. Results and artifacts are keyed by content, so a new round recomputes
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Optional
+from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: constraint names that are the same on every backend, so migrations can name what they alter or drop
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
 
 
 def utcnow() -> datetime:
@@ -18,10 +39,36 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime, stored in UTC, that comes back aware in UTC on every backend.
+
+    PostgreSQL stores it as ``timestamp with time zone``; SQLite keeps no offset, so the UTC clock time
+    is stored and UTC is attached again on loading. Naive datetimes are refused: their zone is unknown.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC before storing; refuse naive datetimes."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one, such as utcnow()")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return an aware datetime in UTC."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     """Declarative base of every arena table."""
 
-    type_annotation_map = {dict[str, Any]: JSON, bytes: LargeBinary}
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, bytes: LargeBinary, datetime: UtcDateTime}
 
 
 class Team(Base):
@@ -31,7 +78,7 @@ class Team(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    repo_url: Mapped[Optional[str]] = mapped_column(String(500))
+    repo_url: Mapped[str | None] = mapped_column(String(500))
     branch: Mapped[str] = mapped_column(String(100), default="main")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -51,9 +98,7 @@ class Plugin(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     team: Mapped[Team] = relationship(back_populates="plugins")
-    versions: Mapped[list[PluginVersion]] = relationship(
-        back_populates="plugin", order_by="PluginVersion.id"
-    )
+    versions: Mapped[list[PluginVersion]] = relationship(back_populates="plugin", order_by="PluginVersion.id")
 
 
 class PluginVersion(Base):
@@ -65,12 +110,12 @@ class PluginVersion(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     plugin_id: Mapped[int] = mapped_column(ForeignKey("plugins.id"))
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
-    commit: Mapped[Optional[str]] = mapped_column(String(64))
+    commit: Mapped[str | None] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(500))  # where it was found: a folder, a repo, an entry point
     archive: Mapped[bytes]  # the plugin folder as a zip
     manifest: Mapped[dict[str, Any]]
     valid: Mapped[bool] = mapped_column(default=False)
-    errors: Mapped[Optional[str]] = mapped_column(Text)
+    errors: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     plugin: Mapped[Plugin] = relationship(back_populates="versions")
@@ -98,8 +143,8 @@ class Round(Base):
     tracks: Mapped[list[str]] = mapped_column(JSON)
     published: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[Optional[datetime]]
-    finished_at: Mapped[Optional[datetime]]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
 
     entries: Mapped[list[RoundEntry]] = relationship(back_populates="round", cascade="all, delete-orphan")
     matches: Mapped[list[RoundMatch]] = relationship(back_populates="round", cascade="all, delete-orphan")
@@ -149,19 +194,19 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_round_state", "round_id", "state"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    round_id: Mapped[Optional[int]] = mapped_column(ForeignKey("rounds.id"))
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id"))
     kind: Mapped[str] = mapped_column(String(20))  # train-defense | train-twin | train-substitute | match
     key: Mapped[str] = mapped_column(String(64), index=True)
     params: Mapped[dict[str, Any]]
     depends_on: Mapped[list[str]] = mapped_column(JSON, default=list)  # keys of required artifacts
     state: Mapped[str] = mapped_column(String(20), default="queued")  # queued | running | done | failed
     attempts: Mapped[int] = mapped_column(default=0)
-    worker: Mapped[Optional[str]] = mapped_column(String(200))
-    error: Mapped[Optional[str]] = mapped_column(Text)
-    log_tail: Mapped[Optional[str]] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    log_tail: Mapped[str | None] = mapped_column(Text)
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[Optional[datetime]]
-    finished_at: Mapped[Optional[datetime]]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
 
 
 class Artifact(Base):
@@ -172,7 +217,7 @@ class Artifact(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)
     kind: Mapped[str] = mapped_column(String(20))  # defense | twin | substitute
-    plugin_version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("plugin_versions.id"))
+    plugin_version_id: Mapped[int | None] = mapped_column(ForeignKey("plugin_versions.id"))
     track: Mapped[str] = mapped_column(String(100))
     data: Mapped[bytes]
     meta: Mapped[dict[str, Any]]  # train time, clean accuracy, epochs, ...
@@ -193,11 +238,11 @@ class Result(Base):
     seed: Mapped[int]
     referee_version: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20))  # ok | failed
-    error: Mapped[Optional[str]] = mapped_column(Text)
-    log_tail: Mapped[Optional[str]] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    log_tail: Mapped[str | None] = mapped_column(Text)
     metrics: Mapped[dict[str, Any]]
-    samples: Mapped[Optional[bytes]]  # per-sample records, npz
-    gallery: Mapped[Optional[bytes]]  # a few clean/adversarial pairs, npz
+    samples: Mapped[bytes | None]  # per-sample records, npz
+    gallery: Mapped[bytes | None]  # a few clean/adversarial pairs, npz
     wall_time: Mapped[float] = mapped_column(default=0.0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
