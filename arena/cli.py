@@ -1,0 +1,273 @@
+"""The ``arena`` command: set up, run rounds, check plugins, show results, serve the board."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+from sqlalchemy import select
+
+from arena import executors, planner, plugins, scaffold, scoring
+from arena.config import Settings
+from arena.store import Database, PluginVersion, Result, Round
+from arena.tracks import Track, load_tracks
+
+DEMO_TRACKS = ("digits", "mnist-linf")
+
+
+def _open(settings: Settings) -> Database:
+    db = Database(settings.database_url)
+    db.upgrade()
+    return db
+
+
+def _tracks(settings: Settings, names: tuple[str, ...]) -> list[Track]:
+    known = load_tracks(settings.home)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise click.UsageError(f"unknown track(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+@click.group()
+@click.version_option(package_name="arena")
+def main() -> None:
+    """Arena: a tournament of adversarial attacks against defenses."""
+
+
+@main.command()
+def init() -> None:
+    """Create the arena's home, database and secret, and record the plugins found."""
+    settings = Settings.from_env()
+    db = _open(settings)
+    settings.secret()
+    click.echo(f"arena home: {settings.home}\ndatabase:   {db.url}")
+    _print_sync(planner.sync(db, settings))
+
+
+# --------------------------------------------------------------------------------------------------
+# Plugins
+# --------------------------------------------------------------------------------------------------
+
+
+@main.group("plugins")
+def plugins_group() -> None:
+    """Discovered plugins."""
+
+
+@plugins_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_list(as_json: bool) -> None:
+    """Discover plugins (folders and entry points), record new versions, and list them."""
+    settings = Settings.from_env()
+    report = planner.sync(_open(settings), settings)
+    if as_json:
+        click.echo(json.dumps([vars(r) for r in report], indent=2))
+    else:
+        _print_sync(report)
+
+
+@main.group("plugin")
+def plugin_group() -> None:
+    """Write and check one plugin."""
+
+
+@plugin_group.command("new")
+@click.argument("kind", type=click.Choice(["attack", "defense"]))
+@click.argument("name")
+@click.option("--team", default="my-team", show_default=True)
+@click.option("--dir", "parent", type=click.Path(path_type=Path), help="Parent folder [plugins/<kind>s].")
+def plugin_new(kind: str, name: str, team: str, parent: Path | None) -> None:
+    """Scaffold a working plugin folder."""
+    if not plugins.NAME_PATTERN.match(name):
+        raise click.UsageError("NAME: use lowercase letters, digits and '-'")
+    folder = scaffold.create(kind, name, team, parent or Path("plugins") / f"{kind}s")
+    click.echo(f"created {folder}; try: arena plugin check {folder}")
+
+
+@plugin_group.command("check")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--track", "track_name", default="digits", show_default=True)
+def plugin_check(path: Path, track_name: str) -> None:
+    """Validate a plugin folder and play it against the built-in plugins on a track."""
+    settings = Settings.from_env()
+    db = _open(settings)
+    track = _tracks(settings, (track_name,))[0]
+    source = plugins.read_folder(path.resolve())
+    errors = source.errors or plugins.validate(source, settings.home / "plugin-cache")
+    if errors:
+        click.secho(f"{source.label}: INVALID", fg="red")
+        for error in errors:
+            click.echo(f"  {error}")
+        sys.exit(1)
+    click.secho(f"{source.label}: valid ({source.content_hash[:12]})", fg="green")
+    planner.sync(db, settings)
+    with db.session() as session:
+        version, _ = planner.record_version(session, source, settings)
+        others = [v for v in planner.latest_valid_versions(session) if v.plugin.kind != version.plugin.kind]
+        pairs = ([version], others) if version.plugin.kind == "attack" else (others, [version])
+        planner.plan_matches(session, settings, *pairs, [track], seed=0)
+        version_id = version.id
+    executors.run_local(db, settings, {track.name: track}, round_id=None)
+    _print_check(db, version_id)
+
+
+def _print_check(db: Database, version_id: int) -> None:
+    with db.session() as session:
+        rows = session.scalars(
+            select(Result).where((Result.attack_version_id == version_id) | (Result.defense_version_id == version_id))
+        ).all()
+        click.echo(f"{'attack':<28} {'defense':<28} {'threat':<10} {'robust':>7} {'success':>8}  status")
+        for r in sorted(rows, key=lambda r: (r.threat, r.attack_version.plugin.name, r.defense_version.plugin.name)):
+            m = r.metrics
+            robust = f"{m['robust_accuracy']:.3f}" if r.status == "ok" else "-"
+            success = f"{m['success_rate']:.3f}" if r.status == "ok" else "-"
+            click.echo(
+                f"{_label(r.attack_version):<28} {_label(r.defense_version):<28} {r.threat:<10} "
+                f"{robust:>7} {success:>8}  {r.status}{': ' + r.error if r.error else ''}"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Rounds and results
+# --------------------------------------------------------------------------------------------------
+
+
+@main.group("round")
+def round_group() -> None:
+    """Rounds of the repeated game."""
+
+
+@round_group.command("run")
+@click.option("--track", "track_names", multiple=True, help="Track to play (repeatable) [all available].")
+@click.option("--seed", default=0, show_default=True, help="The round's public seed.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def round_run(track_names: tuple[str, ...], seed: int, quiet: bool) -> None:
+    """Freeze the latest valid plugins, plan the jobs a round needs, and run them locally."""
+    settings = Settings.from_env()
+    db = _open(settings)
+    tracks = _available(settings, _tracks(settings, track_names or tuple(load_tracks(settings.home))))
+    _play_round(db, settings, tracks, seed, quiet)
+
+
+def _available(settings: Settings, tracks: list[Track]) -> list[Track]:
+    usable = []
+    for track in tracks:
+        reason = track.available(settings.data_dir)
+        if reason:
+            click.echo(f"skipping track {track.name}: {reason}", err=True)
+        else:
+            usable.append(track)
+    if not usable:
+        raise click.ClickException("no track has its data available")
+    return usable
+
+
+def _play_round(db: Database, settings: Settings, tracks: list[Track], seed: int, quiet: bool) -> int:
+    _print_sync(planner.sync(db, settings))
+    round_id = planner.open_round(db, tracks, seed)
+    plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks})
+    new = ", ".join(f"{n} {kind}" for kind, n in sorted(plan.new_jobs.items())) or "none"
+    click.echo(f"round planned: {plan.cells} matches, {plan.cached} reused from earlier results; new jobs: {new}")
+    started = time.perf_counter()
+    states = executors.run_local(db, settings, {t.name: t for t in tracks}, round_id, progress=not quiet)
+    took = time.perf_counter() - started
+    click.echo(f"jobs: {dict(states) or 'none'} in {took:.1f} s")
+    _print_results(db, round_id)
+    return round_id
+
+
+@main.command()
+@click.option("--round", "number", type=int, help="Round number [latest].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def results(number: int | None, as_json: bool) -> None:
+    """Rankings of a round, per track and threat."""
+    settings = Settings.from_env()
+    db = _open(settings)
+    with db.session() as session:
+        if number is None:
+            round_ = scoring.latest_round(session)
+        else:
+            round_ = session.scalar(select(Round).where(Round.number == number))
+        if round_ is None:
+            raise click.ClickException("no round yet: run `arena round run`" if number is None else "no such round")
+        round_id = round_.id
+    if as_json:
+        with db.session() as session:
+            boards = [b.as_dict() for b in scoring.round_standings(session, round_id)]
+        click.echo(json.dumps(boards, indent=2, default=str))
+    else:
+        _print_results(db, round_id)
+
+
+def _print_results(db: Database, round_id: int) -> None:
+    with db.session() as session:
+        number = session.get(Round, round_id).number
+        for board in scoring.round_standings(session, round_id):
+            click.secho(f"\nround {number} - {board.track} - {board.threat}", bold=True)
+            click.echo(f"  {'defense':<34} {'clean':>6} {'worst':>6} {'mean':>6}  flags")
+            for d in board.defenses:
+                flags = "below floor" if d.below_floor else ""
+                click.echo(
+                    f"  {d.entry.team + '/' + d.entry.plugin:<34} {_pct(d.clean_accuracy):>6} "
+                    f"{_pct(d.worst_case_robust_accuracy):>6} {_pct(d.mean_robust_accuracy):>6}  {flags}"
+                )
+            click.echo(f"  {'attack':<34} {'success':>7} {'unique':>6} {'failed':>6}")
+            for a in board.attacks:
+                click.echo(
+                    f"  {a.entry.team + '/' + a.entry.plugin:<34} {_pct(a.mean_success_rate):>7} "
+                    f"{a.unique_breaks:>6} {a.failed:>6}"
+                )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _label(version: PluginVersion) -> str:
+    return f"{version.plugin.team.name}/{version.plugin.name}"
+
+
+def _print_sync(report: list[planner.SyncedPlugin]) -> None:
+    for item in report:
+        color = {"invalid": "red", "new": "green"}.get(item.status)
+        click.secho(f"  {item.kind:<8} {item.label:<36} {item.content_hash[:12]}  {item.status}", fg=color)
+        for error in item.errors:
+            click.echo(f"      {error}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Demo and board
+# --------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--no-serve", is_flag=True, help="Run the round and print the rankings, then exit.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True)
+def demo(no_serve: bool, host: str, port: int) -> None:
+    """A whole round of the built-in plugins on digits (and MNIST when its data is there), then the board."""
+    settings = Settings.from_env()
+    db = _open(settings)
+    tracks = _available(settings, _tracks(settings, DEMO_TRACKS))
+    _play_round(db, settings, tracks, seed=0, quiet=False)
+    if not no_serve:
+        _serve(host, port)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True)
+def serve(host: str, port: int) -> None:
+    """Serve the leaderboard."""
+    _serve(host, port)
+
+
+def _serve(host: str, port: int) -> None:
+    from leaderboard import create_app
+
+    click.echo(f"leaderboard on http://{host}:{port} (Ctrl+C to stop)")
+    create_app().run(host=host, port=port)
