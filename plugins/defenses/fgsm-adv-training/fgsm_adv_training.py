@@ -1,0 +1,73 @@
+"""FGSM adversarial training (Goodfellow et al., 2015)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arena import Defense, TrainContext, hookimpl
+
+
+class FGSMAdvTraining(Defense):
+    r"""Adversarial training on FGSM examples made on the fly with the model being trained.
+
+    .. math:: \tilde L(x, y) = \alpha\, L(x, y) + (1 - \alpha)\, L(\mathrm{clip}_{[0,1]}(x + \epsilon\,
+              \mathrm{sign}(\nabla_x L(x, y))), y)
+
+    ``eps`` is ``ctx.eps``; under the l2 norm the sign is replaced by the fast gradient method
+    ``g / ||g||_2``. Trains ``ctx.make_model()`` with Adam for ``ctx.epochs`` epochs and stops early,
+    with a log line, when ``ctx.time_budget`` seconds are spent.
+
+    Paper: Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples",
+    ICLR 2015, https://arxiv.org/abs/1412.6572 (section 5, alpha = 0.5).
+
+    Arguments:
+        alpha: weight of the clean loss (default 0.5).
+        lr: Adam's learning rate (default 1e-3).
+        batch_size: training batch size (default 128).
+
+    Usage::
+
+        model = FGSMAdvTraining(alpha=0.5).train(ctx)
+    """
+
+    def __init__(self, alpha: float = 0.5, lr: float = 1e-3, batch_size: int = 128) -> None:
+        super().__init__(alpha=alpha, lr=lr, batch_size=batch_size)
+
+    def train(self, ctx: TrainContext) -> nn.Module:
+        """Train on the mixed clean and FGSM loss; return the model in eval mode."""
+        model = ctx.make_model().train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+        deadline = time.monotonic() + ctx.time_budget
+        for epoch in range(1, ctx.epochs + 1):
+            for x, y in ctx.batches(self.batch_size):
+                if time.monotonic() > deadline:
+                    ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{ctx.epochs}: stopping")
+                    return model.eval()
+                x = x.detach().requires_grad_(True)
+                clean_loss = F.cross_entropy(model(x), y)
+                (grad,) = torch.autograd.grad(clean_loss, x, retain_graph=True)
+                x_adv = (x + ctx.eps * _direction(grad, ctx.norm)).clamp(0.0, 1.0).detach()
+                loss = self.alpha * clean_loss + (1 - self.alpha) * F.cross_entropy(model(x_adv), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            ctx.log(f"epoch {epoch}/{ctx.epochs}: last batch loss {loss.item():.4f}")
+        return model.eval()
+
+
+def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The FGSM step direction: ``sign(g)`` for linf, ``g / ||g||_2`` per sample otherwise."""
+    if norm == "linf":
+        return grad.sign()
+    length = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return grad / length.view(-1, *([1] * (grad.dim() - 1)))
+
+
+@hookimpl
+def arena_defenses() -> list[type[Defense]]:
+    """FGSM adversarial training, the only defense of this plugin."""
+    return [FGSMAdvTraining]
