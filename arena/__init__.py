@@ -3,7 +3,13 @@
 Plugins import only from here: ``from arena import hookimpl, Attack, Defense``.
 """
 
-from arena.hookspecs import (
+import os
+
+# OpenMP threads that spin while waiting starve the other processes of a round (attack, referee,
+# workers) on a small machine; passive waiting costs nothing when the machine is idle.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from arena.hookspecs import (  # noqa: E402 (after the OpenMP setting)
     NORMS,
     THREATS,
     Attack,

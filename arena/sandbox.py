@@ -5,6 +5,10 @@ model, a database connection or a secret, so a child starts in a fraction of a s
 nothing it should not see. The parent drives the child with requests over a pipe; while it waits for
 a reply it answers the child's queries (the black-box ``query`` of :mod:`arena.threats`).
 
+Everything the child sends is untrusted: the parent decodes it with :class:`_ChildUnpickler`, which
+accepts plain data and numpy arrays only, so a hostile child cannot run code in the arena's process
+through a crafted pickle.
+
 Isolation here is the portable fallback: its own session (process group), a minimal environment,
 a private working directory, no core dumps and an address-space limit on CPU-only hosts. It does not
 stop network access or reading files: that needs the bubblewrap sandbox.
@@ -13,8 +17,10 @@ stop network access or reading files: that needs the bubblewrap sandbox.
 from __future__ import annotations
 
 import contextlib
+import io
 import multiprocessing
 import os
+import pickle
 import resource
 import shutil
 import signal
@@ -22,7 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -30,12 +36,18 @@ from typing import Any
 from arena.plugins import describe_error
 
 LOG_TAIL_CHARS = 4000
-KEEP_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+KEEP_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
 ADDRESS_SPACE_LIMIT = 32 * 1024**3
 STOP = ("stop",)
+#: the only globals a child's message may name (numpy arrays and scalars); everything else is plain data
+ALLOWED_GLOBALS = frozenset(
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+    for name in ("_reconstruct", "scalar", "_frombuffer")
+) | {("numpy", "ndarray"), ("numpy", "dtype")}
 
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["torch", "numpy", "arena.plugins", "arena.sandbox"])
+_context.set_forkserver_preload(["torch", "numpy", "sklearn.datasets", "arena.match", "arena.training"])
 
 Handler = Callable[[Any], Any]
 QueryHandler = Callable[[Any], Any]
@@ -74,7 +86,8 @@ class Sandbox:
 
     def __enter__(self) -> Sandbox:
         self._deadline = time.monotonic() + self.time_limit
-        self._process.start()
+        with _main_hidden():
+            self._process.start()
         self._child_conn.close()
         return self
 
@@ -86,7 +99,7 @@ class Sandbox:
         try:
             self._conn.send(request)
         except (BrokenPipeError, ConnectionResetError, OSError):
-            raise self._failure(self._death_reason()) from None
+            raise self._failure(self._last_words() or self._death_reason()) from None
         while True:
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:
@@ -98,9 +111,14 @@ class Sandbox:
                     if not self._process.is_alive() and not self._conn.poll(0):
                         raise self._failure(self._death_reason())
                     continue
-                message = self._conn.recv()
+                data = self._conn.recv_bytes()
             except (EOFError, ConnectionResetError, OSError):
                 raise self._failure(self._death_reason()) from None
+            try:
+                message = _ChildUnpickler(io.BytesIO(data)).load()
+            except Exception as exc:  # untrusted bytes: failing to decode them is the plugin's failure
+                self._kill()
+                raise self._failure(f"protocol violation: unreadable message ({exc})") from None
             kind = message[0] if isinstance(message, tuple) and message else None
             if kind == "reply":
                 return message[1]
@@ -139,6 +157,15 @@ class Sandbox:
                 os.killpg(pid, signal.SIGKILL)  # the child leads its own group: its descendants die too
         self._process.join(timeout=5)
 
+    def _last_words(self) -> str | None:
+        """The error a child that died before reading its request had already sent, if any."""
+        with contextlib.suppress(Exception):
+            if self._conn.poll(0):
+                message = _ChildUnpickler(io.BytesIO(self._conn.recv_bytes())).load()
+                if isinstance(message, tuple) and len(message) == 2 and message[0] == "error":
+                    return str(message[1])
+        return None
+
     def _death_reason(self) -> str:
         self._process.join(timeout=5)
         code = self._process.exitcode
@@ -150,6 +177,32 @@ class Sandbox:
 
     def _failure(self, reason: str) -> PluginFailure:
         return PluginFailure(f"{self.label}: {reason}", self.log_tail)
+
+
+class _ChildUnpickler(pickle.Unpickler):
+    """Decodes a child's message: plain data and numpy arrays only, never a reference to code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start children without re-running the parent's main script (as multiprocessing would).
+
+    The child needs nothing from the parent's ``__main__`` (a CLI, a worker, a test runner); running
+    it again would cost time and could have side effects.
+    """
+    main = sys.modules["__main__"]
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 def _child_main(conn: Connection, log: str, workdir: str, setup: Callable[..., Handler], args: tuple) -> None:

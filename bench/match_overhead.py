@@ -1,0 +1,85 @@
+"""The arena's per-match overhead against a plain PyTorch loop doing the same FGSM on the same model and data.
+
+Both sides attack the same trained `undefended` model with FGSM on the track's evaluation subset, clip
+and project, and classify clean and adversarial inputs. The arena adds: loading both plugins, a
+sandboxed child process for the attack, pickling batches across the pipe, the referee's checks,
+per-sample records and the gallery.
+
+    python bench/match_overhead.py [--track digits] [--repeat 5]
+
+Set ARENA_DATA_DIR to a folder with mnist.npz to use ``--track mnist-linf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from arena import plugins
+from arena.config import Settings
+from arena.match import MatchSpec, play
+from arena.tracks import TRACKS
+from arena.training import TrainSpec, derive_seed, load_model, train_defense, train_substitute
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plain_fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int) -> float:
+    """The bare loop: FGSM, clip, classify clean and adversarial; returns robust accuracy."""
+    survived = 0
+    for start in range(0, len(x), batch):
+        xb, yb = x[start : start + batch], y[start : start + batch]
+        xb_grad = xb.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(xb_grad), yb, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xb_grad)
+        x_adv = (xb + eps * grad.sign()).clamp(0, 1)
+        with torch.no_grad():
+            clean_ok = model(xb).argmax(1) == yb
+            survived += int((clean_ok & (model(x_adv).argmax(1) == yb)).sum())
+    return survived / len(x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--track", default="digits", choices=sorted(TRACKS))
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    track = TRACKS[args.track]
+    settings = Settings.from_env()
+    cache = Path(tempfile.mkdtemp(prefix="arena-bench-"))
+    attack = plugins.read_folder(ROOT / "plugins" / "attacks" / "fgsm")
+    defense = plugins.read_folder(ROOT / "plugins" / "defenses" / "undefended")
+
+    started = time.perf_counter()
+    seed = derive_seed(b"bench", "defense", defense.content_hash, track.name)
+    artifact, _ = train_defense(TrainSpec(defense, track, seed, settings.data_dir, cache))
+    substitute, _ = train_substitute(track, settings.data_dir)
+    print(f"training undefended and the substitute on {track.name}: {time.perf_counter() - started:.1f} s")
+
+    spec = MatchSpec(attack, defense, track, "white-box", 0, artifact, None, substitute, settings.data_dir, cache)
+    model = load_model(artifact, torch.device("cpu"), defense, cache)
+    x, y, _, _ = track.eval_set(settings.data_dir)
+
+    arena_times, plain_times = [], []
+    for _ in range(args.repeat):
+        started = time.perf_counter()
+        outcome = play(spec)
+        arena_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        robust = plain_fgsm(model, x, y, track.eps, track.batch_size)
+        plain_times.append(time.perf_counter() - started)
+    assert outcome.status == "ok", outcome.error
+    arena_s, plain_s = statistics.median(arena_times), statistics.median(plain_times)
+    print(f"track {track.name}: {len(x)} samples, eps {track.eps}, batch {track.batch_size}, median of {args.repeat}")
+    print(f"  arena match (sandbox + referee): {arena_s:7.3f} s   robust accuracy {outcome.metrics['robust_accuracy']:.3f}")
+    print(f"  plain PyTorch loop:              {plain_s:7.3f} s   robust accuracy {robust:.3f}")
+    print(f"  overhead per match:              {arena_s - plain_s:7.3f} s   ({arena_s / plain_s:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
