@@ -43,6 +43,9 @@ class Settings:
         database_url = env.get("ARENA_DATABASE_URL") or f"sqlite:///{home / 'arena.db'}"
         data_dir = Path(env.get("ARENA_DATA_DIR") or home / "data").resolve()
         extra = tuple(Path(p).resolve() for p in env.get("ARENA_PLUGIN_DIRS", "").split(os.pathsep) if p)
+        missing = [str(p) for p in extra if not p.is_dir()]
+        if missing:
+            raise ValueError(f"ARENA_PLUGIN_DIRS names {', '.join(missing)}, which is not a folder")
         builtin = tuple(p for p in BUILTIN_PLUGIN_DIRS if p.is_dir())
         return cls(home, database_url, data_dir, builtin + extra, env.get("ARENA_BROKER_URL") or None)
 

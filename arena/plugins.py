@@ -82,10 +82,13 @@ def parse_manifest(text: str, where: str = MANIFEST) -> Manifest:
         if key in raw and not isinstance(raw[key], str):
             problems.append(f"'{key}' must be a string")
     name = raw.get("name", "")
-    if isinstance(name, str) and "name" in raw and not NAME_PATTERN.match(name):
+    if isinstance(name, str) and "name" in raw and not NAME_PATTERN.fullmatch(name):
         problems.append(f"'name' = {name!r}: use lowercase letters, digits and '-' (at most 64)")
-    if "kind" in raw and raw["kind"] not in KINDS:
+    if "kind" in raw and raw["kind"] not in tuple(KINDS):  # a tuple: a TOML array or table is unhashable
         problems.append(f"'kind' = {raw['kind']!r}: must be 'attack' or 'defense'")
+    module = raw.get("module")
+    if isinstance(module, str) and not module.isidentifier():
+        problems.append(f"'module' = {module!r}: must be a Python module name (no '.py', no path)")
     for key, allowed in (("norms", NORMS), ("threats", THREATS)):
         value = raw.get(key)
         if value is not None and (not isinstance(value, list) or not value or any(v not in allowed for v in value)):
@@ -191,9 +194,22 @@ def discover(dirs: Iterable[Path], entry_points: bool = True) -> list[PluginSour
 def read_entry_point(ep: importlib.metadata.EntryPoint) -> PluginSource:
     """Read the plugin an installed package declares: its module's folder, with its ``plugin.toml``."""
     origin = f"{ENTRY_POINT_PREFIX}{ep.name}={ep.value}"
-    spec = importlib.util.find_spec(ep.value.split(":")[0])
+    module_name = ep.value.split(":")[0].strip()
+    try:  # finding a submodule imports its parent package: plugin code, which may fail
+        spec = importlib.util.find_spec(module_name)
+    except BaseException as exc:  # plugin code
+        return PluginSource(origin=origin, files={}, errors=[f"entry point {ep.name}: {describe_error(exc)}"])
     if spec is None or spec.origin is None:
         return PluginSource(origin=origin, files={}, errors=[f"entry point {ep.name}: module not found"])
+    if "." not in module_name and spec.submodule_search_locations is None:
+        # a top-level single-file module: its folder is site-packages itself, not the plugin's own folder
+        return PluginSource(
+            origin=origin,
+            files={},
+            errors=[
+                f"entry point {ep.name}: '{module_name}' must be a package (or a module inside one) with plugin.toml"
+            ],
+        )
     folder = Path(spec.origin).parent
     source = read_folder(folder)
     source.origin = origin
