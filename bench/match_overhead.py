@@ -76,7 +76,8 @@ def main() -> None:
     assert outcome.status == "ok", outcome.error
     arena_s, plain_s = statistics.median(arena_times), statistics.median(plain_times)
     print(f"track {track.name}: {len(x)} samples, eps {track.eps}, batch {track.batch_size}, median of {args.repeat}")
-    print(f"  arena match (sandbox + referee): {arena_s:7.3f} s   robust accuracy {outcome.metrics['robust_accuracy']:.3f}")
+    arena_robust = outcome.metrics["robust_accuracy"]
+    print(f"  arena match (sandbox + referee): {arena_s:7.3f} s   robust accuracy {arena_robust:.3f}")
     print(f"  plain PyTorch loop:              {plain_s:7.3f} s   robust accuracy {robust:.3f}")
     print(f"  overhead per match:              {arena_s - plain_s:7.3f} s   ({arena_s / plain_s:.1f}x)")
 
