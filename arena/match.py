@@ -8,7 +8,7 @@ defended model, under gray-box the twin, under black-box nothing of the defense 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -68,18 +68,22 @@ def play(spec: MatchSpec) -> MatchOutcome:
     targeted = bool(getattr(attack_cls, "targeted", False))
     server = QueryServer(model, track.input_shape, device)
     outputs: list[torch.Tensor] = []
-    box = Sandbox(_attack_setup, (spec,), time_limit=track.time_limit, label=spec.attack.label)
+    box = Sandbox(_attack_setup, (attack_view(spec),), time_limit=track.time_limit, label=spec.attack.label)
+    log_tail = ""
     try:
         with box:
-            for start in range(0, len(x), track.batch_size):
-                stop = start + track.batch_size
-                server.allow(len(x[start:stop]) * track.max_queries)
-                request = ("batch", x[start:stop].cpu().numpy(), y[start:stop].cpu().numpy())
-                request += (targets[start:stop].cpu().numpy() if targeted else None, server.allowance)
-                output = _decode(box.call(request, on_query=server), device)
-                outputs.append(referee.check_output(output, x[start:stop]))
+            try:
+                for start in range(0, len(x), track.batch_size):
+                    stop = start + track.batch_size
+                    server.allow(len(x[start:stop]) * track.max_queries)
+                    request = ("batch", x[start:stop].cpu().numpy(), y[start:stop].cpu().numpy())
+                    request += (targets[start:stop].cpu().numpy() if targeted else None, server.allowance)
+                    output = _decode(box.call(request, on_query=server), device)
+                    outputs.append(referee.check_output(output, x[start:stop]))
+            finally:
+                log_tail = box.log_tail  # read before close() removes the log with the sandbox's directory
     except (PluginFailure, referee.MalformedOutput) as exc:
-        log = exc.log_tail if isinstance(exc, PluginFailure) else box.log_tail
+        log = exc.log_tail if isinstance(exc, PluginFailure) else log_tail
         return MatchOutcome("failed", error=str(exc), log_tail=log, wall_time=time.perf_counter() - started)
     attack_seconds = time.perf_counter() - started
     x_adv, moved = referee.project(torch.cat(outputs), x, track.norm, track.eps)
@@ -92,9 +96,24 @@ def play(spec: MatchSpec) -> MatchOutcome:
         metrics=metrics | {"norm": track.norm, "eps": track.eps, "targeted": targeted},
         samples=pack(records | {"index": index.numpy()}),
         gallery=pack(referee.gallery(x, x_adv, records)),
-        log_tail=box.log_tail,
+        log_tail=log_tail,
         wall_time=time.perf_counter() - started,
     )
+
+
+def attack_view(spec: MatchSpec) -> MatchSpec:
+    """The spec as the attack's process may see it: only the model its threat hands over.
+
+    The attack's process receives this spec whole, so whatever it holds, the attack can reach
+    (through its frames or the garbage collector): under gray-box the defended model's artifact is
+    withheld, under black-box the defense's artifacts and its code are (the substitute stays).
+    """
+    if spec.threat == "white-box":
+        return replace(spec, twin_artifact=None)
+    if spec.threat == "gray-box":
+        return replace(spec, defense_artifact=b"")
+    withheld = PluginSource(origin="withheld", files={})
+    return replace(spec, defense=withheld, defense_artifact=b"", twin_artifact=None)
 
 
 def _decode(reply: tuple, device: torch.device) -> torch.Tensor:
