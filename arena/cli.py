@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from arena import executors, planner, plugins, scaffold, scoring
+from arena import executors, planner, plugins, scaffold, scoring, validation
 from arena.config import Settings
 from arena.store import Database, PluginVersion, Result, Round
 from arena.tracks import Track, load_tracks
@@ -97,7 +97,7 @@ def plugin_check(path: Path, track_name: str) -> None:
     db = _open(settings)
     track = _tracks(settings, (track_name,))[0]
     source = plugins.read_folder(path.resolve())
-    errors = source.errors or plugins.validate(source, settings.home / "plugin-cache")
+    errors = validation.validate(source, settings.home / "plugin-cache").errors
     if errors:
         click.secho(f"{source.label}: INVALID", fg="red")
         for error in errors:

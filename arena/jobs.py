@@ -110,6 +110,8 @@ def _run_match(
             substitute_artifact=by_kind["substitute"],
             data_dir=settings.data_dir,
             cache_dir=settings.home / "plugin-cache",
+            targeted=bool(attack.manifest.get("declared", {}).get("targeted")),
+            randomized=bool(defense.manifest.get("declared", {}).get("randomized")),
         )
     outcome = play(spec)
     with db.session() as session:

@@ -1,8 +1,11 @@
-"""One match end to end: the attack plays in its sandbox, the referee judges in the arena's process.
+"""One match end to end: the attack and the defense each play in a sandbox; the referee judges.
 
-The arena's process holds the secret defended model: it answers queries and classifies. The attack's
-process gets what its threat model allows (:mod:`arena.threats`): under white-box it loads the
-defended model, under gray-box the twin, under black-box nothing of the defense at all.
+No plugin code runs in the arena's process. The defended model lives in a *defense host* (a sandbox
+that loads it and answers ``probs`` and ``classify`` requests, never seeing a label); the attack lives
+in its own sandbox and gets what its threat model allows (:mod:`arena.threats`): under white-box the
+defended model, under gray-box the twin, under black-box nothing of the defense at all. Queries cross
+from the attack to the arena, which counts them, and on to the defense host. Clean and adversarial
+inputs are classified by two fresh hosts, so a defense cannot remember one to answer the other.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from arena import plugins, referee
@@ -23,6 +27,8 @@ from arena.sandbox import PluginFailure, Sandbox
 from arena.threats import ArenaTarget, QueryServer
 from arena.tracks import Track
 from arena.training import load_model, pick_device
+
+WITHHELD = PluginSource(origin="withheld", files={})
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class MatchSpec:
     substitute_artifact: bytes
     data_dir: Path
     cache_dir: Path
+    targeted: bool = False
+    randomized: bool = False
 
 
 @dataclass
@@ -57,48 +65,73 @@ class MatchOutcome:
 def play(spec: MatchSpec) -> MatchOutcome:
     """Play one match; a plugin's failure fails only this match, with its reason and log tail."""
     started = time.perf_counter()
-    device = pick_device()
     track = spec.track
     x, y, index, targets = track.eval_set(spec.data_dir)
-    x, y, targets = x.to(device), y.to(device), targets.to(device)
-    defense = plugins.load(spec.defense, spec.cache_dir)
-    draws = track.draws if getattr(defense.cls, "randomized", False) else 1
-    model = load_model(spec.defense_artifact, device, spec.defense, spec.cache_dir)
-    attack_cls = plugins.load(spec.attack, spec.cache_dir).cls
-    targeted = bool(getattr(attack_cls, "targeted", False))
-    server = QueryServer(model, track.input_shape, device)
+    draws = track.draws if spec.randomized else 1
     outputs: list[torch.Tensor] = []
-    box = Sandbox(_attack_setup, (attack_view(spec),), time_limit=track.time_limit, label=spec.attack.label)
     log_tail = ""
     try:
-        with box:
-            try:
-                for start in range(0, len(x), track.batch_size):
-                    stop = start + track.batch_size
-                    server.allow(len(x[start:stop]) * track.max_queries)
-                    request = ("batch", x[start:stop].cpu().numpy(), y[start:stop].cpu().numpy())
-                    request += (targets[start:stop].cpu().numpy() if targeted else None, server.allowance)
-                    output = _decode(box.call(request, on_query=server), device)
-                    outputs.append(referee.check_output(output, x[start:stop]))
-            finally:
-                log_tail = box.log_tail  # read before close() removes the log with the sandbox's directory
+        with _defense_host(spec) as host:
+            server = QueryServer(lambda batch: host.call(("probs", batch)), track.input_shape)
+            box = Sandbox(_attack_setup, (attack_view(spec),), time_limit=track.time_limit, label=spec.attack.label)
+            with box:
+                try:
+                    for start in range(0, len(x), track.batch_size):
+                        stop = start + track.batch_size
+                        server.allow(len(x[start:stop]) * track.max_queries)
+                        request = ("batch", x[start:stop].numpy(), y[start:stop].numpy())
+                        request += (targets[start:stop].numpy() if spec.targeted else None, server.allowance)
+                        output = _decode(box.call(request, on_query=server))
+                        outputs.append(referee.check_output(output, x[start:stop]))
+                finally:
+                    log_tail = box.log_tail  # read before close() removes the log with the sandbox's directory
+        attack_seconds = time.perf_counter() - started
+        x_adv, moved = referee.project(torch.cat(outputs), x, track.norm, track.eps)
+        clean = _classify(spec, x, draws)
+        adv = _classify(spec, x_adv, draws)
     except (PluginFailure, referee.MalformedOutput) as exc:
         log = exc.log_tail if isinstance(exc, PluginFailure) else log_tail
         return MatchOutcome("failed", error=str(exc), log_tail=log, wall_time=time.perf_counter() - started)
-    attack_seconds = time.perf_counter() - started
-    x_adv, moved = referee.project(torch.cat(outputs), x, track.norm, track.eps)
-    clean = referee.classify(model, x, draws)
-    adv = referee.classify(model, x_adv, draws)
-    records = referee.judge(x, y, x_adv, moved, clean, adv, targets if targeted else None)
-    metrics = referee.metrics(records, targeted, server.total, attack_seconds, draws)
+    records = referee.judge(x, y, x_adv, moved, clean, adv, targets if spec.targeted else None)
+    metrics = referee.metrics(records, spec.targeted, server.total, attack_seconds, draws)
     return MatchOutcome(
         "ok",
-        metrics=metrics | {"norm": track.norm, "eps": track.eps, "targeted": targeted},
+        metrics=metrics | {"norm": track.norm, "eps": track.eps, "targeted": spec.targeted},
         samples=pack(records | {"index": index.numpy()}),
         gallery=pack(referee.gallery(x, x_adv, records)),
         log_tail=log_tail,
         wall_time=time.perf_counter() - started,
     )
+
+
+def _defense_host(spec: MatchSpec) -> Sandbox:
+    view = replace(spec, attack=WITHHELD, twin_artifact=None, substitute_artifact=b"")
+    return Sandbox(_defense_setup, (view,), time_limit=spec.track.time_limit, label=spec.defense.label)
+
+
+def _classify(spec: MatchSpec, x: torch.Tensor, draws: int) -> referee.Verdict:
+    """Classify ``x`` in a fresh defense host; check what it answers."""
+    with _defense_host(spec) as host:
+        preds, rejected = host.call(("classify", x.numpy(), draws))
+    expected = (draws, len(x))
+    for name, array in (("predictions", preds), ("rejections", rejected)):
+        if not isinstance(array, np.ndarray) or array.shape != expected:
+            raise PluginFailure(f"{spec.defense.label}: the defense returned malformed {name}")
+    return referee.Verdict(torch.from_numpy(preds).long(), torch.from_numpy(rejected).bool())
+
+
+def _defense_setup(_conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandbox handler)
+    device = pick_device()
+    model = load_model(spec.defense_artifact, device, spec.defense, spec.cache_dir)
+
+    @torch.no_grad()
+    def handle(request: tuple) -> Any:
+        if request[0] == "probs":
+            return torch.softmax(model(torch.from_numpy(request[1]).to(device)).float(), dim=1).cpu().numpy()
+        verdict = referee.classify(model, torch.from_numpy(request[1]).to(device), request[2])
+        return verdict.preds.cpu().numpy(), verdict.rejected.cpu().numpy()
+
+    return handle
 
 
 def attack_view(spec: MatchSpec) -> MatchSpec:
@@ -116,20 +149,21 @@ def attack_view(spec: MatchSpec) -> MatchSpec:
     return replace(spec, defense=withheld, defense_artifact=b"", twin_artifact=None)
 
 
-def _decode(reply: tuple, device: torch.device) -> torch.Tensor:
+def _decode(reply: tuple) -> torch.Tensor:
     """Rebuild the tensor the attack returned; anything else is a malformed output."""
-    if reply[0] != "tensor":
+    if reply[0] == "object":
         raise referee.MalformedOutput(f"the attack returned {reply[1]}, not a torch.Tensor")
-    _, array, original_device = reply
-    if original_device != str(device):
-        raise referee.MalformedOutput(f"the attack returned a tensor on {original_device}, expected {device}")
-    return torch.from_numpy(array).to(device)
+    if reply[0] == "device":
+        raise referee.MalformedOutput(f"the attack returned a tensor on {reply[1]}, expected {reply[2]}")
+    return torch.from_numpy(reply[1])
 
 
-def _encode(output: object) -> tuple:
-    if isinstance(output, torch.Tensor):
-        return ("tensor", output.detach().cpu().numpy(), str(output.device))
-    return ("object", type(output).__name__)
+def _encode(output: object, x: torch.Tensor) -> tuple:
+    if not isinstance(output, torch.Tensor):
+        return ("object", type(output).__name__)
+    if output.device != x.device:
+        return ("device", str(output.device), str(x.device))
+    return ("tensor", output.detach().cpu().numpy())
 
 
 def _attack_setup(conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandbox handler)
@@ -168,7 +202,7 @@ def _attack_setup(conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandbox
             generator=generator,
             targets=None if targets is None else torch.from_numpy(targets).to(device),
         )
-        output = attack.run(target, torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), budget)
-        return _encode(output)
+        x = torch.from_numpy(x).to(device)
+        return _encode(attack.run(target, x, torch.from_numpy(y).to(device), budget), x)
 
     return handle

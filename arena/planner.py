@@ -17,7 +17,7 @@ from itertools import product
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena import plugins
+from arena import plugins, validation
 from arena.config import Settings
 from arena.plugins import PluginSource
 from arena.referee import REFEREE_VERSION
@@ -88,7 +88,8 @@ def record_version(session: Session, source: PluginSource, settings: Settings) -
     )
     if version is not None:
         return version, False
-    errors, declared = _validate(source, settings)
+    checked = validation.validate(source, settings.home / "plugin-cache")
+    errors, declared = checked.errors, checked.declared
     version = PluginVersion(
         plugin=plugin,
         content_hash=source.content_hash,
@@ -102,18 +103,6 @@ def record_version(session: Session, source: PluginSource, settings: Settings) -
     session.add(version)
     session.flush()
     return version, True
-
-
-def _validate(source: PluginSource, settings: Settings) -> tuple[list[str], dict]:
-    try:
-        loaded = plugins.load(source, settings.home / "plugin-cache")
-    except plugins.PluginError as exc:
-        return [str(exc)], {}
-    cls = loaded.cls
-    declared = {"randomized": bool(getattr(cls, "randomized", False))}
-    if loaded.manifest.kind == "attack":
-        declared |= {"norms": list(cls.norms), "threats": list(cls.threats), "targeted": bool(cls.targeted)}
-    return [], declared
 
 
 def sync(db: Database, settings: Settings) -> list[SyncedPlugin]:

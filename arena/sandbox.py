@@ -17,8 +17,11 @@ stop network access or reading files: that needs the bubblewrap sandbox.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import resource
@@ -86,7 +89,9 @@ class Sandbox:
 
     def __enter__(self) -> Sandbox:
         self._deadline = time.monotonic() + self.time_limit
+        _warn_fallback()
         with _main_hidden():
+            _start_forkserver()
             self._process.start()
         self._child_conn.close()
         return self
@@ -186,6 +191,30 @@ class _ChildUnpickler(pickle.Unpickler):
         if (module, name) in ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
+
+
+@functools.cache
+def _warn_fallback() -> None:
+    logging.getLogger(__name__).warning(
+        "sandbox: portable fallback in use (no bubblewrap): plugin code runs in a child process with a "
+        "minimal environment and a time limit, but can still read what the arena can read and reach the network"
+    )
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver (once; again if it died) with only :data:`KEEP_ENV` in its environment.
+
+    Its children inherit its initial environment (``/proc/self/environ``), so the arena's secrets
+    must never be in it.
+    """
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update({k: saved[k] for k in KEEP_ENV if k in saved})
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @contextlib.contextmanager

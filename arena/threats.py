@@ -1,13 +1,15 @@
 """What an attack sees under each threat model, and the arena's side of ``query``.
 
 :class:`ArenaTarget` lives in the attack's process. Its ``query`` crosses a pipe to the arena's
-process, where :class:`QueryServer` answers with the secret defended model and counts every image
-against the budget. Under black-box the attack's process never loads the defended model at all: no
-attribute, garbage-collector walk or frame inspection can reach parameters that are not there.
+process, where :class:`QueryServer` counts every image against the budget and passes the query on
+to the secret defended model (in its own sandbox, see :mod:`arena.match`). Under black-box the
+attack's process never loads the defended model at all: no attribute, garbage-collector walk or
+frame inspection can reach parameters that are not there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -18,12 +20,11 @@ from arena.hookspecs import QueryBudgetExceeded, Target, ThreatModelError
 
 
 class QueryServer:
-    """Answers an attack's queries with the secret model; the arena, not the plugin, counts them."""
+    """Counts an attack's queries and passes those within budget to the secret model's ``answer``."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> None:
-        self._model = model
+    def __init__(self, answer: Callable[[np.ndarray], np.ndarray], input_shape: tuple[int, ...]) -> None:
+        self._answer = answer
         self._input_shape = tuple(input_shape)
-        self._device = device
         self.allowance = 0
         self.used = 0
         self.total = 0
@@ -36,18 +37,13 @@ class QueryServer:
     def __call__(self, x: object) -> tuple:
         """One query, as it arrives from the pipe: ``("ok", probs, used, left)`` or ``("error", kind, text)``."""
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != len(self._input_shape) + 1:
-            return (
-                "error",
-                "value",
-                f"query expects a float batch shaped (k, {', '.join(map(str, self._input_shape))})",
-            )
+            shape = ", ".join(map(str, self._input_shape))
+            return ("error", "value", f"query expects a float32 batch shaped (k, {shape})")
         if tuple(x.shape[1:]) != self._input_shape or not np.isfinite(x).all():
             return ("error", "value", f"query got shape {tuple(x.shape)} or non-finite values")
         if self.used + len(x) > self.allowance:
             return ("error", "budget", f"query budget exhausted: {self.used} of {self.allowance} images used")
-        with torch.no_grad():
-            logits = self._model(torch.from_numpy(x).clamp(0, 1).to(self._device))
-            probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        probs = self._answer(np.clip(x, 0, 1))
         self.used += len(x)
         self.total += len(x)
         return ("ok", probs, self.used, self.allowance - self.used)

@@ -195,10 +195,5 @@ def test_the_child_environment_holds_no_secrets(child_view: dict) -> None:
     assert "PATH" in environ
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="portable fallback: /proc/self/environ still shows the environment the forkserver was started with; "
-    "needs the forkserver started with a scrubbed environment, or a fresh /proc (bubblewrap)",
-)
 def test_the_child_initial_environment_holds_no_secrets(child_view: dict) -> None:
     assert SECRET not in child_view["initial"]
