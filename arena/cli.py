@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from arena import executors, planner, plugins, scaffold, scoring, validation
+from arena import admin, distributed, executors, planner, plugins, scaffold, scoring, validation
 from arena.config import Settings
 from arena.store import Database, PluginVersion, Result, Round
 from arena.tracks import Track, load_tracks
@@ -145,12 +145,13 @@ def round_group() -> None:
 @click.option("--track", "track_names", multiple=True, help="Track to play (repeatable) [all available].")
 @click.option("--seed", default=0, show_default=True, help="The round's public seed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def round_run(track_names: tuple[str, ...], seed: int, quiet: bool) -> None:
-    """Freeze the latest valid plugins, plan the jobs a round needs, and run them locally."""
+@click.option("--wait", is_flag=True, help="With ARENA_BROKER_URL: follow the round until the workers finish it.")
+def round_run(track_names: tuple[str, ...], seed: int, quiet: bool, wait: bool) -> None:
+    """Freeze the latest valid plugins, plan the round's jobs, run them (on Celery workers with ARENA_BROKER_URL)."""
     settings = Settings.from_env()
     db = _open(settings)
     tracks = _available(settings, _tracks(settings, track_names or tuple(load_tracks(settings.home))))
-    _play_round(db, settings, tracks, seed, quiet)
+    _play_round(db, settings, tracks, seed, quiet, wait)
 
 
 def _available(settings: Settings, tracks: list[Track]) -> list[Track]:
@@ -166,14 +167,25 @@ def _available(settings: Settings, tracks: list[Track]) -> list[Track]:
     return usable
 
 
-def _play_round(db: Database, settings: Settings, tracks: list[Track], seed: int, quiet: bool) -> int:
+def _play_round(
+    db: Database, settings: Settings, tracks: list[Track], seed: int, quiet: bool, wait: bool = True
+) -> int:
     _print_sync(planner.sync(db, settings))
-    round_id = planner.open_round(db, tracks, seed)
+    try:
+        round_id = planner.open_round(db, tracks, seed)
+    except planner.RoundError as exc:  # another round is open
+        raise click.ClickException(str(exc)) from None
     plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks})
     new = ", ".join(f"{n} {kind}" for kind, n in sorted(plan.new_jobs.items())) or "none"
     click.echo(f"round planned: {plan.cells} matches, {plan.cached} reused from earlier results; new jobs: {new}")
     started = time.perf_counter()
-    states = executors.run_local(db, settings, {t.name: t for t in tracks}, round_id, progress=not quiet)
+    if settings.broker_url:
+        states = executors.run_celery(db, settings, {t.name: t for t in tracks}, round_id, wait, progress=not quiet)
+        if not wait:
+            click.echo(f"sent to the workers; jobs: {dict(states)}. `arena results` ranks the round once it is done")
+            return round_id
+    else:
+        states = executors.run_local(db, settings, {t.name: t for t in tracks}, round_id, progress=not quiet)
     took = time.perf_counter() - started
     click.echo(f"jobs: {dict(states) or 'none'} in {took:.1f} s")
     _print_results(db, round_id)
@@ -271,3 +283,8 @@ def _serve(host: str, port: int) -> None:
 
     click.echo(f"leaderboard on http://{host}:{port} (Ctrl+C to stop)")
     create_app().run(host=host, port=port)
+
+
+main.add_command(distributed.worker)
+main.add_command(distributed.scheduler)
+admin.register(main, round_group)

@@ -1,18 +1,29 @@
-"""The local executor: runs a round's queued jobs in-process, in dependency order, with a progress bar."""
+"""Executors run a round's queued jobs in dependency order: in-process (local) or on Celery workers.
+
+Both run every job through :func:`arena.jobs.execute`; the database holds the jobs' states either way.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from tqdm import tqdm
 
 from arena import jobs
 from arena.config import Settings
 from arena.planner import JOB_ORDER
-from arena.store import Artifact, Database, Job, Round
+from arena.store import Database, Job, Round, RoundMatch
 from arena.tracks import Track
+
+log = logging.getLogger(__name__)
+
+#: seconds between two sweeps while following a distributed round
+FOLLOW_INTERVAL = 2.0
 
 
 def run_local(
@@ -27,37 +38,91 @@ def run_local(
     bar = tqdm(todo, desc="jobs", unit="job", disable=not progress, leave=False)
     for _, job_id, kind, depends in bar:
         bar.set_postfix_str(kind)
-        missing = _missing(db, depends)
-        if missing:
-            jobs.fail_job(db, job_id, f"an input could not be made: {missing}")
+        with db.session() as session:
+            absent, failed = jobs.missing_inputs(session, depends)
+        if absent:
+            reasons = "; ".join(failed) or f"{len(absent)} artifact(s) never made"
+            jobs.fail_job(db, job_id, f"an input could not be made: {reasons}")
             states["failed"] += 1
             continue
-        states[jobs.execute(db, settings, job_id, tracks, worker="local")] += 1
+        states[_execute_locally(db, settings, job_id, tracks)] += 1
     if round_id is not None:
         finish_round(db, round_id)
     return states
 
 
-def finish_round(db: Database, round_id: int) -> None:
-    """Mark a round done once none of its jobs is queued or running."""
+def _execute_locally(db: Database, settings: Settings, job_id: int, tracks: dict[str, Track]) -> str:
+    """Run a job in-process; an error of the arena is tried again until the job's attempts run out."""
+    while True:
+        try:
+            return jobs.execute(db, settings, job_id, tracks, worker="local")
+        except Exception as exc:  # stored with the job by execute, which fails it at its last attempt
+            log.warning("job %d: %s; trying again", job_id, exc)
+
+
+def run_celery(
+    db: Database,
+    settings: Settings,
+    tracks: dict[str, Track],
+    round_id: int,
+    wait: bool = True,
+    progress: bool = True,
+    interval: float = FOLLOW_INTERVAL,
+    timeout: float | None = None,
+) -> Counter[str]:
+    """Send the round's jobs to the Celery workers of ``ARENA_BROKER_URL``; return its jobs by state.
+
+    With ``wait``, follow the round until it is done: every ``interval`` seconds, send the jobs that
+    became ready and take back those of lost workers (:class:`arena.dispatch.Dispatcher`), in this
+    round and in the rounds whose jobs it waits for. An unreachable broker or database is waited for;
+    after ``timeout`` seconds, ``TimeoutError``.
+    """
+    from arena import dispatch, tasks  # distributed mode only: Celery and Redis are optional dependencies
+
+    assert settings.broker_url is not None
+    app, keys = tasks.create_app(settings.broker_url), dispatch.Keys(settings.broker_url)
+    dispatcher = dispatch.Dispatcher(db, app, keys, settings)
+    try:
+        states = dispatcher.sweep(round_id, tracks)
+        if not wait:
+            return states
+        bar = tqdm(total=sum(states.values()), desc="jobs", unit="job", disable=not progress, leave=False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while blocking := _blocking_rounds(db, round_id):
+            bar.n = states["done"] + states["failed"]
+            bar.set_postfix(running=states["running"], failed=states["failed"], refresh=True)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"round {round_id} not done after {timeout:.0f} s: jobs {dict(states)}")
+            time.sleep(interval)
+            try:
+                known = dispatch.recorded_tracks(db) | tracks
+                for other in blocking - {round_id, None}:  # jobs this round's matches wait for
+                    dispatcher.sweep(other, known)
+                states = dispatcher.sweep(round_id, known)
+            except (*dispatch.BROKER_ERRORS, OperationalError) as exc:
+                log.warning("round %d: cannot reach the broker or the database (%s); trying again", round_id, exc)
+        bar.close()
+        return states
+    finally:
+        app.close()
+        keys.redis.close()
+
+
+def finish_round(db: Database, round_id: int) -> bool:
+    """Mark a round done once no job it waits for is open; return whether it is done."""
+    if _blocking_rounds(db, round_id):
+        return False
     with db.session() as session:
-        open_jobs = session.scalars(
-            select(Job.id).where(Job.round_id == round_id, Job.state.in_(("queued", "running")))
-        ).first()
         round_ = session.get(Round, round_id)
-        if open_jobs is None and round_.status != "done":
+        if round_.status != "done":
             round_.status, round_.finished_at = "done", datetime.now(UTC)
+    return True
 
 
-def _missing(db: Database, depends: list[str]) -> str | None:
-    """Why a job's inputs are missing (the failed jobs that should have made them), or None."""
-    if not depends:
-        return None
+def _blocking_rounds(db: Database, round_id: int) -> set[int | None]:
+    """The rounds with open jobs that ``round_id`` waits for: its own, and those of other rounds that
+    will write results its matrix needs (the planner leaves a job that is pending elsewhere to that round)."""
     with db.session() as session:
-        present = set(session.scalars(select(Artifact.key).where(Artifact.key.in_(depends))))
-        absent = [key for key in depends if key not in present]
-        if not absent:
-            return None
-        failed = session.scalars(select(Job).where(Job.key.in_(absent), Job.state == "failed")).all()
-        reasons = sorted({f"{job.kind} failed: {job.error}" for job in failed})
-        return "; ".join(reasons) or f"{len(absent)} artifact(s) never made"
+        cells = select(RoundMatch.result_key).where(RoundMatch.round_id == round_id)
+        mine = (Job.round_id == round_id) | Job.key.in_(cells)
+        return set(session.scalars(select(Job.round_id).where(mine, Job.state.in_(("queued", "running"))).distinct()))

@@ -1,7 +1,9 @@
 """Runs one job from the database and writes its output once: the same code for every executor.
 
 A plugin's failure (exception, crash, time-out, malformed output) is the job's outcome, stored with
-its reason and log tail. An error of the arena itself propagates, so the executor can retry it.
+its reason and log tail. An error of the arena itself is stored with the job and propagates, so the
+executor can retry it; so is an attempt that never finished (its worker was lost). A job that has
+started ``max_attempts`` times is failed for good with its last error: it never loops forever.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from arena.config import Settings
 from arena.match import MatchOutcome, MatchSpec, play
-from arena.plugins import PluginSource
+from arena.plugins import PluginSource, describe_error
 from arena.referee import REFEREE_VERSION
 from arena.sandbox import PluginFailure
 from arena.store import Artifact, Database, Job, PluginVersion, Result
@@ -22,33 +24,80 @@ from arena.store.db import insert_once
 from arena.tracks import Track
 from arena.training import TrainSpec, derive_seed, train_defense, train_substitute
 
+#: how many times a job may start (an error of the arena, a lost worker) before it fails for good
+MAX_ATTEMPTS = 3
+FINISHED = ("done", "failed")
+#: the job kinds that train from a secret seed (derived from the arena's secret, see :func:`training_seed`)
+SEEDED = {"train-defense": "defense", "train-twin": "twin"}
+
+
+class UnknownJob(LookupError):
+    """No job has this id (a message for another database, or one that outlived its job)."""
+
 
 def source_of(version: PluginVersion) -> PluginSource:
     """The plugin's code exactly as recorded with its version."""
     return PluginSource.from_archive(version.archive, version.source, version.commit)
 
 
-def execute(db: Database, settings: Settings, job_id: int, tracks: dict[str, Track], worker: str = "") -> str:
-    """Run job ``job_id`` unless its output exists; return its final state (done or failed)."""
+def training_seed(session: Session, settings: Settings, job: Job) -> int | None:
+    """The secret seed a training job trains with (None for a job that needs none).
+
+    Only a process holding the arena's secret computes it; a worker receives it with the job.
+    """
+    role = SEEDED.get(job.kind)
+    if role is None:
+        return None
+    content_hash = session.get(PluginVersion, job.params["defense"]).content_hash
+    return derive_seed(settings.secret(), role, content_hash, job.params["track"])
+
+
+def execute(
+    db: Database,
+    settings: Settings,
+    job_id: int,
+    tracks: dict[str, Track],
+    worker: str = "",
+    seed: int | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> str:
+    """Run job ``job_id`` unless it has finished; return its final state (done or failed).
+
+    ``seed`` is the training seed (:func:`training_seed`) when the caller has it; else it is derived
+    here from the arena's secret. An error of the arena is stored with the job, which goes back to
+    ``queued`` (and the error is raised) or, at its last attempt, fails.
+    """
     with db.session() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, with_for_update=True)
         if job is None:
-            raise LookupError(f"no job with id {job_id}")
-        if job.state in ("done", "failed"):
+            raise UnknownJob(f"no job with id {job_id} in {db.engine.url.render_as_string(hide_password=True)}")
+        if job.state in FINISHED:
             return job.state
-        job.state, job.attempts = "running", job.attempts + 1
+        if job.state == "running":  # claimed before, never finished: that attempt's process is gone
+            job.error = f"attempt {job.attempts} was lost: its worker {job.worker} stopped before finishing"
+        if job.attempts >= max_attempts:
+            _fail(session, job, f"gave up after {job.attempts} attempt(s); the last: {job.error}")
+            return "failed"
+        job.state, job.attempts, job.error = "running", job.attempts + 1, None
         job.worker = worker or socket.gethostname()
-        job.started_at = datetime.now(UTC)
+        job.started_at, job.finished_at = datetime.now(UTC), None
         kind, key, params, depends = job.kind, job.key, dict(job.params), list(job.depends_on)
-    track = tracks[params["track"]]
+        if seed is None and kind in SEEDED:
+            seed = training_seed(session, settings, job)
     state, error, log_tail = "done", None, None
-    if kind == "match":
-        state, error, log_tail = _run_match(db, settings, key, params, depends, track)
-    else:
-        try:
-            _run_training(db, settings, kind, key, params, track)
-        except PluginFailure as exc:
-            state, error, log_tail = "failed", exc.reason, exc.log_tail
+    try:
+        track = tracks[params["track"]]
+        if kind == "match":
+            state, error, log_tail = _run_match(db, settings, key, params, depends, track)
+        else:
+            try:
+                _run_training(db, settings, kind, key, params, track, seed)
+            except PluginFailure as exc:
+                state, error, log_tail = "failed", exc.reason, exc.log_tail
+    except Exception as exc:  # the arena's own error: stored, then retried or failed for good
+        if _record_error(db, job_id, describe_error(exc), max_attempts) == "failed":
+            return "failed"
+        raise
     with db.session() as session:
         job = session.get(Job, job_id)
         job.state, job.error, job.log_tail = state, error, log_tail
@@ -56,26 +105,66 @@ def execute(db: Database, settings: Settings, job_id: int, tracks: dict[str, Tra
     return state
 
 
+def missing_inputs(session: Session, depends: list[str]) -> tuple[list[str], list[str]]:
+    """The keys of ``depends`` with no artifact yet, and why those that failed to be made failed."""
+    if not depends:
+        return [], []
+    present = set(session.scalars(select(Artifact.key).where(Artifact.key.in_(depends))))
+    absent = [key for key in depends if key not in present]
+    if not absent:
+        return [], []
+    failed = session.scalars(select(Job).where(Job.key.in_(absent), Job.state == "failed"))
+    return absent, sorted({f"{job.kind} failed: {job.error}" for job in failed})
+
+
 def fail_job(db: Database, job_id: int, reason: str) -> None:
     """Fail a job without running it (its inputs could not be made); a match records why in its cell."""
     with db.session() as session:
-        job = session.get(Job, job_id)
-        job.state, job.error, job.finished_at = "failed", reason, datetime.now(UTC)
-        if job.kind == "match":
-            _store_result(session, job.key, job.params, MatchOutcome("failed", error=reason))
+        _fail(session, session.get(Job, job_id), reason)
 
 
-def _run_training(db: Database, settings: Settings, kind: str, key: str, params: dict, track: Track) -> None:
+def requeue(db: Database, job_id: int, attempts: int, reason: str) -> bool:
+    """Put a running job whose worker was lost back in the queue, with why; False if it moved on meanwhile.
+
+    ``attempts`` is the count seen when the loss was noticed: a job claimed again since is left alone.
+    """
+    with db.session() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.state != "running" or job.attempts != attempts:
+            return False
+        job.state, job.error = "queued", reason
+        return True
+
+
+def _fail(session: Session, job: Job, reason: str) -> None:
+    job.state, job.error, job.finished_at = "failed", reason, datetime.now(UTC)
+    if job.kind == "match":
+        _store_result(session, job.key, job.params, MatchOutcome("failed", error=reason))
+
+
+def _record_error(db: Database, job_id: int, error: str, max_attempts: int) -> str:
+    """Store an attempt's error: back to ``queued`` while attempts remain, else failed; return the state."""
+    with db.session() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job.attempts >= max_attempts:
+            _fail(session, job, f"gave up after {job.attempts} attempt(s); the last: {error}")
+        else:
+            job.state, job.error = "queued", f"attempt {job.attempts} failed: {error}"
+        return job.state
+
+
+def _run_training(
+    db: Database, settings: Settings, kind: str, key: str, params: dict, track: Track, seed: int | None
+) -> None:
     data_dir = settings.data_dir
     if kind == "train-substitute":
         data, meta = train_substitute(track, data_dir)
         version_id = None
     else:
+        assert seed is not None
         with db.session() as session:
             version = session.get(PluginVersion, params["defense"])
             source, version_id = source_of(version), version.id
-        role = "defense" if kind == "train-defense" else "twin"
-        seed = derive_seed(settings.secret(), role, source.content_hash, track.name)
         spec = TrainSpec(source, track, seed, data_dir, settings.home / "plugin-cache")
         data, meta = train_defense(spec)
     with db.session() as session:

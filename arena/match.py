@@ -73,7 +73,14 @@ def play(spec: MatchSpec) -> MatchOutcome:
     try:
         with _defense_host(spec) as host:
             server = QueryServer(lambda batch: host.call(("probs", batch)), track.input_shape)
-            box = Sandbox(_attack_setup, (attack_view(spec),), time_limit=track.time_limit, label=spec.attack.label)
+            box = Sandbox(
+                _attack_setup,
+                (attack_view(spec),),
+                time_limit=track.time_limit,
+                label=spec.attack.label,
+                readable=(spec.data_dir,),
+                writable=(spec.cache_dir,),
+            )
             with box:
                 try:
                     for start in range(0, len(x), track.batch_size):
@@ -106,7 +113,14 @@ def play(spec: MatchSpec) -> MatchOutcome:
 
 def _defense_host(spec: MatchSpec) -> Sandbox:
     view = replace(spec, attack=WITHHELD, twin_artifact=None, substitute_artifact=b"")
-    return Sandbox(_defense_setup, (view,), time_limit=spec.track.time_limit, label=spec.defense.label)
+    return Sandbox(
+        _defense_setup,
+        (view,),
+        time_limit=spec.track.time_limit,
+        label=spec.defense.label,
+        readable=(spec.data_dir,),
+        writable=(spec.cache_dir,),
+    )
 
 
 def _classify(spec: MatchSpec, x: torch.Tensor, draws: int) -> referee.Verdict:

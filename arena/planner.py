@@ -12,6 +12,7 @@ import hmac
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from itertools import product
 
 from sqlalchemy import func, select
@@ -67,11 +68,22 @@ class SyncedPlugin:
     errors: list[str] = field(default_factory=list)
 
 
-def record_version(session: Session, source: PluginSource, settings: Settings) -> tuple[PluginVersion, bool]:
-    """Store a plugin version (validated once) unless its content is known; return it and whether it is new."""
+def store_version(
+    session: Session,
+    source: PluginSource,
+    team_name: str | None = None,
+    path: str | None = None,
+    name: str | None = None,
+) -> tuple[PluginVersion, bool]:
+    """The version of ``source`` (created, unvalidated, unless its content is known); whether it is new.
+
+    The plugin is ``team_name``'s (default: the manifest's team) and called ``name`` (default: the
+    manifest's name, else the folder's). The version becomes its plugin's current code (``seen_at``),
+    and a withdrawn plugin returns.
+    """
     manifest = source.manifest
-    team_name = manifest.team if manifest else UNREGISTERED_TEAM
-    name = manifest.name if manifest else source.origin.rstrip("/").rsplit("/", 1)[-1]
+    team_name = team_name or (manifest.team if manifest else UNREGISTERED_TEAM)
+    name = name or (manifest.name if manifest else source.origin.rstrip("/").rsplit("/", 1)[-1])
     kind = manifest.kind if manifest else "unknown"
     team = session.scalar(select(Team).where(Team.name == team_name)) or Team(name=team_name)
     session.add(team)
@@ -81,28 +93,50 @@ def record_version(session: Session, source: PluginSource, settings: Settings) -
         plugin = Plugin(team=team, name=name, kind=kind)
         session.add(plugin)
         session.flush()
+    plugin.withdrawn_at = None
     version = session.scalar(
         select(PluginVersion).where(
             PluginVersion.plugin_id == plugin.id, PluginVersion.content_hash == source.content_hash
         )
     )
+    now = datetime.now(UTC)
     if version is not None:
+        version.seen_at = now
         return version, False
-    checked = validation.validate(source, settings.home / "plugin-cache")
-    errors, declared = checked.errors, checked.declared
     version = PluginVersion(
         plugin=plugin,
         content_hash=source.content_hash,
         commit=source.commit,
-        source=source.origin,
+        source=source.origin[:500],
+        path=path,
         archive=source.archive(),
-        manifest=(manifest.as_dict() if manifest else {}) | {"declared": declared},
-        valid=not errors,
-        errors="\n".join(errors) or None,
+        manifest=manifest.as_dict() if manifest else {},
+        status="pending",
+        valid=False,
+        seen_at=now,
     )
     session.add(version)
     session.flush()
     return version, True
+
+
+def apply_validation(version: PluginVersion, checked: validation.Validation) -> None:
+    """Record a validation's outcome with the version: status, readable errors, declarations, smoke match."""
+    version.valid = not checked.errors
+    version.status = "valid" if version.valid else "invalid"
+    version.errors = "\n".join(checked.errors) or None
+    version.manifest = {k: v for k, v in version.manifest.items() if k != "declared"} | {"declared": checked.declared}
+    version.checks = {"declared": checked.declared, "smoke": checked.smoke}
+    version.log_tail = checked.log_tail or None
+    version.evaluated_at = datetime.now(UTC)
+
+
+def record_version(session: Session, source: PluginSource, settings: Settings) -> tuple[PluginVersion, bool]:
+    """Store a plugin version (validated once, without a smoke match) unless its content is known."""
+    version, new = store_version(session, source)
+    if new:
+        apply_validation(version, validation.validate(source, settings.home / "plugin-cache"))
+    return version, new
 
 
 def sync(db: Database, settings: Settings) -> list[SyncedPlugin]:
@@ -118,14 +152,20 @@ def sync(db: Database, settings: Settings) -> list[SyncedPlugin]:
 
 
 def latest_valid_versions(session: Session) -> list[PluginVersion]:
-    """The newest valid version of every plugin."""
-    newest = (
-        select(func.max(PluginVersion.id))
-        .where(PluginVersion.valid.is_(True))
-        .group_by(PluginVersion.plugin_id)
-        .scalar_subquery()
+    """The current valid version of every plugin still in the game (not withdrawn).
+
+    That is the valid version its last sync saw most recently: a broken push leaves the previous
+    version in place, and reverting a folder to earlier code brings that code back.
+    """
+    rows = session.scalars(
+        select(PluginVersion)
+        .join(Plugin, PluginVersion.plugin_id == Plugin.id)
+        .where(PluginVersion.valid.is_(True), Plugin.withdrawn_at.is_(None))
+        .order_by(
+            PluginVersion.plugin_id, func.coalesce(PluginVersion.seen_at, PluginVersion.created_at), PluginVersion.id
+        )
     )
-    return list(session.scalars(select(PluginVersion).where(PluginVersion.id.in_(newest))))
+    return list({version.plugin_id: version for version in rows}.values())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,20 +173,42 @@ def latest_valid_versions(session: Session) -> list[PluginVersion]:
 # --------------------------------------------------------------------------------------------------
 
 
+class RoundError(Exception):
+    """A round cannot do what was asked (another is open, it is closed already, it has not finished)."""
+
+
 @dataclass
 class Plan:
-    """What planning decided: new jobs by kind, cells reused from the cache, and why jobs are new."""
+    """What planning decided: new jobs by kind, cells reused from the cache, and why jobs are new.
+
+    ``reasons`` names each new job; ``causes`` counts them by (kind, cause), the cause being what
+    changed: a new attack or defense version, a track, or a pair that never met under these rules.
+    """
 
     round_id: int | None
     new_jobs: Counter[str] = field(default_factory=Counter)
     cached: int = 0
     cells: int = 0
     reasons: list[str] = field(default_factory=list)
+    causes: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def summary(self) -> list[str]:
+        """One line per cause, the most jobs first: ``12 match: new attack version students/pgd@1a2b3c4d``."""
+        return [f"{count} {kind}: {cause}" for (kind, cause), count in self.causes.most_common()]
 
 
-def open_round(db: Database, tracks: list[Track], seed: int = 0) -> int:
-    """Create a round freezing the latest valid version of every plugin; return its number's id."""
+def open_round(db: Database, tracks: list[Track], seed: int = 0, closes_at: datetime | None = None) -> int:
+    """Open a round on ``tracks``; closing it (:func:`plan_round`) freezes the plugins and plans its jobs.
+
+    At most one round is open at a time: pushes during it are validated and enter it when it closes.
+    """
+    now = datetime.now(UTC)
+    if closes_at is not None and closes_at <= now:
+        raise RoundError(f"the closing time {closes_at:%Y-%m-%d %H:%M} UTC has passed already")
     with db.session() as session:
+        current = current_round(session)
+        if current is not None:
+            raise RoundError(f"round {current.number} is still open: close it first (arena round close)")
         for track in tracks:
             row = session.scalar(select(TrackRow).where(TrackRow.name == track.name))
             if row is None:
@@ -154,27 +216,56 @@ def open_round(db: Database, tracks: list[Track], seed: int = 0) -> int:
             else:
                 row.config = track.config()
         number = (session.scalar(select(func.max(Round.number))) or 0) + 1
-        round_ = Round(number=number, seed=seed, tracks=[t.name for t in tracks], status="open")
-        round_.entries = [RoundEntry(plugin_version=v) for v in latest_valid_versions(session)]
+        round_ = Round(number=number, seed=seed, tracks=[t.name for t in tracks], status="open", closes_at=closes_at)
         session.add(round_)
         session.flush()
         return round_.id
 
 
+def current_round(session: Session) -> Round | None:
+    """The open round, or None."""
+    return session.scalars(select(Round).where(Round.status == "open").order_by(Round.number)).first()
+
+
+def due_rounds(session: Session, now: datetime | None = None) -> list[Round]:
+    """The open rounds whose scheduled closing time has come."""
+    now = now or datetime.now(UTC)
+    return list(session.scalars(select(Round).where(Round.status == "open", Round.closes_at <= now)))
+
+
 def plan_round(db: Database, settings: Settings, round_id: int, tracks: dict[str, Track]) -> Plan:
-    """Write the round's matrix and the jobs whose outputs do not exist yet."""
+    """Close an open round: freeze the latest valid version of every plugin, write the round's matrix
+    and the jobs whose outputs do not exist yet (every other cell reuses its cached result)."""
     with db.session() as session:
         round_ = session.get(Round, round_id)
         if round_ is None:
             raise LookupError(f"no round with id {round_id}")
-        versions = [entry.plugin_version for entry in round_.entries]
-        attacks = [v for v in versions if v.plugin.kind == "attack"]
-        defenses = [v for v in versions if v.plugin.kind == "defense"]
+        if round_.status != "open":
+            raise RoundError(f"round {round_.number} is closed already ({round_.status})")
+        unknown = [name for name in round_.tracks if name not in tracks]
+        if unknown:
+            raise RoundError(f"round {round_.number} plays track(s) {', '.join(unknown)}, unknown here")
+        now = datetime.now(UTC)
+        round_.entries = [RoundEntry(plugin_version=v) for v in latest_valid_versions(session)]
+        round_.started_at = now
+        attacks = [e.plugin_version for e in round_.entries if e.plugin_version.plugin.kind == "attack"]
+        defenses = [e.plugin_version for e in round_.entries if e.plugin_version.plugin.kind == "defense"]
         plan = plan_matches(
             session, settings, attacks, defenses, [tracks[t] for t in round_.tracks], round_.seed, round_
         )
-        round_.status = "running" if plan.new_jobs else "done"
+        round_.status, round_.finished_at = ("running", None) if plan.new_jobs else ("done", now)
         return plan
+
+
+def publish_round(db: Database, round_id: int) -> None:
+    """Publish a finished round (the board then treats it as final)."""
+    with db.session() as session:
+        round_ = session.get(Round, round_id)
+        if round_ is None:
+            raise LookupError(f"no round with id {round_id}")
+        if round_.status != "done":
+            raise RoundError(f"round {round_.number} is {round_.status}: publish it once it is done")
+        round_.published, round_.published_at = True, datetime.now(UTC)
 
 
 def plan_matches(
@@ -190,8 +281,12 @@ def plan_matches(
     fingerprint = secret_fingerprint(settings)
     plan = Plan(round_.id if round_ else None)
     pending = set(session.scalars(select(Job.key).where(Job.state.in_(("queued", "running")))))
+    ids = [v.id for v in attacks + defenses]
+    played = set(session.scalars(select(Result.attack_version_id).where(Result.attack_version_id.in_(ids))))
+    played |= set(session.scalars(select(Result.defense_version_id).where(Result.defense_version_id.in_(ids))))
+    trained = set(session.scalars(select(Artifact.plugin_version_id).where(Artifact.plugin_version_id.in_(ids))))
 
-    def need(kind: str, key: str, params: dict, depends: list[str], why: str) -> None:
+    def need(kind: str, key: str, params: dict, depends: list[str], why: str, cause: str) -> None:
         if key in pending:
             return
         exists = session.scalar(select(func.count()).select_from(Artifact).where(Artifact.key == key))
@@ -203,21 +298,24 @@ def plan_matches(
         pending.add(key)
         plan.new_jobs[kind] += 1
         plan.reasons.append(why)
+        plan.causes[kind, cause] += 1
 
     for track, attack, defense in product(tracks, attacks, defenses):
         declared = attack.manifest.get("declared", {})
         if track.norm not in declared.get("norms", ()):
             continue
         substitute = artifact_key("substitute", track, fingerprint)
-        need("train-substitute", substitute, {"track": track.name}, [], f"substitute for {track.name}")
-        trained = artifact_key("defense", track, fingerprint, defense.content_hash)
-        label = f"{defense.plugin.team.name}/{defense.plugin.name}@{defense.content_hash[:8]}"
-        need("train-defense", trained, {"track": track.name, "defense": defense.id}, [], f"train {label}")
+        need("train-substitute", substitute, {"track": track.name}, [], f"substitute for {track.name}", track.name)
+        model = artifact_key("defense", track, fingerprint, defense.content_hash)
+        label, attack_label = _label(defense), _label(attack)
+        fresh = f"new defense version {label}" if defense.id not in trained else f"track {track.name} for {label}"
+        need("train-defense", model, {"track": track.name, "defense": defense.id}, [], f"train {label}", fresh)
         for threat in declared.get("threats", ()):
-            depends = [trained, substitute]
+            depends = [model, substitute]
             if threat == "gray-box":
                 twin = artifact_key("twin", track, fingerprint, defense.content_hash)
-                need("train-twin", twin, {"track": track.name, "defense": defense.id}, [], f"twin of {label}")
+                params = {"track": track.name, "defense": defense.id}
+                need("train-twin", twin, params, [], f"twin of {label}", fresh)
                 depends.append(twin)
             key = result_key(attack.content_hash, defense.content_hash, track, threat, seed, fingerprint)
             plan.cells += 1
@@ -232,9 +330,19 @@ def plan_matches(
                         threat=threat,
                     )
                 )
+            if attack.id not in played:
+                cause = f"new attack version {attack_label}"
+            elif defense.id not in played:
+                cause = f"new defense version {label}"
+            else:
+                cause = f"pairs not yet played on {track.name} with seed {seed} and referee {REFEREE_VERSION}"
             before = plan.new_jobs["match"]
             params = {"track": track.name, "threat": threat, "seed": seed, "attack": attack.id, "defense": defense.id}
-            need("match", key, params, depends, f"{attack.plugin.name} vs {label} on {track.name}, {threat}")
+            need("match", key, params, depends, f"{attack_label} vs {label} on {track.name}, {threat}", cause)
             plan.cached += plan.new_jobs["match"] == before
     session.flush()
     return plan
+
+
+def _label(version: PluginVersion) -> str:
+    return f"{version.plugin.team.name}/{version.plugin.name}@{version.content_hash[:8]}"

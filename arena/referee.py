@@ -6,6 +6,7 @@ to clip or project count as violations, and a malformed output fails the match w
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,17 +83,24 @@ class Verdict:
 
 @torch.no_grad()
 def classify(model: nn.Module, x: torch.Tensor, draws: int = 1, batch_size: int = 500) -> Verdict:
-    """Classify ``x`` with the defended model (and its ``reject`` detector) ``draws`` times."""
+    """Classify ``x`` with the defended model (and its ``reject`` detector) ``draws`` times.
+
+    A randomized defense draws from torch's global generator. Every sandboxed process starts from the
+    same generator state (they are forked from one server), which an attack could read; so the draws
+    here come from a fresh seed out of the operating system's entropy, and the caller's state is restored.
+    """
     reject = getattr(model, "reject", None)
     preds, rejected = [], []
-    for _ in range(draws):
-        p, r = [], []
-        for start in range(0, len(x), batch_size):
-            batch = x[start : start + batch_size]
-            p.append(model(batch).argmax(dim=1))
-            r.append(reject(batch).bool() if callable(reject) else torch.zeros(len(batch), dtype=torch.bool))
-        preds.append(torch.cat(p))
-        rejected.append(torch.cat(r).to(preds[-1].device))
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(secrets.randbits(63))
+        for _ in range(draws):
+            p, r = [], []
+            for start in range(0, len(x), batch_size):
+                batch = x[start : start + batch_size]
+                p.append(model(batch).argmax(dim=1))
+                r.append(reject(batch).bool() if callable(reject) else torch.zeros(len(batch), dtype=torch.bool))
+            preds.append(torch.cat(p))
+            rejected.append(torch.cat(r).to(preds[-1].device))
     return Verdict(torch.stack(preds), torch.stack(rejected))
 
 

@@ -1,47 +1,79 @@
-"""Runs untrusted plugin code in a child process: time limit, captured log, nothing outlives it.
+"""Runs untrusted plugin code in a sandbox: isolated, limited, its output captured, nothing outliving it.
 
-The child is forked from a *forkserver* that has imported torch and the arena but never loaded a
-model, a database connection or a secret, so a child starts in a fraction of a second and inherits
-nothing it should not see. The parent drives the child with requests over a pipe; while it waits for
-a reply it answers the child's queries (the black-box ``query`` of :mod:`arena.threats`).
+A sandbox is a process forked from this process's *zygote* (:mod:`arena.zygote`), which imported torch
+and the arena once but never loaded a model, a database connection or a secret, so a sandbox starts in
+milliseconds. Where bubblewrap works (``isolation().mode == "bubblewrap"``) the plugin's process
 
-Everything the child sends is untrusted: the parent decodes it with :class:`_ChildUnpickler`, which
-accepts plain data and numpy arrays only, so a hostile child cannot run code in the arena's process
-through a crafted pickle.
+* sees a read-only file system holding only the system, the Python installation, the arena's code and
+  the folders handed to it (a data set); the arena's home (database, secret, artifacts, other teams'
+  code) is hidden; it writes only to private temporary file systems (``/tmp``, ``/dev/shm`` and the
+  plugin cache), gone with it;
+* has no network, runs as a user of its own (when the arena runs as root) with no capabilities, in a pid
+  namespace of its own whose pid 1 is the arena's: when the sandbox ends, every process it started ends;
+* starts with a minimal environment (no secret of the arena) and runs under limits of CPU time,
+  memory, processes and wall-clock time (:class:`Limits`); GPUs stay usable.
 
-Isolation here is the portable fallback: its own session (process group), a minimal environment,
-a private working directory, no core dumps and an address-space limit on CPU-only hosts. It does not
-stop network access or reading files: that needs the bubblewrap sandbox.
+Without bubblewrap (or with ``ARENA_SANDBOX=fallback``) the *fallback* keeps the minimal environment,
+the private working directory, the limits and the wall clock, but plugin code can read what the arena
+can read and reach the network; the arena says so loudly.
+
+The parent drives the sandbox with requests over a pipe; while it waits for a reply it answers the
+child's queries (the black-box ``query`` of :mod:`arena.threats`). Everything the child sends is
+untrusted: :class:`_ChildUnpickler` accepts plain data and numpy arrays only. Its stdout and stderr are
+drained by the parent, which keeps the last :data:`LOG_TAIL_CHARS` characters (plugins may print
+without bound).
+
+A failure of the plugin raises :class:`PluginFailure` (its match or validation fails); a failure of the
+arena to set the sandbox up raises :class:`SandboxError` (the job is retried, the plugin not blamed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import logging
-import multiprocessing
-import multiprocessing.forkserver
+import math
 import os
 import pickle
 import resource
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from arena import namespaces
+from arena.config import BUILTIN_PLUGIN_DIRS, Settings
 from arena.plugins import describe_error
+from arena.zygote import (
+    EX_SETUP,
+    KEEP_ENV,
+    Child,
+    Isolation,
+    OutputTail,
+    SandboxError,
+    get_zygote,
+    isolation,
+    minimal_env,
+)
+
+__all__ = ["KEEP_ENV", "Isolation", "Limits", "PluginFailure", "Sandbox", "SandboxError", "isolation"]
 
 LOG_TAIL_CHARS = 4000
-KEEP_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
-ADDRESS_SPACE_LIMIT = 32 * 1024**3
 STOP = ("stop",)
+GIB = 1024**3
+NO_NETWORK = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.EADDRNOTAVAIL)
+#: seconds the arena waits for a sandbox to be set up before it blames itself
+READY_TIMEOUT = 120.0
 #: the only globals a child's message may name (numpy arrays and scalars); everything else is plain data
 ALLOWED_GLOBALS = frozenset(
     (module, name)
@@ -49,11 +81,10 @@ ALLOWED_GLOBALS = frozenset(
     for name in ("_reconstruct", "scalar", "_frombuffer")
 ) | {("numpy", "ndarray"), ("numpy", "dtype")}
 
-_context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["torch", "numpy", "sklearn.datasets", "arena.match", "arena.training"])
-
 Handler = Callable[[Any], Any]
 QueryHandler = Callable[[Any], Any]
+
+log = logging.getLogger(__name__)
 
 
 class PluginFailure(Exception):
@@ -65,35 +96,137 @@ class PluginFailure(Exception):
         self.log_tail = log_tail
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one sandbox may use besides its wall-clock time (read from the environment by default).
+
+    ``memory``: bytes of writable memory beyond what the zygote holds (``ARENA_SANDBOX_MEMORY``, e.g.
+    ``8G``; not enforced on GPU hosts, where CUDA needs address space of its own); ``processes``:
+    processes and threads (``ARENA_SANDBOX_PROCESSES``); ``tmp``: the size of each private temporary
+    file system (``ARENA_SANDBOX_TMP``); ``cpu``: CPU seconds per second of the wall-clock limit
+    (``ARENA_SANDBOX_CPU``, default: the number of cores, so it only stops what the clock would not).
+    """
+
+    memory: int = 8 * GIB
+    processes: int = 512
+    tmp: int = 1 * GIB
+    cpu: float = float(os.cpu_count() or 1)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | os._Environ[str] | None = None) -> Limits:
+        """The limits set in ``environ`` (default: the process environment), else the defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, int] = {}
+        for name, key in (("memory", "ARENA_SANDBOX_MEMORY"), ("processes", "ARENA_SANDBOX_PROCESSES")):
+            if env.get(key):
+                values[name] = _size(key, env[key]) if name == "memory" else _count(key, env[key])
+        if env.get("ARENA_SANDBOX_TMP"):
+            values["tmp"] = _size("ARENA_SANDBOX_TMP", env["ARENA_SANDBOX_TMP"])
+        if env.get("ARENA_SANDBOX_CPU"):
+            try:
+                cpu = float(env["ARENA_SANDBOX_CPU"])
+            except ValueError:
+                cpu = 0.0
+            if not cpu > 0:
+                raise ValueError(f"ARENA_SANDBOX_CPU={env['ARENA_SANDBOX_CPU']!r}: give a positive number")
+            values["cpu"] = cpu
+        return cls(**values)
+
+
+def _size(key: str, text: str) -> int:
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": GIB}
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        raise ValueError(f"{key}={text!r}: give a size such as 512M or 8G") from None
+    if value <= 0:
+        raise ValueError(f"{key}={text!r}: must be positive")
+    return value
+
+
+def _count(key: str, text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"{key}={text!r}: give a positive whole number")
+    return int(text)
+
+
 class Sandbox:
-    """A child process serving requests with ``setup(conn, *args)``'s handler, under one wall-clock limit.
+    """A sandboxed process serving requests with ``setup(conn, *args)``'s handler, under one wall-clock limit.
 
     ``setup`` runs in the child and returns the function that answers each request; it may use
-    ``conn`` to send ``("query", x)`` messages, which the parent answers with ``on_query``.
+    ``conn`` to send ``("query", x)`` messages, which the parent answers with ``on_query``. The child
+    may read the folders in ``readable`` and gets an empty private file system at each of ``writable``
+    (a plugin cache), besides its private ``/tmp``.
 
     >>> with Sandbox(make_handler, (spec,), time_limit=60, label="team/fgsm") as box:
     ...     reply = box.call(("batch", x, y), on_query=answer)
     """
 
-    def __init__(self, setup: Callable[..., Handler], args: tuple[Any, ...], time_limit: float, label: str) -> None:
+    def __init__(
+        self,
+        setup: Callable[..., Handler],
+        args: tuple[Any, ...],
+        time_limit: float,
+        label: str,
+        readable: Iterable[Path] = (),
+        writable: Iterable[Path] = (),
+        limits: Limits | None = None,
+    ) -> None:
         self.label = label
         self.time_limit = time_limit
-        self._workdir = Path(tempfile.mkdtemp(prefix="arena-sandbox-"))
-        self._log = self._workdir / "log.txt"
-        self._conn, child_conn = _context.Pipe()
-        self._process = _context.Process(
-            target=_child_main, args=(child_conn, str(self._log), str(self._workdir), setup, args), daemon=True
-        )
-        self._child_conn = child_conn
+        self._setup, self._args = setup, args
+        self._readable, self._writable = [Path(p) for p in readable], [Path(p) for p in writable]
+        self._limits = limits
+        self._child: Child | None = None
+        self._log: OutputTail | None = None
+        self._final_log: str | None = None
+        self._lifeline = -1
+        self._workdir: Path | None = None
         self._deadline = 0.0
+        self._cpu_seconds = 0
+
+    @property
+    def pid(self) -> int:
+        """The host's pid of the sandbox's outermost process (killing its group ends the sandbox)."""
+        assert self._child is not None, "the sandbox has not started"
+        return self._child.pid
 
     def __enter__(self) -> Sandbox:
+        mode = isolation()
+        if mode.mode == "fallback":
+            _warn_fallback(mode.reason)
+        limits = self._limits or Limits.from_env()
+        config = self._config(mode, limits)
+        self._cpu_seconds = config["cpu_seconds"]
+        view = self._view() if mode.mode == "bubblewrap" else None
+        zygote = get_zygote(view)
+        self._conn, theirs = Pipe()
+        log_r, log_w = os.pipe()
+        life_r, self._lifeline = os.pipe()
+        status_r, status_w = os.pipe()
+        try:
+            pid = zygote.spawn([theirs.fileno(), log_w, life_r, status_w])
+        except BaseException:
+            for fd in (log_r, self._lifeline, status_r):
+                os.close(fd)
+            raise
+        finally:
+            theirs.close()
+            for fd in (log_w, life_r, status_w):
+                os.close(fd)
+        self._child = Child(pid, status_r)
+        self._log = OutputTail(log_r, LOG_TAIL_CHARS)
+        try:
+            self._conn.send(config)
+            self._conn.send_bytes(pickle.dumps((self._setup, self._args)))
+            self._await_ready()
+        except BaseException:
+            self.close()
+            raise
         self._deadline = time.monotonic() + self.time_limit
-        _warn_fallback()
-        with _main_hidden():
-            _start_forkserver()
-            self._process.start()
-        self._child_conn.close()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -113,7 +246,7 @@ class Sandbox:
             try:
                 ready = self._conn.poll(min(remaining, 1.0))
                 if not ready:
-                    if not self._process.is_alive() and not self._conn.poll(0):
+                    if not self._alive() and not self._conn.poll(0):
                         raise self._failure(self._death_reason())
                     continue
                 data = self._conn.recv_bytes()
@@ -137,30 +270,98 @@ class Sandbox:
 
     @property
     def log_tail(self) -> str:
-        """The last characters the child printed (stdout and stderr)."""
-        try:
-            with open(self._log, "rb") as log:
-                log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_TAIL_CHARS))
-                return log.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
+        """The last characters the child printed (stdout and stderr), also after the sandbox closed."""
+        if self._final_log is not None:
+            return self._final_log
+        return self._log.text()[-LOG_TAIL_CHARS:] if self._log is not None else ""
 
     def close(self) -> None:
-        """Stop the child, kill whatever it started, and remove its private directory."""
-        if self._process.is_alive():
+        """Stop the child, kill whatever it started, and release everything the sandbox held."""
+        if self._child is None:
+            return
+        if self._alive():
             with contextlib.suppress(OSError):
                 self._conn.send(STOP)
-            self._process.join(timeout=2)
+            self._child.wait(2)
         self._kill()
         self._conn.close()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._log is not None:
+            self._log.close()
+            self._final_log = self._log.text()[-LOG_TAIL_CHARS:]
+        self._child.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _config(self, mode: Isolation, limits: Limits) -> dict[str, Any]:
+        """What the child needs to confine itself: plain data, sent before the code it runs."""
+        sandboxed = mode.mode == "bubblewrap"
+        if sandboxed:
+            workdir = "/tmp"
+        else:
+            self._workdir = Path(tempfile.mkdtemp(prefix="arena-sandbox-"))
+            workdir = str(self._workdir)
+        private = [("/tmp", limits.tmp), ("/dev/shm", limits.tmp)]
+        private += [(str(p), limits.tmp) for p in self._writable if not str(p).startswith("/tmp/")]
+        gpu = bool(namespaces.gpu_devices()) or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return {
+            "sandboxed": sandboxed,
+            "private": private,
+            "workdir": workdir,
+            "limits": asdict(limits),
+            "memory": None if gpu else limits.memory,
+            "cpu_seconds": math.ceil(self.time_limit * limits.cpu) + 1,
+        }
+
+    def _view(self) -> namespaces.View:
+        """The folders the child may read, those hidden from it, and its private writable ones."""
+        settings = Settings.from_env()
+        hidden = [settings.home, *(d for d in settings.plugin_dirs if d not in BUILTIN_PLUGIN_DIRS)]
+        if settings.database_url.startswith("sqlite:///"):
+            database = Path(settings.database_url.removeprefix("sqlite:///"))
+            hidden += [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+        if os.getuid() == 0:  # the sandbox runs as a user of its own: what it is handed must be everyone's to read
+            for path in self._readable:
+                if path.exists() and not path.stat().st_mode & (0o005 if path.is_dir() else 0o004):
+                    raise SandboxError(f"{path} is handed to the sandbox but only its owner may read it: chmod o+rX")
+        package = Path(__file__).resolve().parent
+        return namespaces.build_view([package, *self._readable], hidden, self._writable)
+
+    def _await_ready(self) -> None:
+        """Wait until the child is confined and has loaded the code it runs; raise :class:`SandboxError`."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if not self._conn.poll(0.5):
+                    if not self._alive():
+                        break
+                    continue
+                message = _ChildUnpickler(io.BytesIO(self._conn.recv_bytes())).load()
+            except (EOFError, OSError, pickle.UnpicklingError):
+                break
+            if message == ("ready",):
+                return
+            if isinstance(message, tuple) and message[:1] == ("sandbox-error",):
+                raise SandboxError(f"{self.label}: the sandbox could not be set up: {message[1]}")
+            break
+        else:
+            raise SandboxError(f"{self.label}: the sandbox was not ready within {READY_TIMEOUT:.0f} s")
+        raise SandboxError(f"{self.label}: the sandbox died while starting ({self._death_reason()}): {self.log_tail}")
+
+    def _alive(self) -> bool:
+        return self._child is not None and self._child.alive()
 
     def _kill(self) -> None:
-        pid = self._process.pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)  # the child leads its own group: its descendants die too
-        self._process.join(timeout=5)
+        # Once the proxy is gone, a sandbox in bubblewrap is gone whole (its pid namespace died with it);
+        # in the fallback, processes it started may linger in its process group.
+        if self._child is not None and (self._child.wait() is None or self._workdir is not None):
+            self._child.kill()
+        if self._lifeline >= 0:
+            os.close(self._lifeline)  # the proxy kills what is left (a pid namespace, a process group)
+            self._lifeline = -1
+        if self._child is not None:
+            self._child.wait(5)
 
     def _last_words(self) -> str | None:
         """The error a child that died before reading its request had already sent, if any."""
@@ -172,10 +373,11 @@ class Sandbox:
         return None
 
     def _death_reason(self) -> str:
-        self._process.join(timeout=5)
-        code = self._process.exitcode
+        code = self._child.wait(5) if self._child is not None else None
         if code is None:
             return "the plugin's process stopped answering"
+        if code == -signal.SIGXCPU:
+            return f"the plugin's process exceeded its CPU-time limit of {self._cpu_seconds} s (SIGXCPU)"
         if code < 0:
             return f"the plugin's process was killed by signal {signal.Signals(-code).name}"
         return f"the plugin's process exited with status {code} before replying"
@@ -194,76 +396,101 @@ class _ChildUnpickler(pickle.Unpickler):
 
 
 @functools.cache
-def _warn_fallback() -> None:
-    logging.getLogger(__name__).warning(
-        "sandbox: portable fallback in use (no bubblewrap): plugin code runs in a child process with a "
-        "minimal environment and a time limit, but can still read what the arena can read and reach the network"
+def _warn_fallback(reason: str) -> None:
+    log.warning(
+        "sandbox: WEAKER FALLBACK in use (%s). Plugin code runs in a child process with a minimal environment, "
+        "a private working directory and limits of time, CPU and memory, but it can read what the arena can read "
+        "(the database, the secret, other teams' code) and reach the network, and a process it starts in a new "
+        "session may outlive it. Install bubblewrap for the real sandbox.",
+        reason,
     )
 
 
-def _start_forkserver() -> None:
-    """Start the forkserver (once; again if it died) with only :data:`KEEP_ENV` in its environment.
-
-    Its children inherit its initial environment (``/proc/self/environ``), so the arena's secrets
-    must never be in it.
-    """
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update({k: saved[k] for k in KEEP_ENV if k in saved})
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+# --------------------------------------------------------------------------------------------------
+# The child's side: runs in the sandbox, after the proxy entered its namespaces (arena.zygote)
+# --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _main_hidden() -> Iterator[None]:
-    """Start children without re-running the parent's main script (as multiprocessing would).
-
-    The child needs nothing from the parent's ``__main__`` (a CLI, a worker, a test runner); running
-    it again would cost time and could have side effects.
-    """
-    main = sys.modules["__main__"]
-    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__spec__ = None
-    try:
-        yield
-    finally:
-        main.__dict__.update(saved)
-
-
-def _child_main(conn: Connection, log: str, workdir: str, setup: Callable[..., Handler], args: tuple) -> None:
-    os.setsid()
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+def serve(conn: Connection, config: dict[str, Any]) -> NoReturn:
+    """Confine this process, load the code to run, then answer requests until told to stop."""
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (the process's own stdout)
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    _confine(workdir)
     try:
+        _confine(config)
+        setup, args = pickle.loads(conn.recv_bytes())  # from the arena
+    except BaseException as exc:  # the arena's fault: the plugin has not run yet
+        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            conn.send(("sandbox-error", describe_error(exc)))
+        os._exit(EX_SETUP)
+    try:
+        conn.send(("ready",))
         handler = setup(conn, *args)
         while (request := conn.recv()) != STOP:
             conn.send(("reply", handler(request)))
     except BaseException as exc:  # the plugin's failure, reported to the parent, never raised further
         traceback.print_exc()
         with contextlib.suppress(OSError):
-            conn.send(("error", describe_error(exc)))
+            conn.send(("error", describe_error(exc) + _hint(exc, config)))
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
 
 
-def _confine(workdir: str) -> None:
-    """The portable fallback: minimal environment, private directory, no core dumps, bounded memory."""
-    kept = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+def _confine(config: dict[str, Any]) -> None:
+    """Minimal environment, private working directory, and the limits of :class:`Limits`."""
+    workdir = config["workdir"]
+    env = minimal_env()
     os.environ.clear()
-    os.environ.update(kept, HOME=workdir, TMPDIR=workdir)
+    os.environ.update(env, HOME=workdir, TMPDIR=workdir)
     tempfile.tempdir = workdir
     os.chdir(workdir)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = math.ceil(used.ru_utime + used.ru_stime) + config["cpu_seconds"]
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+    if config["memory"] is not None:
+        data = _vm_data() + config["memory"]
+        resource.setrlimit(resource.RLIMIT_DATA, (data, data))
+    processes = config["limits"]["processes"]
+    if config["sandboxed"]:  # a user of its own (or a user namespace of its own): the count is this sandbox's
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+    elif os.getuid() != 0:  # the fallback shares the arena's user: allow what it runs already, and more
+        total = _tasks_of(os.getuid()) + processes
+        resource.setrlimit(resource.RLIMIT_NPROC, (total, total))
+
+
+def _vm_data() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmData:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _tasks_of(uid: int) -> int:
+    """Processes and threads the user runs now (the fallback's process limit counts them all)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = dict(line.split(":", 1) for line in Path(entry.path, "status").read_text().splitlines())
+                if int(fields["Uid"].split()[0]) == uid:
+                    total += int(fields["Threads"])
+    return total
+
+
+def _hint(exc: BaseException, config: dict[str, Any]) -> str:
+    """Which limit of the sandbox an error most likely ran into, for the plugin's authors."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "can't allocate memory" in text or "not enough memory" in text:
+        return f" (the sandbox's memory limit is {config['memory'] / GIB:.1f} GiB)" if config["memory"] else ""
+    if isinstance(exc, BlockingIOError) or "can't start new thread" in text:
+        return f" (the sandbox allows {config['limits']['processes']} processes and threads)"
+    if isinstance(exc, socket.gaierror) or isinstance(exc, OSError) and exc.errno in NO_NETWORK:
+        return " (sandboxes have no network)"
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return " (a sandbox writes only to its temporary directory)"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.EACCES) and config["sandboxed"]:
+        return " (note: a sandbox sees only its own code, the installed packages and the data the arena hands it)"
+    return ""

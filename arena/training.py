@@ -84,7 +84,15 @@ class TrainSpec:
 
 def train_defense(spec: TrainSpec) -> tuple[bytes, dict[str, Any]]:
     """Train a defense (or its twin, with another seed) in its sandbox; raise ``PluginFailure``."""
-    with Sandbox(_train_setup, (spec,), time_limit=spec.track.time_limit, label=spec.source.label) as box:
+    box = Sandbox(
+        _train_setup,
+        (spec,),
+        time_limit=spec.track.time_limit,
+        label=spec.source.label,
+        readable=(spec.data_dir,),
+        writable=(spec.cache_dir,),
+    )
+    with box:
         return box.call(("train",))
 
 

@@ -1,31 +1,50 @@
 """The web board: read-only pages and a JSON API over the arena's database.
 
-Run it with ``flask --app leaderboard run``; ``ARENA_DATABASE_URL`` (or ``ARENA_HOME``) says which
-database it reads. Nothing here writes: the admin acts through the ``arena`` command.
+Run it with ``arena serve`` (or ``flask --app leaderboard run``); ``ARENA_DATABASE_URL`` (or
+``ARENA_HOME``) says which database it reads. Nothing here writes: the admin acts through the
+``arena`` command.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, render_template, request
+from werkzeug.exceptions import HTTPException
 
 from arena.config import Settings
 from arena.store import Database
+from leaderboard.standings import Standings
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Create the board; ``test_config`` overrides settings such as ``DATABASE_URL``."""
+    """Create the board; ``test_config`` overrides settings: ``DATABASE_URL``, ``ARENA_HOME`` (its
+    ``tracks.toml`` feeds the rules page) and ``STANDINGS_REFRESH`` (seconds a running round's standings
+    may lag behind the database, default 5)."""
     app = Flask(__name__)
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
     config = dict(test_config or {})
-    if "DATABASE_URL" not in config:
-        config["DATABASE_URL"] = Settings.from_env().database_url
+    if "DATABASE_URL" not in config or "ARENA_HOME" not in config:
+        settings = Settings.from_env()
+        config.setdefault("DATABASE_URL", settings.database_url)
+        config.setdefault("ARENA_HOME", str(settings.home))
     app.config.from_mapping(config)
     app.extensions["arena_db"] = Database(app.config["DATABASE_URL"])
+    app.extensions["arena_standings"] = Standings(refresh=app.config.get("STANDINGS_REFRESH", 5.0))
 
-    from leaderboard import api, views
+    from leaderboard import api, caching, filters, views
 
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
+    filters.init_app(app)
+    caching.init_app(app)
+    app.register_error_handler(HTTPException, _error)
     return app
+
+
+def _error(exc: HTTPException) -> tuple[Any, int]:
+    """Errors as JSON under ``/api/``, as a page elsewhere."""
+    code = exc.code or 500
+    if request.path.startswith("/api/"):
+        return {"error": exc.description, "status": code}, code
+    return render_template("error.html", error=exc), code

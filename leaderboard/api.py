@@ -4,27 +4,74 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response, current_app, request
 
-from leaderboard import boards
+from leaderboard import boards, caching, jobs, matches, plugins, rounds, rules, teams
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
+@bp.route("/")
+def index() -> dict[str, Any]:
+    """What the API offers: its routes, by name."""
+    routes = current_app.url_map.iter_rules()
+    return {rule.endpoint.removeprefix("api."): rule.rule for rule in routes if rule.endpoint.startswith("api.")}
+
+
 @bp.route("/leaderboard")
-def leaderboard() -> dict[str, Any]:
-    """The overview's data: round numbers, the chosen round and its boards (rankings and matrix)."""
-    return boards.overview(request.args)
+def leaderboard() -> Response:
+    """The overview's data: round numbers, the chosen round, its progress and both rankings per board."""
+    page = boards.overview(request.args)
+    caching.cache_round(page.data, request.args)
+    return caching.as_json(page)
 
 
 @bp.route("/matrix")
-def matrix() -> dict[str, Any]:
+def matrix() -> Response:
     """The matrix page's data: attacks, defenses and cells of one track and threat."""
-    return boards.matrix(request.args)
+    page = boards.matrix(request.args)
+    caching.cache_round(page.data, request.args)
+    return caching.as_json(page)
 
 
-@bp.errorhandler(HTTPException)
-def error(exc: HTTPException) -> tuple[dict[str, Any], int]:
-    """Errors as JSON, never as an HTML page."""
-    return {"error": exc.description, "status": exc.code}, exc.code or 500
+@bp.route("/rounds", endpoint="rounds")
+def rounds_() -> Response:
+    """Every round's leaders and one board's history."""
+    return caching.as_json(rounds.history(request.args))
+
+
+@bp.route("/matches/<int:result_id>")
+def match(result_id: int) -> dict[str, Any]:
+    """One match, its metrics, outcomes, norms, log and gallery."""
+    caching.cache(caching.MATCH)
+    return matches.match(result_id)
+
+
+@bp.route("/teams", endpoint="teams")
+def teams_() -> dict[str, Any]:
+    """Every team and its plugins."""
+    return teams.teams()
+
+
+@bp.route("/teams/<int:team_id>")
+def team(team_id: int) -> dict[str, Any]:
+    """One team's plugins."""
+    return teams.team(team_id)
+
+
+@bp.route("/plugins/<int:plugin_id>")
+def plugin(plugin_id: int) -> dict[str, Any]:
+    """One plugin's versions, validation errors and results."""
+    return plugins.plugin(plugin_id)
+
+
+@bp.route("/jobs", endpoint="jobs")
+def jobs_() -> dict[str, Any]:
+    """Job counts and lists of a round."""
+    return jobs.jobs(request.args)
+
+
+@bp.route("/rules", endpoint="rules")
+def rules_() -> dict[str, Any]:
+    """Tracks, threat models and scoring."""
+    return rules.rules()

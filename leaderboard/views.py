@@ -1,10 +1,10 @@
-"""The board's pages: the overview (both rankings per track and threat) and the matrix heatmap."""
+"""The board's pages: each renders the same data as its JSON twin in :mod:`leaderboard.api`."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, Response, render_template, request
 
-from leaderboard import boards
+from leaderboard import boards, caching, jobs, matches, plugins, rounds, rules, teams
 
 bp = Blueprint("board", __name__)
 
@@ -12,31 +12,65 @@ bp = Blueprint("board", __name__)
 @bp.route("/")
 def overview() -> str:
     """Defense and attack rankings of the latest round, or of ``?round=N``."""
-    return render_template("board/overview.html", **boards.overview(request.args))
+    page = boards.overview(request.args)
+    caching.cache_round(page.data, request.args)
+    return caching.html("board/overview.html", page)
 
 
 @bp.route("/matrix")
 def matrix() -> str:
-    """The attack-by-defense matrix of one track and threat, coloured by ``?metric=``."""
-    return render_template("board/matrix.html", metrics=boards.METRICS, **boards.matrix(request.args))
+    """The attack-by-defense heatmap of one track and threat, coloured by ``?metric=``."""
+    page = boards.matrix(request.args)
+    caching.cache_round(page.data, request.args)
+    return caching.html("board/matrix.html", page)
 
 
-@bp.app_template_filter("percent")
-def percent(value: float | None) -> str:
-    """``0.8731`` as ``87.3%``; a dash when there is no value."""
-    return "–" if value is None else f"{100 * value:.1f}%"
+@bp.route("/rounds")
+def history() -> str:
+    """Every round's leaders, and one board's history: scores over rounds, who broke whom, survival."""
+    return caching.html("rounds/history.html", rounds.history(request.args))
 
 
-@bp.app_template_filter("number")
-def number(value: float | None) -> str:
-    """A mean norm or query count with three significant digits; a dash when there is none."""
-    return "–" if value is None else f"{value:.3g}"
+@bp.route("/matches/<int:result_id>")
+def match(result_id: int) -> str:
+    """One match: metrics, outcomes, norms, log tail on failure, and the gallery."""
+    data = matches.match(result_id)
+    caching.cache(caching.MATCH)
+    return render_template("matches/match.html", match=data)
 
 
-@bp.app_template_filter("heat")
-def heat(value: float | None, metric: str) -> str:
-    """A cell's background: green where the defense holds, red where the attack wins, grey if empty."""
-    if value is None:
-        return "#e5e7eb"
-    holds = value if metric == "robust_accuracy" else 1.0 - value
-    return f"hsl({round(120 * holds)}, 70%, 78%)"
+@bp.route("/matches/<int:result_id>/gallery/<int:item>/<kind>.png")
+def gallery_image(result_id: int, item: int, kind: str) -> Response:
+    """A gallery image: ``clean``, ``adversarial`` or ``perturbation`` (amplified)."""
+    caching.cache(caching.IMMUTABLE)
+    return Response(matches.image(result_id, item, kind), mimetype="image/png")
+
+
+@bp.route("/teams")
+def team_list() -> str:
+    """Every team and its plugins."""
+    return render_template("teams/teams.html", **teams.teams())
+
+
+@bp.route("/teams/<int:team_id>")
+def team(team_id: int) -> str:
+    """One team's plugins."""
+    return render_template("teams/team.html", **teams.team(team_id))
+
+
+@bp.route("/plugins/<int:plugin_id>")
+def plugin(plugin_id: int) -> str:
+    """One plugin's versions, validation errors and results."""
+    return render_template("teams/plugin.html", **plugins.plugin(plugin_id))
+
+
+@bp.route("/jobs")
+def job_list() -> str:
+    """Job progress of the latest round, or of ``?round=N``; reloads itself while the round runs."""
+    return render_template("jobs/jobs.html", **jobs.jobs(request.args))
+
+
+@bp.route("/rules")
+def rule_book() -> str:
+    """Tracks, budgets, threat models and scoring."""
+    return render_template("rules/rules.html", **rules.rules())

@@ -4,8 +4,8 @@ Two kinds of helpers live here:
 
 * sandbox setups (:func:`hostile_setup`, :func:`failing_setup`): module-level functions, so the
   forkserver child can import them (``tests/`` is on ``sys.path`` under pytest);
-* plugin writers (:func:`write_attack`, :data:`SPY`): attack plugin folders written into a test's
-  ``tmp_path``, exactly as a (malicious) team would push them.
+* plugin writers (:func:`write_attack`, :func:`write_defense`, :data:`SPY`): plugin folders written into
+  a test's ``tmp_path``, exactly as a (malicious) team would push them.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def hostile_setup(conn: Connection, banner: str) -> Callable[[Any], Any]:
         if op == "sleep":
             time.sleep(arg)
             return "slept"
-        if op == "spawn":  # a grandchild, in the child's own process group (or its own session)
-            return subprocess.Popen(["sleep", "1000"], start_new_session=arg).pid
+        if op == "spawn":  # a grandchild, in the child's own process group (or its own session): see running()
+            new_session, marker = arg
+            return subprocess.Popen(["sleep", marker], start_new_session=new_session).pid
         if op == "environment":
             with open("/proc/self/environ", "rb") as f:
                 initial = f.read().decode(errors="replace")
@@ -69,6 +70,8 @@ def hostile_setup(conn: Connection, banner: str) -> Callable[[Any], Any]:
         if op == "write":
             Path(arg).write_text("written by the sandbox")
             return str(Path(arg).resolve())
+        if op == "read":
+            return Path(arg).read_text()
         if op == "flood":
             for i in range(arg):
                 print(f"line {i:07d} " + "x" * 100)
@@ -239,6 +242,40 @@ def write_attack(
     return folder
 
 
+DEFENSE_MODULE = '''\
+"""Test defense {name}: written by tests/hostile.py."""
+
+import os
+import time
+
+import torch
+from torch import nn
+
+from arena import Defense, hookimpl
+
+
+class Hostile(Defense):
+    def train(self, ctx):
+{body}
+
+
+@hookimpl
+def arena_defenses():
+    return [Hostile]
+'''
+
+
+def write_defense(root: Path, name: str, body: str) -> Path:
+    """Write a defense plugin folder ``root/name`` whose ``train(self, ctx)`` is ``body``."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = f'name = "{name}"\nkind = "defense"\nteam = "hostile"\nsummary = "test defense {name}"\n'
+    (folder / "plugin.toml").write_text(manifest)
+    module = DEFENSE_MODULE.format(name=name, body=textwrap.indent(textwrap.dedent(body), " " * 8))
+    (folder / f"{name.replace('-', '_')}.py").write_text(module)
+    return folder
+
+
 def _toml(value: Any) -> str:
     """A TOML literal for a manifest parameter (numbers, booleans, strings, lists of those)."""
     if isinstance(value, bool):
@@ -250,6 +287,40 @@ def _toml(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     raise TypeError(f"no TOML literal for {type(value).__name__}")
+
+
+def running(marker: str) -> list[int]:
+    """The host's pids of the live ``sleep MARKER`` processes (a sandbox's pids mean nothing outside it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == b"sleep\0" + marker.encode() + b"\0" and alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def started(marker: str, timeout: float = 5.0) -> bool:
+    """Wait up to ``timeout`` seconds for a ``sleep MARKER`` process (its command line appears only once
+    its exec is done, a moment after the parent that spawned it may go on)."""
+    deadline = time.monotonic() + timeout
+    while not running(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def none_running(marker: str, timeout: float = 5.0) -> bool:
+    """Wait up to ``timeout`` seconds until no ``sleep MARKER`` process is left (killing takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while running(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def alive(pid: int) -> bool:

@@ -12,28 +12,48 @@ import pytest
 from sqlalchemy import select
 
 from arena.records import pack
-from arena.scoring import latest_round, played_boards, round_standings
-from arena.store import Database, Plugin, PluginVersion, Result, Round, RoundMatch, Team, Track
+from arena.scoring import (
+    BREAK_SUCCESS_RATE,
+    OutcomeCache,
+    history,
+    latest_round,
+    played_boards,
+    round_standings,
+    round_token,
+)
+from arena.store import Database, Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, Track
 
 
 class Rows:
-    """Writes the rows a round's board reads: teams, plugin versions, tracks, rounds, matches, results."""
+    """Writes the rows a round's board reads: teams, plugin versions, tracks, rounds, matches, results, jobs."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def version(self, team: str, plugin: str, kind: str, commit: str | None = None) -> int:
-        """A plugin version (with its team and plugin, created when new); returns its id."""
+    def version(
+        self,
+        team: str,
+        plugin: str,
+        kind: str,
+        commit: str | None = None,
+        *,
+        valid: bool = True,
+        errors: str | None = None,
+    ) -> int:
+        """A new version of a plugin (its team and plugin created when new); returns its id."""
         with self.db.session() as s:
             owner = s.scalar(select(Team).where(Team.name == team)) or Team(name=team)
+            found = s.scalar(select(Plugin).join(Team).where(Team.name == team, Plugin.name == plugin))
+            found = found or Plugin(team=owner, name=plugin, kind=kind)
             version = PluginVersion(
-                plugin=Plugin(team=owner, name=plugin, kind=kind),
-                content_hash=hashlib.sha256(f"{team}/{plugin}".encode()).hexdigest(),
+                plugin=found,
+                content_hash=hashlib.sha256(f"{team}/{plugin}/{len(found.versions)}".encode()).hexdigest(),
                 commit=commit,
                 source="tests",
                 archive=b"",
-                manifest={"name": plugin},
-                valid=True,
+                manifest={"name": plugin, "summary": f"{plugin} by {team}"},
+                valid=valid,
+                errors=errors,
             )
             s.add(version)
             s.flush()
@@ -44,10 +64,12 @@ class Rows:
         with self.db.session() as s:
             s.add(Track(name=name, config=config))
 
-    def round(self, number: int, tracks: Sequence[str] = ("digits",)) -> int:
+    def round(
+        self, number: int, tracks: Sequence[str] = ("digits",), status: str = "running", published: bool = False
+    ) -> int:
         """A round; returns its id."""
         with self.db.session() as s:
-            round_ = Round(number=number, tracks=list(tracks), status="running")
+            round_ = Round(number=number, tracks=list(tracks), status=status, published=published)
             s.add(round_)
             s.flush()
             return round_.id
@@ -64,29 +86,72 @@ class Rows:
         threat: str = "white-box",
         status: str = "ok",
         error: str | None = None,
+        log_tail: str | None = None,
         metrics: dict[str, Any] | None = None,
     ) -> str:
         """A cell of the round; its result is written unless ``status`` is "pending". Returns the key."""
+        key = self.cell(round_id, attack, defense, track=track, threat=threat)
+        if status != "pending":
+            ids = {"attack_version_id": attack, "defense_version_id": defense, "track": track, "threat": threat}
+            self.result(
+                key, survived, clean=clean, status=status, error=error, log_tail=log_tail, metrics=metrics, **ids
+            )
+        return key
+
+    def cell(
+        self, round_id: int, attack: int, defense: int, *, track: str = "digits", threat: str = "white-box"
+    ) -> str:
+        """A cell of the round linked to the pair's result key, whether or not the result exists (a later
+        round reuses an earlier round's result this way). Returns the key."""
         key = hashlib.sha256(f"{attack}/{defense}/{track}/{threat}".encode()).hexdigest()
         with self.db.session() as s:
             ids = {"attack_version_id": attack, "defense_version_id": defense, "track": track, "threat": threat}
             s.add(RoundMatch(round_id=round_id, result_key=key, **ids))
-            if status == "pending":
-                return key
-            samples = records(survived, clean) if status == "ok" else None
-            s.add(
-                Result(
-                    key=key,
-                    seed=0,
-                    referee_version="1",
-                    status=status,
-                    error=error,
-                    metrics=(metrics or {}) | (summary(samples) if samples else {}),
-                    samples=pack(samples) if samples else None,
-                    **ids,
-                )
-            )
+            frozen = set(s.scalars(select(RoundEntry.plugin_version_id).where(RoundEntry.round_id == round_id)))
+            s.add_all(RoundEntry(round_id=round_id, plugin_version_id=v) for v in {attack, defense} - frozen)
         return key
+
+    def result(
+        self,
+        key: str,
+        survived: Sequence[int] = (),
+        *,
+        clean: Sequence[int] | None = None,
+        status: str = "ok",
+        error: str | None = None,
+        log_tail: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        **ids: Any,
+    ) -> int:
+        """The result of a match (with per-sample records and a gallery when ok); returns its id."""
+        samples = records(survived, clean) if status == "ok" else None
+        with self.db.session() as s:
+            result = Result(
+                key=key,
+                seed=0,
+                referee_version="1",
+                status=status,
+                error=error,
+                log_tail=log_tail,
+                metrics=(summary(samples) if samples else {}) | (metrics or {}),
+                samples=pack(samples) if samples else None,
+                gallery=pack(gallery(samples)) if samples else None,
+                **ids,
+            )
+            s.add(result)
+            s.flush()
+            return result.id
+
+    def job(self, round_id: int | None, kind: str, state: str, **fields: Any) -> int:
+        """A job of a round; ``fields`` sets params, error, log_tail, worker, attempts and times."""
+        with self.db.session() as s:
+            job = Job(round_id=round_id, kind=kind, key=hashlib.sha256(repr(fields).encode()).hexdigest(), state=state)
+            job.params = fields.pop("params", {})
+            for name, value in fields.items():
+                setattr(job, name, value)
+            s.add(job)
+            s.flush()
+            return job.id
 
 
 def records(survived: Sequence[int], clean: Sequence[int] | None = None) -> dict[str, np.ndarray]:
@@ -116,6 +181,22 @@ def records(survived: Sequence[int], clean: Sequence[int] | None = None) -> dict
     }
 
 
+def gallery(r: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A gallery as the referee stores it: the first samples as 8x8 grey images, brightened where broken."""
+    n = min(len(r["label"]), 8)
+    clean = np.tile(np.linspace(0, 200, 64, dtype=np.uint8).reshape(1, 1, 8, 8), (n, 1, 1, 1))
+    adversarial = clean.copy()
+    adversarial[r["success"][:n], 0, 2, 3] += 50  # one brighter pixel on each broken sample
+    return {
+        "position": np.arange(n),
+        "clean": clean,
+        "adversarial": adversarial,
+        "label": r["label"][:n],
+        "clean_pred": r["clean_pred"][:n],
+        "adv_pred": r["adv_pred"][:n],
+    }
+
+
 def summary(r: dict[str, np.ndarray]) -> dict[str, Any]:
     """Match metrics over the records, as the referee computes them."""
     clean = r["clean_correct"]
@@ -127,6 +208,8 @@ def summary(r: dict[str, np.ndarray]) -> dict[str, Any]:
         "mean_l2": float(r["l2"][r["success"]].mean()) if r["success"].any() else None,
         "mean_linf": float(r["linf"][r["success"]].mean()) if r["success"].any() else None,
         "queries_per_sample": 0.0,
+        "violations": int(r["violated"].sum()),
+        "draws": 1,
     }
 
 
@@ -281,3 +364,104 @@ def test_latest_round_is_the_highest_number(db: Database, rows: Rows) -> None:
         assert latest_round(s).number == 2
     with db.session() as s, pytest.raises(LookupError):
         round_standings(s, 999)
+
+
+def test_draws_and_l0_are_reported(db: Database, rows: Rows) -> None:
+    attack, d = rows.version("r", "a", "attack"), rows.version("b", "magnet", "defense")
+    r = rows.round(1)
+    rows.match(r, attack, d, [1, 0], metrics={"draws": 5, "mean_l0": 3.0})
+    (board,) = standings(db, r)
+    assert board.defenses[0].draws == 5
+    assert board.attacks[0].mean_l0 == 3.0
+
+
+def test_decoded_outcomes_are_reused_from_the_cache(db: Database, rows: Rows) -> None:
+    attack, d = rows.version("r", "a", "attack"), rows.version("b", "d", "defense")
+    r = rows.round(1)
+    key = rows.match(r, attack, d, [1, 0, 0, 1])
+    cache = OutcomeCache()
+    with db.session() as s:
+        first = round_standings(s, r, outcomes=cache)
+    assert len(cache) == 1
+    with db.session() as s:  # the stored records are gone: only the cache can still answer
+        s.execute(Result.__table__.update().where(Result.key == key).values(samples=None))
+    with db.session() as s:
+        assert round_standings(s, r, outcomes=cache) == first
+    with pytest.raises(ValueError, match="no per-sample records"):
+        standings(db, r)
+
+
+def test_a_tiny_cache_forgets_its_oldest_outcomes(db: Database, rows: Rows) -> None:
+    a1, a2, d = rows.version("r", "a1", "attack"), rows.version("r", "a2", "attack"), rows.version("b", "d", "defense")
+    r = rows.round(1)
+    rows.match(r, a1, d, [1, 0])
+    rows.match(r, a2, d, [0, 1])
+    cache = OutcomeCache(capacity=1)
+    with db.session() as s:
+        round_standings(s, r, outcomes=cache)
+    assert len(cache) == 1
+
+
+def test_the_round_token_changes_when_a_result_arrives(db: Database, rows: Rows) -> None:
+    attack, d = rows.version("r", "a", "attack"), rows.version("b", "d", "defense")
+    r = rows.round(1)
+    key = rows.match(r, attack, d, status="pending")
+    with db.session() as s:
+        before = round_token(s, r)
+        assert round_token(s, r) == before
+    rows.result(key, [1, 1], attack_version_id=attack, defense_version_id=d, track="digits", threat="white-box")
+    with db.session() as s:
+        assert round_token(s, r) != before
+
+
+def test_history_follows_scores_breaks_and_survival_over_rounds(db: Database, rows: Rows) -> None:
+    a1 = rows.version("red", "a1", "attack")
+    a2v1 = rows.version("green", "a2", "attack")
+    d1v1, d2 = rows.version("blue", "d1", "defense"), rows.version("gold", "d2", "defense")
+    r1 = rows.round(1, status="done")
+    rows.match(r1, a1, d1v1, [1, 1, 1, 0])  # success 0.25: holds
+    rows.match(r1, a1, d2, [0, 0, 1, 1])  # 0.5: broken (the threshold counts)
+    rows.match(r1, a2v1, d1v1, [1, 1, 1, 1])
+    rows.match(r1, a2v1, d2, [0, 0, 0, 1])  # 0.75: broken
+    a2v2 = rows.version("green", "a2", "attack")  # a new version of a2 enters round 2
+    r2 = rows.round(2, status="done")
+    rows.cell(r2, a1, d1v1)  # reused from round 1
+    rows.cell(r2, a1, d2)
+    rows.match(r2, a2v2, d1v1, [0, 0, 0, 1])  # d1 falls in round 2
+    rows.match(r2, a2v2, d2, [0, 0, 0, 0])
+    d1v2 = rows.version("blue", "d1", "defense")  # blue answers with a new version
+    r3 = rows.round(3)
+    rows.match(r3, a1, d1v2, [1, 1, 1, 1])
+    rows.match(r3, a2v2, d1v2, [1, 1, 1, 0])
+    rows.cell(r3, a1, d2)
+    rows.cell(r3, a2v2, d2)
+
+    with db.session() as s:
+        (board,) = history([(n, round_standings(s, r)) for n, r in ((1, r1), (2, r2), (3, r3))])
+    assert (board.track, board.threat, board.rounds) == ("digits", "white-box", [1, 2, 3])
+    defenses = {line.label: line.values for line in board.defenses}
+    assert defenses == {"blue/d1": [0.75, 0.0, 0.75], "gold/d2": [0.25, 0.0, 0.0]}
+    attacks = {line.label: line.values for line in board.attacks}
+    assert attacks["green/a2"] == pytest.approx([0.375, 0.875, 0.625])
+    events = [(e.round, e.attack.version_id, e.defense.version_id, e.success_rate) for e in board.breaks]
+    assert events == [(2, a2v2, d1v1, 0.75), (1, a2v1, d2, 0.75), (1, a1, d2, 0.5)]
+    survival = {s.defense.version_id: s for s in board.survival}
+    assert [s.defense.version_id for s in board.survival] == [d1v2, d1v1, d2]
+    assert survival[d1v2].standing and survival[d1v2].rounds_survived == 1 and survival[d1v2].first_round == 3
+    assert (survival[d1v1].broken_in, survival[d1v1].rounds_survived, survival[d1v1].rounds_played) == (2, 1, 2)
+    assert [e.version_id for e in survival[d1v1].broken_by] == [a2v2]
+    assert (survival[d2].broken_in, survival[d2].rounds_survived) == (1, 0)
+    assert {e.version_id for e in survival[d2].broken_by} == {a1, a2v1}
+    assert board.as_dict()["survival"][0]["standing"] is True
+    assert BREAK_SUCCESS_RATE == 0.5
+
+
+def test_history_ignores_failed_and_pending_cells(db: Database, rows: Rows) -> None:
+    a1, a2, d = rows.version("r", "a1", "attack"), rows.version("r", "a2", "attack"), rows.version("b", "d", "defense")
+    r = rows.round(1)
+    rows.match(r, a1, d, status="failed", error="crash")
+    rows.match(r, a2, d, status="pending")
+    with db.session() as s:
+        (board,) = history([(1, round_standings(s, r))])
+    assert board.breaks == [] and board.survival == []  # the defense has not played yet
+    assert board.defenses[0].values == [None]

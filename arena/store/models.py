@@ -80,6 +80,10 @@ class Team(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     repo_url: Mapped[str | None] = mapped_column(String(500))
     branch: Mapped[str] = mapped_column(String(100), default="main")
+    path: Mapped[str | None] = mapped_column(String(200))  # its folder in a shared class repository
+    daily_limit: Mapped[int | None]  # versions evaluated per day; None: the arena's default
+    synced_commit: Mapped[str | None] = mapped_column(String(64))  # the commit its last sync pinned
+    synced_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     plugins: Mapped[list[Plugin]] = relationship(back_populates="team")
@@ -96,6 +100,7 @@ class Plugin(Base):
     name: Mapped[str] = mapped_column(String(100))
     kind: Mapped[str] = mapped_column(String(10))  # "attack" | "defense"
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    withdrawn_at: Mapped[datetime | None]  # its folder left the team's repository: it plays no more rounds
 
     team: Mapped[Team] = relationship(back_populates="plugins")
     versions: Mapped[list[PluginVersion]] = relationship(back_populates="plugin", order_by="PluginVersion.id")
@@ -116,6 +121,13 @@ class PluginVersion(Base):
     manifest: Mapped[dict[str, Any]]
     valid: Mapped[bool] = mapped_column(default=False)
     errors: Mapped[str | None] = mapped_column(Text)
+    #: pending | valid | invalid | deferred (over the team's daily limit) | error (the arena's fault: tried again)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    path: Mapped[str | None] = mapped_column(String(500))  # its folder in the team's repository
+    checks: Mapped[dict[str, Any] | None]  # what validation found: declarations, the smoke match
+    log_tail: Mapped[str | None] = mapped_column(Text)  # what the plugin printed during validation
+    evaluated_at: Mapped[datetime | None]  # when validation ran (counts against the team's daily limit)
+    seen_at: Mapped[datetime | None]  # when a sync last found it as its plugin's current code
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     plugin: Mapped[Plugin] = relationship(back_populates="versions")
@@ -143,8 +155,10 @@ class Round(Base):
     tracks: Mapped[list[str]] = mapped_column(JSON)
     published: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None]
+    closes_at: Mapped[datetime | None]  # when `arena round close --due` closes it (optional)
+    started_at: Mapped[datetime | None]  # closed: its plugin versions frozen and its jobs planned
     finished_at: Mapped[datetime | None]
+    published_at: Mapped[datetime | None]
 
     entries: Mapped[list[RoundEntry]] = relationship(back_populates="round", cascade="all, delete-orphan")
     matches: Mapped[list[RoundMatch]] = relationship(back_populates="round", cascade="all, delete-orphan")

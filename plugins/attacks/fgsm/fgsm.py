@@ -35,16 +35,16 @@ class FGSM(Attack):
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """One gradient step from ``x``, clipped to [0, 1]."""
         model = target.model.eval()
+        x = x.detach()
         with torch.enable_grad():
-            x_in = x.detach().clone().requires_grad_(True)
+            x_in = x.clone().requires_grad_(True)  # a copy: the gradient of a view would go through the view
             loss = F.cross_entropy(model(x_in), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x_in)
         if budget.norm == "linf":
-            step = grad.sign()
+            step = grad.sign_()
         else:
-            norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-            step = grad / norm.view(-1, *([1] * (x.dim() - 1)))
-        return (x + budget.eps * step).clamp(0.0, 1.0).detach()
+            step = grad.div_(grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1))))
+        return step.mul_(budget.eps).add_(x).clamp_(0.0, 1.0)
 
 
 @hookimpl

@@ -18,8 +18,9 @@ class FGSMAdvTraining(Defense):
               \mathrm{sign}(\nabla_x L(x, y))), y)
 
     ``eps`` is ``ctx.eps``; under the l2 norm the sign is replaced by the fast gradient method
-    ``g / ||g||_2``. Trains ``ctx.make_model()`` with Adam for ``ctx.epochs`` epochs and stops early,
-    with a log line, when ``ctx.time_budget`` seconds are spent.
+    ``g / ||g||_2``, under l0 the ``eps`` entries of largest gradient are pushed to 0 or 1. Trains
+    ``ctx.make_model()`` with Adam for ``ctx.epochs`` epochs and stops early, with a log line, when
+    ``ctx.time_budget`` seconds are spent.
 
     Paper: Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples",
     ICLR 2015, https://arxiv.org/abs/1412.6572 (section 5, alpha = 0.5).
@@ -50,7 +51,7 @@ class FGSMAdvTraining(Defense):
                 x = x.detach().requires_grad_(True)
                 clean_loss = F.cross_entropy(model(x), y)
                 (grad,) = torch.autograd.grad(clean_loss, x, retain_graph=True)
-                x_adv = (x + ctx.eps * _direction(grad, ctx.norm)).clamp(0.0, 1.0).detach()
+                x_adv = (x + _step(grad, ctx.norm, ctx.eps)).clamp(0.0, 1.0).detach()
                 loss = self.alpha * clean_loss + (1 - self.alpha) * F.cross_entropy(model(x_adv), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -59,12 +60,18 @@ class FGSMAdvTraining(Defense):
         return model.eval()
 
 
-def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """The FGSM step direction: ``sign(g)`` for linf, ``g / ||g||_2`` per sample otherwise."""
+def _step(grad: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """The fast gradient step of size ``eps``: ``eps * sign(g)`` for linf, ``eps * g / ||g||_2`` per sample for
+    l2, and for l0 the ``eps`` entries of largest ``|g|`` pushed by 1 in the direction of their sign."""
+    flat = grad.flatten(1)
     if norm == "linf":
-        return grad.sign()
-    length = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return grad / length.view(-1, *([1] * (grad.dim() - 1)))
+        step = eps * flat.sign()
+    elif norm == "l2":
+        step = eps * flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    else:
+        top = flat.abs().topk(min(int(eps), flat.shape[1]), dim=1).indices
+        step = torch.zeros_like(flat).scatter(1, top, flat.gather(1, top).sign())
+    return step.view_as(grad)
 
 
 @hookimpl

@@ -1,0 +1,456 @@
+"""The zygote: a process that imported torch and the arena once and forks a sandboxed child per request.
+
+Starting Python and importing torch takes seconds; forking a process that did so already takes
+milliseconds. The arena starts one zygote per process (again when it dies, or when a sandbox needs
+folders its view lacks), with a minimal environment and, where bubblewrap works, inside the view of
+:mod:`arena.namespaces`. The zygote never loads a model, a database connection or a secret, and never
+runs plugin code.
+
+A request hands the zygote four file descriptors: the request pipe (to the sandboxed code), the log
+pipe (its stdout and stderr), a *lifeline* (the arena closes it to end the sandbox, or dies) and a
+status pipe (where the zygote writes the child's exit code). The child forked for it is a *proxy*: it
+enters the sandbox's namespaces and forks the sandbox's pid 1, which forks the process that serves the
+requests; the proxy waits for them or for the lifeline to close, then kills whatever is left and exits
+with the served process's status. Without bubblewrap (the *fallback*) the proxy does the same without
+namespaces, serving from its child and killing the process group instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, NoReturn
+
+from arena import namespaces
+from arena.namespaces import View
+
+PRELOAD = ("torch", "numpy", "sklearn.datasets", "arena.match", "arena.training")
+KEEP_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+ISOLATION_ENV = "ARENA_SANDBOX"
+#: seconds a zygote may take to import torch and the arena (a loaded machine is slow)
+START_TIMEOUT = 300.0
+#: exit status of a proxy whose sandbox could not be set up (the arena's fault, not the plugin's)
+EX_SETUP = 71
+BOOT = "import sys; sys.path[:] = {path!r}; from arena.zygote import main; main({fd}, {preload!r}, {sandboxed!r})"
+
+log = logging.getLogger("arena.sandbox")
+
+
+class SandboxError(RuntimeError):
+    """The arena could not start a sandbox (its own fault: bubblewrap, the host, a dead zygote)."""
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How sandboxes are isolated here: ``bubblewrap``, or the weaker ``fallback`` and why."""
+
+    mode: str
+    reason: str = ""
+
+
+def minimal_env() -> dict[str, str]:
+    """The only variables a zygote (and so every sandbox) starts with: no secret of the arena."""
+    return {key: os.environ[key] for key in KEEP_ENV if key in os.environ}
+
+
+def isolation() -> Isolation:
+    """The isolation this process's sandboxes get (``ARENA_SANDBOX``: ``auto``, ``bubblewrap``, ``fallback``).
+
+    ``auto`` (the default) uses bubblewrap when it is installed and the host lets it create the
+    namespaces a sandbox needs, else the fallback, with a warning that says why.
+    """
+    requested = os.environ.get(ISOLATION_ENV, "auto")
+    if requested not in ("auto", "bubblewrap", "fallback"):
+        raise ValueError(f"{ISOLATION_ENV}={requested!r}: use auto, bubblewrap or fallback")
+    if requested == "fallback":
+        return Isolation("fallback", f"{ISOLATION_ENV}=fallback")
+    problem = _bubblewrap_problem()
+    if problem is None:
+        return Isolation("bubblewrap")
+    if requested == "bubblewrap":
+        raise SandboxError(f"{ISOLATION_ENV}=bubblewrap, but {problem}")
+    return Isolation("fallback", problem)
+
+
+@functools.cache
+def _bubblewrap_problem() -> str | None:
+    """Why bubblewrap cannot isolate sandboxes here (None when it can): a probe in a minimal view."""
+    bwrap = namespaces.bwrap()
+    if bwrap is None:
+        return "bubblewrap is not installed (Debian: apt-get install bubblewrap)"
+    view = namespaces.build_view([Path(namespaces.__file__).parent], [], [])
+    command = [bwrap, *view.bwrap_args(), "--", sys.executable, "-I", "-S", namespaces.__file__]
+    try:
+        done = subprocess.run(command, env=minimal_env(), capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap failed to start: {exc}"
+    if done.returncode != 0:
+        said = (done.stdout + done.stderr).strip().splitlines()
+        return f"bubblewrap cannot create a sandbox here: {said[-1] if said else f'status {done.returncode}'}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The arena's side
+# --------------------------------------------------------------------------------------------------
+
+
+class OutputTail:
+    """Drains a pipe in a thread and keeps its last ``keep`` bytes: a plugin may print without bound."""
+
+    def __init__(self, fd: int, keep: int) -> None:
+        self._fd, self._keep = fd, keep
+        self._data = bytearray()
+        self.total = 0
+        self._lock = threading.Lock()
+        self._open = True
+        os.set_blocking(fd, False)
+        self._thread = threading.Thread(target=self._run, name="sandbox-log", daemon=True)
+        self._thread.start()
+
+    def text(self) -> str:
+        """Everything kept so far, up to the last byte written (read now, not left in the pipe)."""
+        with self._lock:
+            self._pump()
+            return self._data.decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        """Read what is left, stop the thread and close the pipe."""
+        with self._lock:
+            self._pump()
+            self._open = False
+            os.close(self._fd)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._open or not self._pump():
+                    return
+            select.select([self._fd], [], [], 0.5)
+
+    def _pump(self) -> bool:
+        """Read what the pipe holds (lock held); False at its end or once closed."""
+        while self._open:
+            try:
+                chunk = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            self.total += len(chunk)
+            self._data += chunk
+            del self._data[: max(0, len(self._data) - self._keep)]
+        return False
+
+
+class Zygote:
+    """A running zygote (see the module's docstring), in bubblewrap with ``view`` or in the fallback."""
+
+    def __init__(self, view: View | None) -> None:
+        self.view = view
+        self.owner = os.getpid()
+        self._lock = threading.Lock()
+        self._sock, theirs = socket.socketpair()
+        boot = BOOT.format(fd=theirs.fileno(), path=sys.path, preload=PRELOAD, sandboxed=view is not None)
+        command = [sys.executable, "-c", boot]
+        if view is not None:
+            command = [str(namespaces.bwrap()), *view.bwrap_args(), "--", *command]
+        out_r, out_w = os.pipe()
+        try:
+            self._process = subprocess.Popen(
+                command,
+                pass_fds=(theirs.fileno(),),
+                env=minimal_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=out_w,
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+            os.close(out_w)
+        self.output = OutputTail(out_r, 4000)
+        self._await_ready()
+
+    def spawn(self, fds: list[int]) -> int:
+        """Fork a proxy serving over ``fds`` (request, log, lifeline, status); return its pid."""
+        with self._lock:
+            try:
+                socket.send_fds(self._sock, [b"s"], fds)
+                reply = _recv_json(self._sock)
+            except (OSError, EOFError) as exc:
+                raise SandboxError(f"the sandbox zygote stopped answering ({exc}): {self.output.text()}") from None
+        return int(reply["pid"])
+
+    def alive(self) -> bool:
+        """Whether the zygote still runs and belongs to this process (not inherited through a fork)."""
+        return self.owner == os.getpid() and self._process.poll() is None
+
+    def retire(self) -> None:
+        """Accept no more requests; the zygote exits once its children are gone."""
+        self._sock.close()
+
+    def gone(self) -> bool:
+        """Whether the zygote has exited (and been waited for)."""
+        return self._process.poll() is not None
+
+    def _await_ready(self) -> None:
+        self._sock.settimeout(START_TIMEOUT)
+        try:
+            _recv_json(self._sock)
+        except (OSError, EOFError):
+            self._process.kill()
+            self._process.wait()
+            self._sock.close()
+            raise SandboxError(f"the sandbox zygote did not start: {self.output.text()[-2000:]}") from None
+        finally:
+            self._sock.settimeout(None)
+
+
+_zygotes: dict[bool, Zygote] = {}  # by whether it runs in bubblewrap
+_retired: list[Zygote] = []  # widened or replaced, still serving their last sandboxes
+_zygotes_lock = threading.Lock()
+
+
+def get_zygote(view: View | None) -> Zygote:
+    """This process's zygote for ``view`` (None: the fallback), started or widened when needed."""
+    with _zygotes_lock:
+        current = _zygotes.get(view is not None)
+        if current is not None and current.alive():
+            if view is None or current.view.covers(view):  # type: ignore[union-attr]
+                return current
+            view = current.view.union(view)  # type: ignore[union-attr]
+        if current is not None and current.owner == os.getpid():
+            current.retire()
+            _retired.append(current)
+        _retired[:] = [z for z in _retired if not z.gone()]
+        _zygotes[view is not None] = Zygote(view)
+        return _zygotes[view is not None]
+
+
+class Child:
+    """A proxy forked by the zygote: its pid, and its exit code once the zygote reports it."""
+
+    def __init__(self, pid: int, status_fd: int) -> None:
+        self.pid = pid
+        self._status_fd = status_fd
+        self.exitcode: int | None = None
+
+    def wait(self, timeout: float = 0.0) -> int | None:
+        """The exit code (negative: killed by that signal) once known, waiting up to ``timeout`` seconds."""
+        if self.exitcode is None and self._status_fd >= 0:
+            ready, _, _ = select.select([self._status_fd], [], [], timeout)
+            if ready:
+                data = os.read(self._status_fd, 4)
+                # no status at all: the zygote died before it could reap the proxy
+                self.exitcode = struct.unpack("i", data)[0] if len(data) == 4 else -signal.SIGKILL
+                os.close(self._status_fd)
+                self._status_fd = -1
+        return self.exitcode
+
+    def alive(self) -> bool:
+        """Whether the proxy still runs."""
+        return self.wait() is None
+
+    def kill(self) -> None:
+        """Kill the proxy's process group (in bubblewrap, its pid namespace dies with it)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Release the status pipe."""
+        if self._status_fd >= 0:
+            os.close(self._status_fd)
+            self._status_fd = -1
+
+
+def _send_json(sock: socket.socket, message: dict[str, Any]) -> None:
+    data = json.dumps(message).encode()
+    sock.sendall(struct.pack("!I", len(data)) + data)
+
+
+def _recv_json(sock: socket.socket) -> dict[str, Any]:
+    header = _recv_exactly(sock, 4)
+    return json.loads(_recv_exactly(sock, struct.unpack("!I", header)[0]))
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the zygote closed its socket")
+        data += chunk
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# The zygote's side
+# --------------------------------------------------------------------------------------------------
+
+
+def main(fd: int, preload: tuple[str, ...], sandboxed: bool) -> None:
+    """The zygote's loop: preload, then fork a proxy per request and report each one's exit code."""
+    for name in preload:
+        __import__(name)
+    control = socket.socket(fileno=fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _send_json(control, {"ready": True})
+    children: dict[int, int] = {}  # proxy pid -> status pipe
+    accepting = True
+    while accepting or children:
+        watched = [wake_r, control] if accepting else [wake_r]
+        ready, _, _ = select.select(watched, [], [])
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+            _reap(children)
+        if accepting and control in ready:
+            try:
+                _, fds, _, _ = socket.recv_fds(control, 16, 4)
+            except OSError:
+                fds = []
+            if len(fds) != 4:
+                accepting = False
+                control.close()
+                continue
+            pid = os.fork()
+            if pid == 0:
+                for own in (control.fileno(), wake_r, wake_w, *children.values()):
+                    os.close(own)
+                os.close(fds[3])
+                signal.set_wakeup_fd(-1)
+                for number in (signal.SIGCHLD, signal.SIGINT):
+                    signal.signal(number, signal.SIG_DFL)
+                _proxy(fds[0], fds[1], fds[2], sandboxed)
+            for own in fds[:3]:
+                os.close(own)
+            children[pid] = fds[3]
+            _send_json(control, {"pid": pid})
+    sys.exit(0)
+
+
+def _reap(children: dict[int, int]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        status_fd = children.pop(pid, None)
+        if status_fd is not None:
+            with contextlib.suppress(OSError):  # the arena closed its end: nobody waits for this status
+                os.write(status_fd, struct.pack("i", os.waitstatus_to_exitcode(status)))
+            os.close(status_fd)
+
+
+def _proxy(request: int, output: int, lifeline: int, sandboxed: bool) -> NoReturn:
+    """Enter the sandbox, fork its first process, wait for it (or the lifeline), exit as the served one did.
+
+    With bubblewrap the first process is pid 1 of the new pid namespace: it reaps orphans and runs the
+    served process as its child (pid 2), because the kernel spares a namespace's pid 1 the signals it
+    would otherwise die of (a CPU-time limit's SIGXCPU among them). In the fallback the first process
+    is the served one.
+    """
+    os.setsid()
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    os.close(output)
+    conn = Connection(request)
+    report_r, report_w = os.pipe()  # the served process's wait status, from pid 1
+    try:
+        config = conn.recv()  # from the arena: plain data
+        if sandboxed:
+            namespaces.enter(config["private"])
+        pid = os.fork()
+    except BaseException as exc:  # the arena's fault: report it as such
+        _setup_failed(conn, exc)
+    if pid == 0:
+        os.close(lifeline)
+        os.close(report_r)
+        try:
+            namespaces.seal() if sandboxed else namespaces.die_with_parent()
+        except BaseException as exc:
+            _setup_failed(conn, exc)
+        if sandboxed:
+            _init(conn, config, report_w)
+        os.close(report_w)
+        _serve(conn, config)
+    conn.close()
+    os.close(report_w)
+    _watch(pid, lifeline, report_r, sandboxed)
+
+
+def _init(conn: Connection, config: dict[str, Any], report: int) -> NoReturn:
+    """pid 1 of the sandbox: run the served process as a child, reap orphans, report its status, exit.
+
+    When pid 1 exits, the kernel kills every process left in the namespace.
+    """
+    child = os.fork()
+    if child == 0:
+        os.close(report)
+        namespaces.die_with_parent()
+        _serve(conn, config)
+    conn.close()
+    namespaces.not_dumpable()  # the plugin (the same user) may not trace the sandbox's own process
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == child:
+            os.write(report, struct.pack("i", status))
+            os._exit(0)
+
+
+def _serve(conn: Connection, config: dict[str, Any]) -> NoReturn:
+    from arena.sandbox import serve  # the zygote imported it already (arena.match)
+
+    serve(conn, config)
+
+
+def _setup_failed(conn: Connection, exc: BaseException) -> NoReturn:
+    try:
+        conn.send(("sandbox-error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        os._exit(EX_SETUP)
+
+
+def _watch(pid: int, lifeline: int, report: int, sandboxed: bool) -> NoReturn:
+    """Wait for the sandbox's first process; when the lifeline closes first, kill it (and all it started)."""
+    pidfd = os.pidfd_open(pid)
+    ready, _, _ = select.select([pidfd, lifeline], [], [])
+    if pidfd not in ready:
+        if sandboxed:
+            os.kill(pid, signal.SIGKILL)  # pid 1 of its namespace: every process in it dies too
+        else:
+            os.killpg(0, signal.SIGKILL)  # the fallback: the process group, this proxy included
+    _, status = os.waitpid(pid, 0)
+    reported = os.read(report, 4)  # the served process's own status, when pid 1 could tell it
+    if len(reported) == 4:
+        status = struct.unpack("i", reported)[0]
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # die of the same signal, so the arena can say what killed the plugin
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        time.sleep(1)
+    os._exit(code if code >= 0 else 128 - code)

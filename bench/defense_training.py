@@ -1,0 +1,109 @@
+"""Training time and clean accuracy of every built-in defense, trained exactly as the arena trains it.
+
+Each defense trains in its sandbox through ``arena.training.train_defense`` (the code path of a round's
+``train-defense`` job) and its artifact is kept under ``--cache``, keyed like the arena's own artifacts by
+(content hash, track configuration, training version, seed): a second run trains nothing and only reads the
+artifacts back (``--retrain`` trains again). One row per defense and track: the seconds ``train(ctx)`` took
+in its sandbox, the clean accuracy and the share of clean inputs rejected on the track's evaluation subset
+(over the track's draws for randomized defenses, as the referee counts them), and the track's floor.
+
+    python bench/defense_training.py --track digits --track mnist-linf [--defense magnet]... [--cache DIR]
+
+Set ARENA_DATA_DIR to a folder with mnist.npz for the MNIST tracks (e.g. ../shared/data). Run it niced on a
+shared machine: MNIST trains every defense in minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arena import plugins
+from arena.config import Settings
+from arena.plugins import PluginSource
+from arena.referee import classify, judge
+from arena.tracks import TRACKS, Track
+from arena.training import TRAINING_VERSION, TrainSpec, derive_seed, load_model, pick_device, train_defense
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFENSES = sorted(p.parent.name for p in (ROOT / "plugins" / "defenses").glob("*/plugin.toml"))
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "arena-bench-defenses"
+
+
+@dataclass
+class Trained:
+    """A defense's artifact, loaded, with what its training reported."""
+
+    name: str
+    source: PluginSource
+    model: torch.nn.Module
+    randomized: bool
+    meta: dict[str, Any]
+
+
+def train_or_load(name: str, track: Track, data_dir: Path, cache: Path, retrain: bool = False) -> Trained:
+    """The defense ``name`` trained on ``track`` by the arena's own code; from ``cache`` when it is there."""
+    source = plugins.read_folder(ROOT / "plugins" / "defenses" / name)
+    seed = derive_seed(b"bench", "defense", source.content_hash, track.name)
+    key = hashlib.sha256(
+        json.dumps([source.content_hash, track.config(), TRAINING_VERSION, seed], sort_keys=True).encode()
+    ).hexdigest()[:24]
+    artifact, meta_file = cache / f"{name}-{track.name}-{key}.pt", cache / f"{name}-{track.name}-{key}.json"
+    if retrain or not artifact.is_file():
+        data, meta = train_defense(TrainSpec(source, track, seed, data_dir, cache / "plugin-cache"))
+        cache.mkdir(parents=True, exist_ok=True)
+        artifact.write_bytes(data)
+        meta_file.write_text(json.dumps(meta))
+    loaded = plugins.load(source, cache / "plugin-cache")
+    model = load_model(artifact.read_bytes(), pick_device(), source, cache / "plugin-cache")
+    meta = json.loads(meta_file.read_text())
+    return Trained(name, source, model, bool(getattr(loaded.cls, "randomized", False)), meta)
+
+
+def clean_figures(trained: Trained, track: Track, data_dir: Path) -> dict[str, float]:
+    """Clean accuracy and rejection rate on the track's evaluation subset, as the referee counts them."""
+    x, y, _, _ = track.eval_set(data_dir)
+    x, y = x.to(pick_device()), y.to(pick_device())
+    draws = track.draws if trained.randomized else 1
+    started = time.perf_counter()
+    verdict = classify(trained.model, x, draws)
+    records = judge(x, y, x, torch.zeros(len(x), dtype=torch.bool, device=x.device), verdict, verdict, None)
+    return {
+        "clean_accuracy": float(records["clean_correct"].mean()),
+        "rejected": float(records["clean_rejected"].mean()),
+        "classify_seconds": time.perf_counter() - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--track", action="append", choices=sorted(TRACKS), help="default: digits")
+    parser.add_argument("--defense", action="append", choices=DEFENSES, help="default: all built-in defenses")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"artifacts (default {DEFAULT_CACHE})")
+    parser.add_argument("--retrain", action="store_true", help="train again even when the artifact is cached")
+    args = parser.parse_args()
+    data_dir = Settings.from_env().data_dir
+    print(f"{'defense':<22} {'track':<11} {'train s':>8} {'clean':>6} {'reject':>7} {'floor':>6}  classify s")
+    for track_name in args.track or ["digits"]:
+        track = TRACKS[track_name]
+        for name in args.defense or DEFENSES:
+            trained = train_or_load(name, track, data_dir, args.cache, args.retrain)
+            figures = clean_figures(trained, track, data_dir)
+            mark = "" if figures["clean_accuracy"] >= track.clean_floor else "  below the floor"
+            print(
+                f"{name:<22} {track.name:<11} {trained.meta['seconds']:8.1f} {figures['clean_accuracy']:6.3f} "
+                f"{figures['rejected']:7.3f} {track.clean_floor:6.2f}  {figures['classify_seconds']:6.1f}{mark}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

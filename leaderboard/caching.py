@@ -1,0 +1,113 @@
+"""Caching: rendered pages kept by the state of their data, and HTTP caching headers.
+
+Pages whose data comes from scored rounds (overview, matrix, history) name that state (a
+:class:`Page`'s ``state``): a page or JSON body rendered from one state is kept and served again
+until the state changes, so a busy board renders each page once per change of its round.
+
+Every page and API answer carries an ETag (a repeated request costs a 304), and what cannot change
+says so in ``Cache-Control``:
+
+* A frozen round (published and done) never changes: asked for by number, its pages may be kept for
+  :data:`FROZEN_ROUND` (only the list of newer rounds in the header could go stale).
+* A match's result is written once: its page for a day, its gallery images for good.
+* Everything else is revalidated on every view (``no-cache``): the ETag still spares the body.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, current_app, g, render_template, request
+
+FROZEN_ROUND = "public, max-age=300"
+MATCH = "public, max-age=86400"
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page's data and the state it was made from: equal states, equal data (``None``: never reuse)."""
+
+    data: dict[str, Any]
+    state: Hashable | None = None
+
+
+def state(name: str, serials: object, data: Mapping[str, Any], *made_from_serials: str) -> tuple[str, str, str]:
+    """A page state: its name, the serials of the scored rounds it shows, and the rest of its data
+    (all but the keys ``made_from_serials``, which the serials stand for) as canonical JSON."""
+    rest = {key: value for key, value in data.items() if key not in made_from_serials}
+    return name, repr(serials), json.dumps(rest, sort_keys=True, default=str)
+
+
+class Rendered:
+    """Rendered bodies by key, the ``capacity`` most recently used, safe to share between threads."""
+
+    def __init__(self, capacity: int = 128) -> None:
+        self.capacity = capacity
+        self._bodies: OrderedDict[Hashable, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], str]) -> str:
+        """The body kept under ``key``, else ``make()``, kept."""
+        with self._lock:
+            if key in self._bodies:
+                self._bodies.move_to_end(key)
+                return self._bodies[key]
+        body = make()
+        with self._lock:
+            self._bodies[key] = body
+            while len(self._bodies) > self.capacity:
+                self._bodies.popitem(last=False)
+        return body
+
+
+def html(template: str, page: Page) -> str:
+    """``template`` rendered with the page's data, once per page state."""
+    if page.state is None:
+        return render_template(template, **page.data)
+    return _rendered().get(("html", template, page.state), lambda: render_template(template, **page.data))
+
+
+def as_json(page: Page) -> Response:
+    """The page's data as a JSON response, encoded once per page state."""
+
+    def encode() -> str:
+        return current_app.json.dumps(page.data) + "\n"
+
+    body = encode() if page.state is None else _rendered().get(("json", page.state), encode)
+    return current_app.response_class(body, mimetype=current_app.json.mimetype)
+
+
+def _rendered() -> Rendered:
+    return current_app.extensions["arena_rendered"]
+
+
+def cache(policy: str) -> None:
+    """Answer the current request with ``Cache-Control: policy``."""
+    g.cache_control = policy
+
+
+def cache_round(data: Mapping[str, Any], args: Mapping[str, str]) -> None:
+    """Cache the answer when it shows a frozen round named by number (never "the latest round")."""
+    if args.get("round") and data.get("round") and data["round"]["frozen"]:
+        cache(FROZEN_ROUND)
+
+
+def init_app(app: Flask) -> None:
+    """Keep rendered pages; add caching headers and conditional answers (304) to successful GET responses."""
+    app.extensions["arena_rendered"] = Rendered()
+
+    @app.after_request
+    def conditional(response: Response) -> Response:
+        if request.method not in ("GET", "HEAD") or response.status_code != 200 or response.is_streamed:
+            return response
+        response.headers.setdefault("Cache-Control", g.get("cache_control", REVALIDATE))
+        if response.get_etag() == (None, None):
+            response.add_etag()
+        return response.make_conditional(request)

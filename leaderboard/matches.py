@@ -1,0 +1,113 @@
+"""One match: its metrics, per-sample outcomes, perturbation norms, failure and log, and its gallery."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from flask import abort, url_for
+from sqlalchemy import select
+
+from arena.records import unpack
+from arena.scoring import plugin_entries
+from arena.store import Result, Track
+from leaderboard import gallery
+from leaderboard.lookup import database, get_or_404
+
+#: per-sample outcomes counted on the match page, in the order shown
+OUTCOMES = (
+    "clean_correct",
+    "clean_rejected",
+    "adv_correct",
+    "adv_rejected",
+    "survived",
+    "success",
+    "target_hit",
+    "violated",
+)
+NORMS = ("l0", "l2", "linf")
+
+
+def match(result_id: int) -> dict[str, Any]:
+    """Everything the arena recorded about the match whose result has id ``result_id``."""
+    with database().session() as session:
+        result = get_or_404(session, Result, result_id, "match")
+        entries = plugin_entries(session, {result.attack_version_id, result.defense_version_id})
+        track = session.scalar(select(Track.config).where(Track.name == result.track))
+    records = unpack(result.samples) if result.samples else None
+    shown = unpack(result.gallery) if result.gallery else None
+    return {
+        "id": result.id,
+        "key": result.key,
+        "status": result.status,
+        "error": result.error,
+        "log_tail": result.log_tail,
+        "attack": asdict(entries[result.attack_version_id]),
+        "defense": asdict(entries[result.defense_version_id]),
+        "track": result.track,
+        "track_config": track,
+        "threat": result.threat,
+        "seed": result.seed,
+        "referee_version": result.referee_version,
+        "wall_time": result.wall_time,
+        "created_at": result.created_at.isoformat(),
+        "metrics": result.metrics,
+        "outcomes": _outcomes(records) if records else None,
+        "norms": _norms(records) if records else None,
+        "amplification": gallery.amplification(shown) if shown else None,
+        "gallery": _items(result.id, shown, records) if shown else [],
+    }
+
+
+def image(result_id: int, item: int, kind: str) -> bytes:
+    """Gallery item ``item`` of the match drawn as ``kind`` (clean, adversarial, perturbation), as PNG."""
+    with database().session() as session:
+        row = session.execute(select(Result.id, Result.gallery).where(Result.id == result_id)).first()
+    if row is None:
+        abort(404, f"no match {result_id}")
+    if row.gallery is None:
+        abort(404, f"match {result_id} has no gallery")
+    try:
+        return gallery.png(unpack(row.gallery), item, kind)
+    except (ValueError, IndexError) as error:
+        abort(404, str(error))
+
+
+def _outcomes(records: dict[str, np.ndarray]) -> dict[str, int]:
+    """How many samples had each outcome, out of ``n``."""
+    counts = {"n": len(records["label"])}
+    return counts | {name: int(np.count_nonzero(records[name])) for name in OUTCOMES if name in records}
+
+
+def _norms(records: dict[str, np.ndarray]) -> dict[str, dict[str, float] | None]:
+    """Mean, median and largest perturbation norm over the successful samples (``None`` when none)."""
+    success = records["success"].astype(bool)
+    spread = {}
+    for norm in NORMS:
+        values = records[norm][success] if norm in records else np.empty(0)
+        spread[norm] = (
+            {"mean": float(values.mean()), "median": float(np.median(values)), "max": float(values.max())}
+            if values.size
+            else None
+        )
+    return spread
+
+
+def _items(result_id: int, shown: dict[str, np.ndarray], records: dict[str, np.ndarray] | None) -> list[dict]:
+    items = []
+    for item, position in enumerate(shown["position"].tolist()):
+        items.append(
+            {
+                "position": position,
+                "label": int(shown["label"][item]),
+                "clean_pred": int(shown["clean_pred"][item]),
+                "adv_pred": int(shown["adv_pred"][item]),
+                "success": bool(records["success"][position]) if records else None,
+                "images": {
+                    kind: url_for("board.gallery_image", result_id=result_id, item=item, kind=kind)
+                    for kind in gallery.KINDS
+                },
+            }
+        )
+    return items

@@ -1,0 +1,146 @@
+"""One plugin: every version with its commit and content hash, validation errors, rounds, failed
+trainings and results."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from arena.scoring import plugin_entries
+from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry
+from leaderboard.lookup import database, get_or_404
+from leaderboard.teams import team_line
+
+#: what a version row shows (never its archive)
+_VERSION_COLUMNS = (
+    PluginVersion.id,
+    PluginVersion.content_hash,
+    PluginVersion.commit,
+    PluginVersion.source,
+    PluginVersion.manifest,
+    PluginVersion.valid,
+    PluginVersion.errors,
+    PluginVersion.created_at,
+)
+_RESULT_COLUMNS = (
+    Result.id,
+    Result.attack_version_id,
+    Result.defense_version_id,
+    Result.track,
+    Result.threat,
+    Result.status,
+    Result.error,
+    Result.metrics,
+)
+
+
+def plugin(plugin_id: int) -> dict[str, Any]:
+    """One plugin: its versions (newest first), each with its validation, rounds, results and failures."""
+    with database().session() as session:
+        found = get_or_404(session, Plugin, plugin_id, "plugin")
+        line = {"id": found.id, "name": found.name, "kind": found.kind, "team": team_line(found.team)}
+        versions = session.execute(
+            select(*_VERSION_COLUMNS).where(PluginVersion.plugin_id == plugin_id).order_by(PluginVersion.id.desc())
+        ).all()
+        ids = [v.id for v in versions]
+        results = _results(session, ids)
+        rounds = _rounds(session, ids)
+        failures = _training_failures(session, set(ids)) if found.kind == "defense" else {}
+    return {
+        "plugin": line,
+        "never_validated": not any(v.valid for v in versions),
+        "versions": [
+            {
+                "id": v.id,
+                "content_hash": v.content_hash,
+                "version": v.content_hash[:12],
+                "commit": v.commit,
+                "source": v.source,
+                "manifest": v.manifest,
+                "valid": v.valid,
+                "errors": v.errors.splitlines() if v.errors else [],
+                "created_at": v.created_at.isoformat(),
+                "rounds": rounds.get(v.id, []),
+                "results": results.get(v.id, []),
+                "training_failures": failures.get(v.id, []),
+            }
+            for v in versions
+        ],
+    }
+
+
+def _results(session: Session, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Per version: its matches (as attack or defense), by track, threat and opponent."""
+    mine = set(version_ids)
+    rows = session.execute(
+        select(*_RESULT_COLUMNS).where(
+            or_(Result.attack_version_id.in_(version_ids), Result.defense_version_id.in_(version_ids))
+        )
+    ).all()
+    opponents = plugin_entries(session, {r.attack_version_id for r in rows} | {r.defense_version_id for r in rows})
+    results: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        sides = [
+            (r.attack_version_id, r.defense_version_id, "attack"),
+            (r.defense_version_id, r.attack_version_id, "defense"),
+        ]
+        for own, other, role in sides:
+            if own not in mine:
+                continue
+            metrics = r.metrics or {}
+            results[own].append(
+                {
+                    "id": r.id,
+                    "role": role,
+                    "track": r.track,
+                    "threat": r.threat,
+                    "opponent": asdict(opponents[other]),
+                    "status": r.status,
+                    "error": r.error,
+                    "robust_accuracy": metrics.get("robust_accuracy"),
+                    "success_rate": metrics.get("success_rate"),
+                }
+            )
+    for lines in results.values():
+        lines.sort(key=lambda x: (x["track"], x["threat"], x["opponent"]["team"], x["opponent"]["plugin"]))
+    return results
+
+
+def _rounds(session: Session, version_ids: list[int]) -> dict[int, list[int]]:
+    """Per version: the numbers of the rounds that froze it."""
+    query = (
+        select(RoundEntry.plugin_version_id, Round.number)
+        .join(Round, Round.id == RoundEntry.round_id)
+        .where(RoundEntry.plugin_version_id.in_(version_ids))
+        .order_by(Round.number)
+    )
+    rounds: dict[int, list[int]] = defaultdict(list)
+    for version_id, number in session.execute(query):
+        rounds[version_id].append(number)
+    return rounds
+
+
+def _training_failures(session: Session, version_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
+    """Per defense version: its failed training jobs (defense or twin) with their error and log tail."""
+    query = select(Job.id, Job.kind, Job.params, Job.error, Job.log_tail, Job.finished_at).where(
+        Job.kind.in_(("train-defense", "train-twin")), Job.state == "failed"
+    )
+    failures: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for job in session.execute(query):
+        version_id = job.params.get("defense")
+        if version_id in version_ids:
+            failures[version_id].append(
+                {
+                    "job": job.id,
+                    "kind": job.kind,
+                    "track": job.params.get("track"),
+                    "error": job.error,
+                    "log_tail": job.log_tail,
+                    "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+                }
+            )
+    return failures

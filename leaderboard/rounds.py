@@ -1,0 +1,55 @@
+"""Rounds and history: each round's leaders, every plugin's score over rounds, who broke whom, survival."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import abort
+
+from arena.scoring import BREAK_SUCCESS_RATE, Board
+from arena.store import Round
+from leaderboard.caching import Page, state
+from leaderboard.lookup import database, rounds, standings, summary
+from leaderboard.standings import Scored
+
+
+def history(args: Mapping[str, str]) -> Page:
+    """Every round (newest first) with its progress and leaders, and the history of one board:
+    ``args["track"]`` and ``args["threat"]`` (by default the first board played)."""
+    track, threat = args.get("track") or None, args.get("threat") or None
+    with database().session() as session:
+        every, _ = rounds(session, None)
+        scored = [standings().of(session, round_) for round_ in every]
+        boards = standings().history(session, list(reversed(every)))
+    wanted = [b for b in boards if track in (None, b["track"]) and threat in (None, b["threat"])]
+    if (track or threat) and not wanted:
+        abort(404, f"no history for {track or 'any track'} / {threat or 'any threat'}")
+    data = {
+        "rounds": [_round_line(round_, s) for round_, s in zip(every, scored, strict=True)],
+        "boards": [{"track": b["track"], "threat": b["threat"]} for b in boards],
+        "history": wanted[0] if wanted else None,
+        "break_success_rate": BREAK_SUCCESS_RATE,
+    }
+    serials = [s.serial for s in scored]
+    return Page(data, state("rounds", serials, data, "history") + (repr((track, threat)),))
+
+
+def _round_line(round_: Round, scored: Scored) -> dict[str, Any]:
+    return summary(round_) | {"cells": scored.cells, "leaders": [_leaders(board) for board in scored.boards]}
+
+
+def _leaders(board: Board) -> dict[str, Any]:
+    """The board's first defense and first attack, with their scores (``None`` before any result)."""
+    defense = next((d for d in board.defenses if d.worst_case_robust_accuracy is not None), None)
+    attack = next((a for a in board.attacks if a.mean_success_rate is not None), None)
+    return {
+        "track": board.track,
+        "threat": board.threat,
+        "defense": defense.entry.label if defense else None,
+        "defense_plugin_id": defense.entry.plugin_id if defense else None,
+        "worst_case_robust_accuracy": defense.worst_case_robust_accuracy if defense else None,
+        "attack": attack.entry.label if attack else None,
+        "attack_plugin_id": attack.entry.plugin_id if attack else None,
+        "mean_success_rate": attack.mean_success_rate if attack else None,
+    }

@@ -1,0 +1,204 @@
+"""MagNet (Meng and Chen, 2017): detectors and reformers built from autoencoders."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arena import Defense, TrainContext, hookimpl
+
+
+class Autoencoder(nn.Module):
+    """MagNet's MNIST autoencoder: 3x3 sigmoid convolutions of ``width`` filters around a 2x2 average pooling."""
+
+    def __init__(self, input_shape: tuple[int, ...], width: int = 8) -> None:
+        super().__init__()
+        channels, height, breadth = input_shape
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.ELU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ELU(),
+            nn.Upsample(size=(height, breadth)),
+            nn.Conv2d(width, channels, 3, padding=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of ``x``, in [0, 1]."""
+        return self.net(x)
+
+
+class MagNetModel(nn.Module):
+    """The defended model: reformer (one autoencoder drawn per batch), then the classifier; and the detectors.
+
+    ``forward`` draws one autoencoder per call from torch's global generator and classifies its
+    reconstruction. When a gradient is asked for (``x`` requires it), the gradient is that of the mean
+    reconstruction over all autoencoders, the expectation over the draw (a BPDA stand-in for the random
+    choice); the value is always the drawn autoencoder's. ``reject`` is deterministic: an input is rejected
+    when any autoencoder's mean L1 or L2 reconstruction error exceeds its threshold.
+    """
+
+    def __init__(self, classifier: nn.Module, autoencoders: list[Autoencoder], thresholds: torch.Tensor) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.autoencoders = nn.ModuleList(autoencoders)
+        self.register_buffer("thresholds", thresholds)
+
+    def reform(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction by one autoencoder drawn at random (differentiable through their mean)."""
+        drawn = self.autoencoders[int(torch.randint(len(self.autoencoders), ()))](x)
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return drawn
+        mean = torch.stack([autoencoder(x) for autoencoder in self.autoencoders]).mean(dim=0)
+        return mean + (drawn - mean).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the reformed input."""
+        return self.classifier(self.reform(x))
+
+    def reconstruction_errors(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean L1 and mean squared reconstruction errors per input and autoencoder, (N, K, 2); differentiable."""
+        errors = []
+        for autoencoder in self.autoencoders:
+            difference = (x - autoencoder(x)).flatten(1)
+            errors.append(torch.stack([difference.abs().mean(dim=1), difference.pow(2).mean(dim=1)], dim=1))
+        return torch.stack(errors, dim=1)
+
+    def reject(self, x: torch.Tensor) -> torch.Tensor:
+        """``True`` where any detector's reconstruction error exceeds its threshold."""
+        with torch.no_grad():
+            return (self.reconstruction_errors(x) > self.thresholds).flatten(1).any(dim=1)
+
+
+class MagNet(Defense):
+    r"""Autoencoders trained on clean data detect inputs far from the data manifold and reform those near it.
+
+    .. math:: \mathrm{reject}(x) \iff \exists k, p:\ \|x - a_k(x)\|_p > \tau_{k,p}, \qquad
+              f(x) = c(a_K(x)),\ K \sim \mathcal{U}\{1, \dots, n\} \text{ per batch}
+
+    Trains the classifier ``c`` (``ctx.make_model()``) plainly for ``ctx.epochs`` epochs and ``autoencoders``
+    denoising autoencoders ``a_k`` (Gaussian noise of deviation ``noise`` on the input, mean squared error)
+    for ``ae_epoch_factor * ctx.epochs`` epochs each (at least one), on the training split less a held-out
+    ``validation`` share. The thresholds ``tau`` are set on that clean validation share so that it loses at most
+    ``false_positive_rate`` of its inputs to the detectors (split evenly over them). The autoencoders differ
+    by their initialisation; drawing one at random per batch is the paper's defense against gray-box
+    attackers, so the defense is ``randomized``. Each phase stops early, with a log line, when
+    ``ctx.time_budget`` is spent.
+
+    White-box attackers get the model with the detectors (``reject`` and the differentiable
+    ``reconstruction_errors``) and a gradient through the mean reconstruction (the BPDA stand-in for the
+    random draw); Carlini and Wagner showed that attacks adapted this way defeat MagNet.
+
+    Paper: Meng and Chen, "MagNet: a Two-Pronged Defense against Adversarial Examples", ACM CCS 2017,
+    https://arxiv.org/abs/1705.09064; attacked by Carlini and Wagner, https://arxiv.org/abs/1711.08478.
+
+    Arguments:
+        autoencoders: how many autoencoders to train and draw from (default 3).
+        width: filters per convolution of each autoencoder (default 8; 3 in the paper's MNIST autoencoders).
+        noise: deviation of the Gaussian noise added to the autoencoders' training inputs (default 0.1).
+        false_positive_rate: share of clean validation inputs the detectors may reject (default 0.005).
+        validation: share of the training split held out to set the thresholds (default 0.1).
+        ae_epoch_factor: autoencoder epochs per epoch of the track (default 1).
+        ae_lr: Adam's learning rate for the autoencoders (default 1e-2).
+        lr: Adam's learning rate for the classifier (default 1e-3).
+        batch_size: training batch size (default 128).
+
+    Usage::
+
+        model = MagNet(autoencoders=3).train(ctx)
+    """
+
+    randomized = True
+
+    def __init__(
+        self,
+        autoencoders: int = 3,
+        width: int = 8,
+        noise: float = 0.1,
+        false_positive_rate: float = 0.005,
+        validation: float = 0.1,
+        ae_epoch_factor: float = 1.0,
+        ae_lr: float = 1e-2,
+        lr: float = 1e-3,
+        batch_size: int = 128,
+    ) -> None:
+        super().__init__(
+            autoencoders=autoencoders,
+            width=width,
+            noise=noise,
+            false_positive_rate=false_positive_rate,
+            validation=validation,
+            ae_epoch_factor=ae_epoch_factor,
+            ae_lr=ae_lr,
+            lr=lr,
+            batch_size=batch_size,
+        )
+
+    def train(self, ctx: TrainContext) -> nn.Module:
+        """Train the classifier and the autoencoders, set the thresholds; return the :class:`MagNetModel`."""
+        deadline = time.monotonic() + ctx.time_budget
+        order = torch.randperm(len(ctx.x), generator=ctx.generator)
+        held = max(1, int(self.validation * len(order)))
+        fit = dataclasses.replace(ctx, x=ctx.x[order[held:]], y=ctx.y[order[held:]])
+        classifier = ctx.make_model()
+
+        def classification_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(classifier(x), y)
+
+        self._fit(fit, classifier, classification_loss, ctx.epochs, self.lr, "classifier", deadline)
+        autoencoders = [Autoencoder(ctx.input_shape, self.width).to(ctx.device) for _ in range(self.autoencoders)]
+        for k, ae in enumerate(autoencoders):
+
+            def denoising_loss(x: torch.Tensor, _y: torch.Tensor, ae: nn.Module = ae) -> torch.Tensor:
+                noise = torch.randn(x.shape, generator=ctx.generator).to(x.device)
+                return F.mse_loss(ae((x + self.noise * noise).clamp(0.0, 1.0)), x)
+
+            epochs = max(1, round(self.ae_epoch_factor * ctx.epochs))
+            self._fit(fit, ae, denoising_loss, epochs, self.ae_lr, f"autoencoder {k}", deadline)
+        model = MagNetModel(classifier, autoencoders, torch.zeros(self.autoencoders, 2, device=ctx.device)).eval()
+        x_val = ctx.x[order[:held]].to(ctx.device)
+        with torch.no_grad():
+            errors = model.reconstruction_errors(x_val)
+        quantile = 1.0 - self.false_positive_rate / errors[0].numel()
+        model.thresholds.copy_(torch.quantile(errors, quantile, dim=0))
+        ctx.log(f"thresholds at the {quantile:.5f} quantile of {held} validation inputs: {model.thresholds.tolist()}")
+        return model
+
+    def _fit(
+        self,
+        ctx: TrainContext,
+        model: nn.Module,
+        loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        epochs: int,
+        lr: float,
+        name: str,
+        deadline: float,
+    ) -> None:
+        """Adam at rate ``lr`` on ``loss_of(x, y)`` over ``ctx``'s batches, ``epochs`` epochs or until ``deadline``."""
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        for epoch in range(1, epochs + 1):
+            for x, y in ctx.batches(self.batch_size):
+                if time.monotonic() > deadline:
+                    ctx.log(f"{name}: time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{epochs}: stopping")
+                    model.eval()
+                    return
+                loss = loss_of(x, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            ctx.log(f"{name}: epoch {epoch}/{epochs}: last batch loss {loss.item():.5f}")
+        model.eval()
+
+
+@hookimpl
+def arena_defenses() -> list[type[Defense]]:
+    """MagNet, the only defense of this plugin."""
+    return [MagNet]
