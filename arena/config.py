@@ -7,6 +7,7 @@ variable                  meaning                                             de
 ``ARENA_DATABASE_URL``    SQLAlchemy URL (PostgreSQL at scale)                SQLite in ``ARENA_HOME``
 ``ARENA_DATA_DIR``        MNIST (``mnist.npz`` or the four IDX files)         ``ARENA_HOME/data``
 ``ARENA_PLUGIN_DIRS``     extra plugin folders, separated by ``os.pathsep``   the built-in ``plugins/``
+``ARENA_BUILTINS``        built-in plugins to load, comma-separated names     all of them
 ``ARENA_BROKER_URL``      Celery broker (Redis); unset means local executor   unset
 ========================  ==================================================  =========================
 """
@@ -46,7 +47,7 @@ class Settings:
         missing = [str(p) for p in extra if not p.is_dir()]
         if missing:
             raise ValueError(f"ARENA_PLUGIN_DIRS names {', '.join(missing)}, which is not a folder")
-        builtin = tuple(p for p in BUILTIN_PLUGIN_DIRS if p.is_dir())
+        builtin = _builtins(env.get("ARENA_BUILTINS"))
         return cls(home, database_url, data_dir, builtin + extra, env.get("ARENA_BROKER_URL") or None)
 
     def secret(self) -> bytes:
@@ -57,3 +58,16 @@ class Settings:
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         return bytes.fromhex(path.read_text().strip())
+
+
+def _builtins(chosen: str | None) -> tuple[Path, ...]:
+    """The built-in plugin folders: all of them, or the plugins named in ``chosen`` (``""``: none)."""
+    folders = tuple(p for p in BUILTIN_PLUGIN_DIRS if p.is_dir())
+    if chosen is None:
+        return folders
+    names = {name.strip() for name in chosen.split(",") if name.strip()}
+    found = {p.name: p for folder in folders for p in folder.iterdir() if (p / "plugin.toml").is_file()}
+    unknown = sorted(names - set(found))
+    if unknown:
+        raise ValueError(f"ARENA_BUILTINS names unknown plugins {unknown}; built-in: {', '.join(sorted(found))}")
+    return tuple(found[name] for name in sorted(names))

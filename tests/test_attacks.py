@@ -334,7 +334,7 @@ def test_one_pixel_changes_at_most_eps_pixels_with_queries_only_and_beats_random
 
 
 def test_the_referee_counts_one_pixel_changes_as_the_l0_track_allows() -> None:
-    _, _, x, y = digits()
+    x, y = held_out(150)
     track = TRACKS["digits-l0"]
     target = HarnessTarget(reference_model(), substitute_model(), "black-box", track.max_queries * len(x))
     budget = Budget("l0", track.eps, track.max_queries, torch.Generator().manual_seed(0))

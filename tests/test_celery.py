@@ -263,7 +263,10 @@ def comparable(result: Result) -> tuple:
     return result.status, result.error, metrics, samples
 
 
-def test_two_workers_play_the_round_as_the_local_executor_does(cluster: Cluster, tmp_path: Path) -> None:
+def test_two_workers_play_the_round_as_the_local_executor_does(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`arena round run --wait` through two workers, as a user runs it, against the local executor."""
     cluster.workers.start(2)
     # the same round in-process, in a SQLite database, with the same secret (so the same seeds)
     local = Database(f"sqlite:///{tmp_path / 'local.db'}")
@@ -275,9 +278,12 @@ def test_two_workers_play_the_round_as_the_local_executor_does(cluster: Cluster,
     executors.run_local(local, local_settings, cluster.tracks, local_round, progress=False)
 
     cluster.workers.wait_ready(2)
-    cluster.record(*(REPO / "plugins" / p for p in BUILTINS))
-    round_id = cluster.open_round()
-    assert cluster.run(round_id) == {"done": 11}, cluster.report(round_id)
+    monkeypatch.setenv("ARENA_BUILTINS", ",".join(Path(p).name for p in BUILTINS))
+    out = CliRunner().invoke(main, ["round", "run", "--track", "tiny", "--wait", "--quiet"])
+    with cluster.db.session() as session:
+        (round_id,) = session.scalars(select(Round.id)).all()
+    assert out.exit_code == 0, out.output + cluster.report(round_id)
+    assert "jobs: {'done': 11}" in out.output and "round 1 - tiny - black-box" in out.output
 
     expected, played = reference.results(local_round), cluster.results(round_id)
     assert played.keys() == expected.keys() and len(played) == 6
@@ -358,8 +364,11 @@ def test_a_crash_fails_only_its_own_job_with_a_reason(cluster: Cluster) -> None:
     assert kills == 2 and cluster.workers.log().count("killed by SIGKILL") == 2, "no crash but ours took a worker"
 
 
-def test_round_run_sends_the_round_and_the_scheduler_keeps_it_moving(cluster: Cluster) -> None:
+def test_round_run_sends_the_round_and_the_scheduler_keeps_it_moving(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`arena round run` with ARENA_BROKER_URL and without --wait: the jobs are sent, none is run here."""
+    monkeypatch.setenv("ARENA_BUILTINS", "fgsm,undefended")
     runner = CliRunner()
     sent = runner.invoke(main, ["round", "run", "--track", "tiny", "--quiet"])
     assert sent.exit_code == 0, sent.output

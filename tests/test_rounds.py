@@ -18,6 +18,8 @@ from arena.store import Database, Job, Result, RoundMatch
 from arena.tracks import load_tracks
 
 REPO = Path(__file__).resolve().parents[1]
+#: the built-in plugins these tests play against (all of them would make every round minutes long)
+SKELETON_BUILTINS = "fgsm,simba,transfer,undefended,fgsm-adv-training"
 TINY = """
 [tracks.tiny]
 base = "digits"
@@ -63,6 +65,7 @@ def student_dir(arena_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     folder = tmp_path / "student-plugins"
     (folder / "attacks").mkdir(parents=True)
     monkeypatch.setenv("ARENA_PLUGIN_DIRS", str(folder))
+    monkeypatch.setenv("ARENA_BUILTINS", SKELETON_BUILTINS)
     return folder
 
 
@@ -168,7 +171,11 @@ def test_plugin_check_plays_against_the_builtins(tmp_path: Path, student_dir: Pa
 @pytest.mark.slow
 def test_demo_runs_a_whole_round(tmp_path: Path) -> None:
     """`arena demo --no-serve`, as a user runs it, in a fresh home: exits 0 and prints the rankings."""
-    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "ARENA_HOME": str(tmp_path / "home")}
+    env = {
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+        "ARENA_HOME": str(tmp_path / "home"),
+        "ARENA_BUILTINS": SKELETON_BUILTINS,
+    }
     done = subprocess.run(
         [str(Path(sys.executable).parent / "arena"), "demo", "--no-serve"],
         capture_output=True,
@@ -181,3 +188,11 @@ def test_demo_runs_a_whole_round(tmp_path: Path) -> None:
     assert "round 1 - digits - white-box" in done.stdout
     assert "skipping track mnist-linf" in done.stderr
     assert "arena/undefended" in done.stdout and "arena/simba" in done.stdout
+
+
+def test_builtins_can_be_chosen_by_name(tmp_path: Path) -> None:
+    chosen = Settings.from_env({"ARENA_HOME": str(tmp_path), "ARENA_BUILTINS": "fgsm, undefended"})
+    assert [p.name for p in chosen.plugin_dirs] == ["fgsm", "undefended"]
+    assert Settings.from_env({"ARENA_HOME": str(tmp_path), "ARENA_BUILTINS": ""}).plugin_dirs == ()
+    with pytest.raises(ValueError, match="unknown plugins \\['nope'\\]"):
+        Settings.from_env({"ARENA_HOME": str(tmp_path), "ARENA_BUILTINS": "fgsm,nope"})

@@ -34,14 +34,14 @@ class Universal(Attack):
 
     Arguments:
         train_size: training images ``v`` is built on (default 1000).
-        passes: the most passes over them (default 10).
+        passes: the most passes over them (default 5).
         batch_size: images per update of ``v`` (default 100).
         rel_step: the step size alpha as a fraction of eps (default 0.1).
         fooling: the fooling rate on the training images that ends the passes (default 0.8).
 
     Usage::
 
-        x_adv = Universal(train_size=1000, passes=10).run(target, x, y, budget)
+        x_adv = Universal(train_size=1000, passes=5).run(target, x, y, budget)
     """
 
     norms = ("linf", "l2")
@@ -51,7 +51,7 @@ class Universal(Attack):
     def __init__(
         self,
         train_size: int = 1000,
-        passes: int = 10,
+        passes: int = 5,
         batch_size: int = 100,
         rel_step: float = 0.1,
         fooling: float = 0.8,
