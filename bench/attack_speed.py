@@ -14,8 +14,9 @@ means ours is faster) and the robust accuracy each side reaches.
 
     ARENA_DATA_DIR=../shared/data python bench/attack_speed.py --track mnist-linf [--repeat 3] [--threads N]
 
-``--samples N`` attacks only the first N evaluation samples. The trained model is kept in ``ARENA_HOME/bench``,
-so later runs skip training. Needs torchattacks (``make`` installs it with ``--no-deps``).
+``--samples N`` attacks only the first N evaluation samples; ``--clock cpu`` times this process's CPU time instead
+of the wall clock (with ``--threads 1``, the steadiest measure on a machine that other jobs keep busy). The trained
+model is kept in ``ARENA_HOME/bench``, so later runs skip training. Needs torchattacks (``make`` installs it).
 """
 
 from __future__ import annotations
@@ -87,16 +88,18 @@ def ours(name: str, model: nn.Module, norm: str, eps: float, **params: object) -
     return run
 
 
-def measure(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
-    """Seconds to attack all of ``x`` in batches, and the robust accuracy reached."""
+def measure(
+    attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, clock: Callable[[], float]
+) -> tuple[float, float]:
+    """Seconds (by ``clock``) to attack all of ``x`` in batches, and the robust accuracy reached."""
     torch.manual_seed(0)
     if x.is_cuda:
         torch.cuda.synchronize()
-    started = time.perf_counter()
+    started = clock()
     outputs = [attack(x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]
     if x.is_cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    seconds = clock() - started
     with torch.no_grad():
         robust = sum(
             int((model(o).argmax(dim=1) == y[i * batch : (i + 1) * batch]).sum()) for i, o in enumerate(outputs)
@@ -110,10 +113,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="evaluation samples (default: the track's)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: this process's CPU time, steadier on a busy CPU"
+    )
     args = parser.parse_args()
     track, settings, device = TRACKS[args.track], Settings.from_env(), pick_device()
     if args.threads:
         torch.set_num_threads(args.threads)
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
     model = reference_model(track, settings, device)
     shifted = ShiftedLogits(model).eval()
     x, y, _, _ = track.eval_set(settings.data_dir)
@@ -146,7 +153,8 @@ def main() -> None:
         clean = (model(x).argmax(dim=1) == y).float().mean().item()
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     print(f"track {track.name}: {len(x)} samples, batch {track.batch_size}, eps {eps}, device {device}", end="")
-    print(f" ({threads} threads)" if threads else "", f"; clean accuracy {clean:.3f}; best of {args.repeat} runs")
+    print(f" ({threads} threads)" if threads else "", f"; clean accuracy {clean:.3f}", end="")
+    print(f"; {args.clock} clock, best of {args.repeat} runs")
     header = f"{'attack':24s} {'ours img/s':>11s} {'torchattacks img/s':>19s} {'ratio':>6s}"
     print(f"{header} {'robust acc (ours)':>18s} {'robust acc (torchattacks)':>26s}")
     for label, victim, mine, theirs in rows:
@@ -155,7 +163,7 @@ def main() -> None:
         for repeat in range(args.repeat):
             sides = (("ours", mine), ("theirs", theirs))
             for side, attack in sides if repeat % 2 == 0 else sides[::-1]:
-                seconds, robust[side] = measure(attack, victim, x, y, track.batch_size)
+                seconds, robust[side] = measure(attack, victim, x, y, track.batch_size, clocks[args.clock])
                 times[side].append(seconds)
         speed = {side: len(x) / min(values) for side, values in times.items()}
         print(
