@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from arena import plugins
@@ -28,12 +29,12 @@ from arena.training import TrainSpec, derive_seed, train_defense, train_substitu
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def artifact(path: Path, make: object) -> bytes:
+def artifact(path: Path, make: Callable[[], bytes]) -> bytes:
     """The bytes at ``path``, made by ``make()`` (and kept there) the first time."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        path.write_bytes(make())  # type: ignore[operator]
+        path.write_bytes(make())
         print(f"trained {path.name} in {time.perf_counter() - started:.0f} s")
     return path.read_bytes()
 
