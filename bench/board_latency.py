@@ -111,6 +111,7 @@ def _plugins(db: Database, teams: int) -> tuple[list[int], list[int]]:
                     archive=b"",
                     manifest={"name": plugin.name, "kind": kind, "summary": f"{kind} of team {t}"},
                     valid=True,
+                    status="valid",
                 )
                 s.add(version)
                 s.flush()
@@ -129,6 +130,7 @@ def _new_version(db: Database, version_id: int) -> int:
             archive=b"",
             manifest=old.manifest,
             valid=True,
+            status="valid",
         )
         s.add(new)
         s.flush()

@@ -1,5 +1,5 @@
-"""One plugin: every version with its commit and content hash, validation errors, rounds, failed
-trainings and results."""
+"""One plugin: every version with its commit and content hash, its validation as the arena records it
+(status, checks with the smoke match, errors, log tail), rounds, failed trainings and results."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from arena.scoring import plugin_entries
 from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry
 from leaderboard.lookup import database, get_or_404
-from leaderboard.teams import team_line
+from leaderboard.teams import WAITING, iso, team_line, validation_state
 
 #: what a version row shows (never its archive)
 _VERSION_COLUMNS = (
@@ -24,6 +24,10 @@ _VERSION_COLUMNS = (
     PluginVersion.manifest,
     PluginVersion.valid,
     PluginVersion.errors,
+    PluginVersion.status,
+    PluginVersion.checks,
+    PluginVersion.log_tail,
+    PluginVersion.evaluated_at,
     PluginVersion.created_at,
 )
 _RESULT_COLUMNS = (
@@ -39,10 +43,20 @@ _RESULT_COLUMNS = (
 
 
 def plugin(plugin_id: int) -> dict[str, Any]:
-    """One plugin: its versions (newest first), each with its validation, rounds, results and failures."""
+    """One plugin: its versions (newest first), each with its validation, rounds, results and failures.
+
+    ``never_validated``: no version passed validation; ``waiting`` and ``failed`` count the versions that
+    wait for validation and those that failed it, which tells "not validated yet" from "rejected".
+    """
     with database().session() as session:
         found = get_or_404(session, Plugin, plugin_id, "plugin")
-        line = {"id": found.id, "name": found.name, "kind": found.kind, "team": team_line(found.team)}
+        line = {
+            "id": found.id,
+            "name": found.name,
+            "kind": found.kind,
+            "team": team_line(found.team),
+            "withdrawn_at": iso(found.withdrawn_at),
+        }
         versions = session.execute(
             select(*_VERSION_COLUMNS).where(PluginVersion.plugin_id == plugin_id).order_by(PluginVersion.id.desc())
         ).all()
@@ -52,7 +66,9 @@ def plugin(plugin_id: int) -> dict[str, Any]:
         failures = _training_failures(session, set(ids)) if found.kind == "defense" else {}
     return {
         "plugin": line,
-        "never_validated": not any(v.valid for v in versions),
+        "never_validated": all(v.status != "valid" for v in versions),
+        "waiting": sum(v.status in WAITING for v in versions),
+        "failed": sum(v.status == "invalid" for v in versions),
         "versions": [
             {
                 "id": v.id,
@@ -62,7 +78,9 @@ def plugin(plugin_id: int) -> dict[str, Any]:
                 "source": v.source,
                 "manifest": v.manifest,
                 "valid": v.valid,
-                "errors": v.errors.splitlines() if v.errors else [],
+                **validation_state(v.status, v.errors, v.evaluated_at),
+                "checks": v.checks,
+                "log_tail": v.log_tail,
                 "created_at": v.created_at.isoformat(),
                 "rounds": rounds.get(v.id, []),
                 "results": results.get(v.id, []),
@@ -140,7 +158,7 @@ def _training_failures(session: Session, version_ids: set[int]) -> dict[int, lis
                     "track": job.params.get("track"),
                     "error": job.error,
                     "log_tail": job.log_tail,
-                    "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+                    "finished_at": iso(job.finished_at),
                 }
             )
     return failures

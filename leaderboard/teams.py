@@ -1,8 +1,9 @@
-"""Teams and their plugins, with the validation state of each."""
+"""Teams and their plugins, with the validation state of each as the arena records it."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -10,6 +11,16 @@ from sqlalchemy.orm import Session
 
 from arena.store import Plugin, PluginVersion, Team
 from leaderboard.lookup import database, get_or_404
+
+#: validation statuses with no verdict yet: a later sync validates the version
+WAITING = ("pending", "deferred", "error")
+#: what a waiting status means, in one line (a verdict, valid or invalid, speaks for itself)
+EXPLANATIONS = {
+    "pending": "recorded, not validated yet: the next sync validates it",
+    "deferred": "over the team's daily validation limit: not validated yet; a sync validates it once the limit allows",
+    "error": "the arena could not validate it (the arena's fault, not the plugin's, and not counted against the "
+    "team's daily limit): the next sync tries again",
+}
 
 
 def teams() -> dict[str, Any]:
@@ -33,16 +44,38 @@ def team_line(row: Any) -> dict[str, Any]:
     return {"id": row.id, "name": row.name, "repo_url": row.repo_url, "branch": row.branch}
 
 
+def validation_state(status: str, errors: str | None, evaluated_at: datetime | None) -> dict[str, Any]:
+    """A version's validation as the pages show it: its status and what a waiting status means; the
+    recorded text split by meaning, as ``errors`` (what validation found wrong with the plugin) or as
+    ``note`` (the arena's reason for a wait: the daily limit and when it allows more, its own failure);
+    and when validation ran."""
+    lines = errors.splitlines() if errors else []
+    waiting = status in WAITING
+    return {
+        "status": status,
+        "explanation": EXPLANATIONS.get(status),
+        "errors": [] if waiting else lines,
+        "note": lines if waiting else [],
+        "evaluated_at": iso(evaluated_at),
+    }
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A time as ISO 8601 text, or ``None``."""
+    return moment.isoformat() if moment else None
+
+
 def _plugin_lines(session: Session, team_id: int | None = None) -> dict[int, list[dict[str, Any]]]:
-    """Per team id: its plugins with their number of versions, valid versions and newest version."""
+    """Per team id: its plugins with their number of versions, valid versions and newest version's state."""
     query = (
         select(
             Plugin.id,
             Plugin.team_id,
             Plugin.name,
             Plugin.kind,
+            Plugin.withdrawn_at,
             func.count(PluginVersion.id).label("versions"),
-            func.sum(case((PluginVersion.valid, 1), else_=0)).label("valid"),
+            func.sum(case((PluginVersion.status == "valid", 1), else_=0)).label("valid"),
             func.max(PluginVersion.id).label("newest"),
         )
         .outerjoin(PluginVersion, PluginVersion.plugin_id == Plugin.id)
@@ -55,9 +88,15 @@ def _plugin_lines(session: Session, team_id: int | None = None) -> dict[int, lis
     newest = {
         v.id: v
         for v in session.execute(
-            select(PluginVersion.id, PluginVersion.content_hash, PluginVersion.commit, PluginVersion.valid).where(
-                PluginVersion.id.in_([r.newest for r in rows if r.newest is not None])
-            )
+            select(
+                PluginVersion.id,
+                PluginVersion.content_hash,
+                PluginVersion.commit,
+                PluginVersion.valid,
+                PluginVersion.status,
+                PluginVersion.errors,
+                PluginVersion.evaluated_at,
+            ).where(PluginVersion.id.in_([r.newest for r in rows if r.newest is not None]))
         )
     }
     lines: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -68,9 +107,11 @@ def _plugin_lines(session: Session, team_id: int | None = None) -> dict[int, lis
                 "id": r.id,
                 "name": r.name,
                 "kind": r.kind,
+                "withdrawn_at": iso(r.withdrawn_at),
                 "versions": r.versions,
                 "valid_versions": int(r.valid or 0),
                 "latest": {"version": latest.content_hash[:12], "commit": latest.commit, "valid": latest.valid}
+                | validation_state(latest.status, latest.errors, latest.evaluated_at)
                 if latest
                 else None,
             }

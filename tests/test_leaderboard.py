@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from test_scoring import Rows
 from arena.config import Settings
 from arena.hookspecs import THREATS
 from arena.scoring import round_standings
-from arena.store import Database, Round
+from arena.store import Database, PluginVersion, Round
 from arena.tracks import TRACKS
 from leaderboard import create_app
 
@@ -28,6 +29,8 @@ ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 #: every page, and its twin under /api/ (the API's names differ only for the overview)
 PAGES = ["/", "/matrix", "/rounds", "/teams", "/jobs", "/rules"]
 APIS = ["/api/", "/api/leaderboard", "/api/matrix", "/api/rounds", "/api/teams", "/api/jobs", "/api/rules"]
+#: when the test's verdicts were reached
+VALIDATED = datetime(2025, 1, 2, 9, 30, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -47,9 +50,41 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+class BoardRows(Rows):
+    """Rows whose plugin versions also carry what a sync records: status, checks, log tail, validation time."""
+
+    def version(
+        self,
+        team: str,
+        plugin: str,
+        kind: str,
+        commit: str | None = None,
+        *,
+        valid: bool = True,
+        errors: str | None = None,
+        status: str | None = None,
+        checks: dict[str, Any] | None = None,
+        log_tail: str | None = None,
+        evaluated_at: datetime | None = None,
+    ) -> int:
+        """A new version; ``status`` defaults to what ``valid`` says, and a verdict gets a validation time."""
+        status = status or ("valid" if valid else "invalid")
+        version_id = super().version(team, plugin, kind, commit, valid=status == "valid", errors=errors)
+        with self.db.session() as s:
+            row = s.get(PluginVersion, version_id)
+            row.status, row.checks, row.log_tail = status, checks, log_tail
+            row.evaluated_at = evaluated_at or (VALIDATED if status in ("valid", "invalid") else None)
+        return version_id
+
+    def withdraw(self, version_id: int, at: datetime) -> None:
+        """Withdraw the plugin of a version, as a sync does when its folder leaves the repository."""
+        with self.db.session() as s:
+            s.get(PluginVersion, version_id).plugin.withdrawn_at = at
+
+
 @pytest.fixture
-def rows(app: Flask) -> Rows:
-    return Rows(app.extensions["arena_db"])
+def rows(app: Flask) -> BoardRows:
+    return BoardRows(app.extensions["arena_db"])
 
 
 class Played:
@@ -377,7 +412,7 @@ def test_a_plugin_that_never_validated_shows_its_errors_plainly(client: FlaskCli
     data = client.get(f"/api/plugins/{plugin_id}").json
     assert data["never_validated"] and data["versions"][0]["id"] == second
     assert data["versions"][0]["errors"] == [f"manifest: bad name {EVIL}", "line two"]
-    assert "never validated" in client.get("/teams").get_data(as_text=True)
+    assert "never passed validation" in client.get("/teams").get_data(as_text=True)
 
 
 def test_a_defenses_failed_training_is_shown_on_its_page(client: FlaskClient, played: Played) -> None:
@@ -386,6 +421,182 @@ def test_a_defenses_failed_training_is_shown_on_its_page(client: FlaskClient, pl
     (failure,) = version["training_failures"]
     assert (failure["kind"], failure["error"]) == ("train-defense", "<i>out of memory</i>")
     assert "Training failed" in client.get(f"/plugins/{plain}").get_data(as_text=True)
+
+
+DEFERRED = (
+    "daily limit reached: team cyan may have 3 versions evaluated per 24 hours; "
+    "this one is evaluated by the first sync after 2025-01-03 09:30 UTC"
+)
+ARENA_FAULT = "the arena could not evaluate this version (not counted; tried again next sync): bwrap: no permission"
+SMOKE_OK = {
+    "declared": {"norms": ["linf", "l2"], "threats": ["white-box"], "targeted": False, "randomized": False},
+    "smoke": {
+        "against": "arena/undefended", "threat": "white-box", "norm": "linf", "eps": 0.2, "samples": 16,
+        "status": "ok", "seconds": 1.5,
+        "metrics": {"clean_accuracy": 0.9375, "robust_accuracy": 0.125, "success_rate": 0.8667, "violations": 0,
+                    "queries": None},
+    },
+}  # fmt: skip
+SMOKE_FAILED = {
+    "declared": {"randomized": False},
+    "smoke": {
+        "against": "arena/fgsm", "threat": "white-box", "norm": "linf", "eps": 0.2, "samples": 16,
+        "status": "failed", "seconds": 0.4, "error": "against arena/fgsm (white-box): ZeroDivisionError",
+    },
+}  # fmt: skip
+
+
+def plugin_ids(client: FlaskClient) -> dict[str, int]:
+    """Every plugin's id by ``team/plugin``."""
+    return {f"{t['name']}/{p['name']}": p["id"] for t in client.get("/api/teams").json["teams"] for p in t["plugins"]}
+
+
+def text(client: FlaskClient, url: str) -> str:
+    """A page with its whitespace collapsed and its apostrophes as written, as a reader sees it."""
+    return " ".join(client.get(url).get_data(as_text=True).replace("&#39;", "'").split())
+
+
+@pytest.mark.parametrize(
+    ("status", "errors", "flag", "explained"),
+    [
+        ("pending", None, "pending", "recorded, not validated yet: the next sync validates it"),
+        ("deferred", DEFERRED, "deferred", "over the team's daily validation limit: not validated yet"),
+        ("error", ARENA_FAULT, "arena error", "the arena could not validate it (the arena's fault, not the plugin's"),
+    ],
+)
+def test_a_version_waiting_for_validation_says_why_and_is_not_called_invalid(
+    client: FlaskClient, rows: BoardRows, status: str, errors: str | None, flag: str, explained: str
+) -> None:
+    rows.version("cyan", "waiting", "attack", status=status, errors=errors, checks={"folder": []})
+    plugin_id = plugin_ids(client)["cyan/waiting"]
+    page = text(client, f"/plugins/{plugin_id}")
+    assert f'<span class="flag flag-{status}">{flag}</span>' in page and explained in page
+    assert "invalid" not in page and "never passed validation" not in page and "Validation errors" not in page
+    assert "has been validated yet, so it plays in no round yet: 1 version waits for validation." in page
+    assert (
+        'validation ran</th><td><span class="muted">not yet' in page
+        and "reading the folder</th><td> found no problem" in page
+    )
+    if errors:
+        assert f'<span class="note">{errors}</span>' in page  # the arena's own reason, with the limit and the time
+    data = client.get(f"/api/plugins/{plugin_id}").json
+    assert (data["never_validated"], data["waiting"], data["failed"]) == (True, 1, 0)
+    (version,) = data["versions"]
+    assert (version["status"], version["errors"], version["note"]) == (status, [], [errors] if errors else [])
+    assert (
+        version["evaluated_at"] is None and version["checks"] == {"folder": []} and explained in version["explanation"]
+    )
+    team = text(client, "/teams")
+    assert f'<span class="flag flag-{status}">{flag}</span>' in team and explained in team
+    assert "no version has passed validation yet" in team and "never passed validation" not in team
+
+
+def test_a_valid_version_shows_its_smoke_match_readably_with_every_field(client: FlaskClient, rows: BoardRows) -> None:
+    checks = SMOKE_OK | {"smoke": SMOKE_OK["smoke"] | {"draws": 2}, "imports": ["torch"]}
+    rows.version("cyan", "pgd", "attack", checks=checks, log_tail="step 1\nstep 2")
+    plugin_id = plugin_ids(client)["cyan/pgd"]
+    page = text(client, f"/plugins/{plugin_id}")
+    assert (
+        '<span class="flag flag-valid">valid</span>' in page
+        and "validation ran</th><td>2025-01-02 09:30:00 UTC" in page
+    )
+    assert "norms: linf, l2 · randomized: False · targeted: False · threats: white-box" in page
+    assert (
+        '<span class="flag flag-valid">ok</span> against <code>arena/undefended</code> · white-box · linf eps 0.2 · '
+        "16 samples · 1.5 s <br>clean accuracy 93.8% · robust accuracy 12.5% · attack success 86.7% · "
+        "violations 0 · queries –"
+    ) in page
+    assert "draws: <code>2</code>" in page and 'imports</th><td><code>["torch"]</code>' in page  # kept as recorded
+    assert "{&#39;" not in page and "never" not in page  # no dict dumped raw; no notice
+    assert (
+        '<summary>Validation log tail (what the plugin printed)</summary><pre class="log">step 1 step 2</pre>' in page
+    )
+    (version,) = client.get(f"/api/plugins/{plugin_id}").json["versions"]
+    assert version["checks"] == checks and version["log_tail"] == "step 1\nstep 2"
+    assert (version["status"], version["evaluated_at"], version["explanation"]) == (
+        "valid",
+        VALIDATED.isoformat(),
+        None,
+    )
+    (line,) = client.get("/api/teams").json["teams"][0]["plugins"]
+    assert line["latest"]["status"] == "valid" and line["latest"]["evaluated_at"] == VALIDATED.isoformat()
+
+
+def test_a_failed_validation_shows_the_failed_smoke_match_and_its_errors(client: FlaskClient, rows: BoardRows) -> None:
+    error = "smoke match: against arena/fgsm (white-box): ZeroDivisionError"
+    rows.version("cyan", "shaky", "defense", status="invalid", errors=error, checks=SMOKE_FAILED, log_tail="Trace")
+    rows.version("cyan", "shaky", "defense", status="deferred", errors=DEFERRED)
+    plugin_id = plugin_ids(client)["cyan/shaky"]
+    page = text(client, f"/plugins/{plugin_id}")
+    assert '<span class="flag flag-invalid">invalid</span>' in page and "Validation errors" in page and error in page
+    assert '<span class="flag flag-invalid">failed</span> against <code>arena/fgsm</code>' in page
+    assert "ZeroDivisionError</pre>" in page and "randomized: False" in page
+    assert "1 version waits for validation, and 1 failed it." in page
+    data = client.get(f"/api/plugins/{plugin_id}").json
+    assert (data["never_validated"], data["waiting"], data["failed"]) == (True, 1, 1)
+    deferred, invalid = data["versions"]
+    assert (deferred["status"], deferred["note"], invalid["errors"]) == ("deferred", [DEFERRED], [error])
+    assert invalid["checks"] == SMOKE_FAILED and invalid["log_tail"] == "Trace"
+    (line,) = client.get("/api/teams").json["teams"][0]["plugins"]
+    assert (line["valid_versions"], line["latest"]["status"], line["latest"]["note"]) == (0, "deferred", [DEFERRED])
+
+
+def test_the_team_page_shows_the_newest_versions_status_beside_an_older_valid_one(
+    client: FlaskClient, rows: BoardRows
+) -> None:
+    rows.version("cyan", "pgd", "attack", checks=SMOKE_OK)
+    rows.version("cyan", "pgd", "attack", status="error", errors=ARENA_FAULT)
+    rows.version("cyan", "fgsm", "attack", status="invalid", errors="SyntaxError")
+    team_id = client.get("/api/teams").json["teams"][0]["id"]
+    page = text(client, f"/teams/{team_id}")
+    assert '<span class="flag flag-error">arena error</span>' in page and ARENA_FAULT in page
+    assert "an older valid version stays in the game" in page
+    assert '<span class="flag flag-invalid">invalid</span>' in page and "never passed validation" in page
+    fgsm, pgd = client.get(f"/api/teams/{team_id}").json["plugins"]
+    assert (pgd["valid_versions"], pgd["latest"]["status"], pgd["latest"]["errors"]) == (1, "error", [])
+    assert (fgsm["latest"]["status"], fgsm["latest"]["errors"], fgsm["latest"]["note"]) == (
+        "invalid",
+        ["SyntaxError"],
+        [],
+    )
+
+
+def test_a_withdrawn_plugin_says_so(client: FlaskClient, rows: BoardRows) -> None:
+    version = rows.version("cyan", "gone", "defense", checks=SMOKE_OK)
+    rows.withdraw(version, datetime(2025, 1, 5, 8, 0, tzinfo=UTC))
+    plugin_id = plugin_ids(client)["cyan/gone"]
+    said = (
+        'withdrawn</span> <span class="explanation">'
+        "its folder left the team's repository (seen by the sync of 2025-01-05 08:00:00 UTC)"
+    )
+    for url in (f"/plugins/{plugin_id}", "/teams"):
+        page = text(client, url)
+        assert said in page and "stays in the game" not in page, url
+    assert client.get(f"/api/plugins/{plugin_id}").json["plugin"]["withdrawn_at"] == "2025-01-05T08:00:00+00:00"
+    (line,) = client.get("/api/teams").json["teams"][0]["plugins"]
+    assert line["withdrawn_at"] == "2025-01-05T08:00:00+00:00"
+
+
+def test_a_hostile_log_tail_and_checks_are_escaped(client: FlaskClient, rows: BoardRows) -> None:
+    hostile = {
+        "declared": {"norms": [EVIL], "threats": ["white-box"]},
+        "folder": [f"plugin.toml: {EVIL}"],
+        "smoke": SMOKE_FAILED["smoke"] | {"error": f"died {EVIL}", "against": EVIL, "extra": EVIL},
+        EVIL: EVIL,
+    }
+    rows.version("cyan", "evil", "attack", status="invalid", errors=EVIL, checks=hostile, log_tail=f"</pre>{EVIL}")
+    rows.version("cyan", "evil", "attack", status="deferred", errors=f"limit {EVIL}")
+    plugin_id = plugin_ids(client)["cyan/evil"]
+    for url in (f"/plugins/{plugin_id}", "/teams"):
+        page = client.get(url).get_data(as_text=True)
+        assert "<script" not in page and "</pre><script" not in page, url
+    page = client.get(f"/plugins/{plugin_id}").get_data(as_text=True)
+    assert f'<pre class="log">&lt;/pre&gt;{ESCAPED}</pre>' in page
+    assert f"norms: {ESCAPED}" in page and f"died {ESCAPED}" in page and f"limit {ESCAPED}" in page
+    assert "\\u003cscript\\u003e" in page  # unknown fields, as JSON that cannot close a tag
+    assert f"limit {ESCAPED}" in client.get("/teams").get_data(as_text=True)
+    (_, invalid) = client.get(f"/api/plugins/{plugin_id}").json["versions"]
+    assert invalid["log_tail"] == f"</pre>{EVIL}" and invalid["checks"] == hostile
 
 
 # --------------------------------------------------------------------------------------------------

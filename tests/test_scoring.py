@@ -53,6 +53,7 @@ class Rows:
                 archive=b"",
                 manifest={"name": plugin, "summary": f"{plugin} by {team}"},
                 valid=valid,
+                status="valid" if valid else "invalid",
                 errors=errors,
             )
             s.add(version)
