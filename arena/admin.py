@@ -24,6 +24,11 @@ from arena.submissions import SubmissionError, TeamSync
 from arena.tracks import Track, load_tracks
 
 RELATIVE_TIME = re.compile(r"^\+(\d+)([mhd])$")
+#: ``--retry-failed`` of ``arena round close`` and ``arena round run``
+RETRY_FAILED_HELP = (
+    "Replay the round's failed matches (and the trainings they need) as new attempts; "
+    "earlier rounds keep showing their failures."
+)
 
 
 def register(main: click.Group, round_group: click.Group) -> None:
@@ -186,7 +191,8 @@ def round_open(track_names: tuple[str, ...], seed: int, closes_at: str | None) -
 @click.option("--due", is_flag=True, help="Only when its scheduled closing time has come (for cron).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--wait", is_flag=True, help="With ARENA_BROKER_URL: follow the round until the workers finish it.")
-def round_close(due: bool, quiet: bool, wait: bool) -> None:
+@click.option("--retry-failed", is_flag=True, help=RETRY_FAILED_HELP)
+def round_close(due: bool, quiet: bool, wait: bool, retry_failed: bool) -> None:
     """Close the open round: freeze the latest valid version of every plugin, plan only the jobs whose
     results are not cached yet (saying why each is new), and run them."""
     settings = Settings.from_env()
@@ -204,15 +210,15 @@ def round_close(due: bool, quiet: bool, wait: bool) -> None:
     fresh = sum(item.status == "new" for item in folders)
     click.echo(f"plugin folders: {len(folders)} plugins, {fresh} new version{'s' if fresh != 1 else ''}")
     try:
-        plan = planner.plan_round(db, settings, round_id, tracks)
+        plan = planner.plan_round(db, settings, round_id, tracks, retry_failed)
     except planner.RoundError as exc:
         raise click.ClickException(str(exc)) from None
     with db.session() as session:
         frozen = session.scalar(select(func.count()).select_from(RoundEntry).where(RoundEntry.round_id == round_id))
     new = sum(plan.new_jobs.values())
     click.echo(
-        f"round {number} closed: {frozen} plugin versions frozen; {plan.cells} matches, "
-        f"{plan.cached} reused from earlier results; {new} new job{'s' if new != 1 else ''}" + (":" if new else "")
+        f"round {number} closed: {frozen} plugin versions frozen; {plan.cells_line()}; "
+        f"{new} new job{'s' if new != 1 else ''}" + (":" if new else "")
     )
     for line in plan.summary():
         click.echo(f"  {line}")

@@ -146,12 +146,13 @@ def round_group() -> None:
 @click.option("--seed", default=0, show_default=True, help="The round's public seed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--wait", is_flag=True, help="With ARENA_BROKER_URL: follow the round until the workers finish it.")
-def round_run(track_names: tuple[str, ...], seed: int, quiet: bool, wait: bool) -> None:
+@click.option("--retry-failed", is_flag=True, help=admin.RETRY_FAILED_HELP)
+def round_run(track_names: tuple[str, ...], seed: int, quiet: bool, wait: bool, retry_failed: bool) -> None:
     """Freeze the latest valid plugins, plan the round's jobs, run them (on Celery workers with ARENA_BROKER_URL)."""
     settings = Settings.from_env()
     db = _open(settings)
     tracks = _available(settings, _tracks(settings, track_names or tuple(load_tracks(settings.home))))
-    _play_round(db, settings, tracks, seed, quiet, wait)
+    _play_round(db, settings, tracks, seed, quiet, wait, retry_failed)
 
 
 def _available(settings: Settings, tracks: list[Track]) -> list[Track]:
@@ -168,16 +169,24 @@ def _available(settings: Settings, tracks: list[Track]) -> list[Track]:
 
 
 def _play_round(
-    db: Database, settings: Settings, tracks: list[Track], seed: int, quiet: bool, wait: bool = True
+    db: Database,
+    settings: Settings,
+    tracks: list[Track],
+    seed: int,
+    quiet: bool,
+    wait: bool = True,
+    retry_failed: bool = False,
 ) -> int:
     _print_sync(planner.sync(db, settings))
     try:
         round_id = planner.open_round(db, tracks, seed)
     except planner.RoundError as exc:  # another round is open
         raise click.ClickException(str(exc)) from None
-    plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks})
+    plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks}, retry_failed)
     new = ", ".join(f"{n} {kind}" for kind, n in sorted(plan.new_jobs.items())) or "none"
-    click.echo(f"round planned: {plan.cells} matches, {plan.cached} reused from earlier results; new jobs: {new}")
+    click.echo(f"round planned: {plan.cells_line()}; new jobs: {new}")
+    for line in plan.summary():
+        click.echo(f"  {line}")
     started = time.perf_counter()
     if settings.broker_url:
         states = executors.run_celery(db, settings, {t.name: t for t in tracks}, round_id, wait, progress=not quiet)

@@ -118,7 +118,8 @@ def missing_inputs(session: Session, depends: list[str]) -> tuple[list[str], lis
 
 
 def fail_job(db: Database, job_id: int, reason: str) -> None:
-    """Fail a job without running it (its inputs could not be made); a match records why in its cell."""
+    """Fail a job without running it (its inputs could not be made); a match records why in its cell,
+    and which of its inputs were missing (a replanned input replays it, see ``arena.planner``)."""
     with db.session() as session:
         _fail(session, session.get(Job, job_id), reason)
 
@@ -139,7 +140,8 @@ def requeue(db: Database, job_id: int, attempts: int, reason: str) -> bool:
 def _fail(session: Session, job: Job, reason: str) -> None:
     job.state, job.error, job.finished_at = "failed", reason, datetime.now(UTC)
     if job.kind == "match":
-        _store_result(session, job.key, job.params, MatchOutcome("failed", error=reason))
+        absent, _ = missing_inputs(session, job.depends_on)
+        _store_result(session, job.key, job.params, MatchOutcome("failed", error=reason), absent or None)
 
 
 def _record_error(db: Database, job_id: int, error: str, max_attempts: int) -> str:
@@ -208,11 +210,17 @@ def _run_match(
     return ("done" if outcome.status == "ok" else "failed"), outcome.error, outcome.log_tail
 
 
-def _store_result(session: Session, key: str, params: dict, outcome: MatchOutcome) -> None:
+def _store_result(
+    session: Session, key: str, params: dict, outcome: MatchOutcome, absent: list[str] | None = None
+) -> None:
+    """Store a match's outcome under its key; a replay's params name its content key and attempt."""
     insert_once(
         session,
         Result,
         key=key,
+        content_key=params.get("content_key", key),
+        attempt=params.get("attempt", 0),
+        missing_inputs=absent,
         attack_version_id=params["attack"],
         defense_version_id=params["defense"],
         track=params["track"],

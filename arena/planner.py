@@ -2,7 +2,8 @@
 
 Everything is keyed by content (see docs/architecture.md): a job is written only when its output
 (an artifact or a result) does not exist yet, so running the same round again plans zero jobs and
-changing one attack plans only its row.
+changing one attack plans only its row. A failed match is replayed, as a new attempt under a key of
+its own, when it never ran for want of an input, or on request (``retry_failed``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def artifact_key(kind: str, track: Track, fingerprint: str, defense_hash: str | 
 def result_key(attack_hash: str, defense_hash: str, track: Track, threat: str, seed: int, fingerprint: str) -> str:
     """Key of a match result: equal inputs, equal key, and the result is reused."""
     return _digest(attack_hash, defense_hash, track.config(), threat, seed, REFEREE_VERSION, fingerprint)
+
+
+def attempt_key(content_key: str, attempt: int) -> str:
+    """Key of a match's ``attempt``: the first (0) is stored under its content key, each replay under its own."""
+    return content_key if attempt == 0 else _digest("replay", content_key, attempt)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,22 +185,29 @@ class RoundError(Exception):
 
 @dataclass
 class Plan:
-    """What planning decided: new jobs by kind, cells reused from the cache, and why jobs are new.
+    """What planning decided: new jobs by kind, cells reused from the cache or replayed, and why jobs are new.
 
     ``reasons`` names each new job; ``causes`` counts them by (kind, cause), the cause being what
-    changed: a new attack or defense version, a track, or a pair that never met under these rules.
+    changed: a new attack or defense version, a track, a pair that never met under these rules, or
+    a replay of what failed before (see :func:`plan_matches`).
     """
 
     round_id: int | None
     new_jobs: Counter[str] = field(default_factory=Counter)
     cached: int = 0
     cells: int = 0
+    replayed: int = 0
     reasons: list[str] = field(default_factory=list)
     causes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def summary(self) -> list[str]:
         """One line per cause, the most jobs first: ``12 match: new attack version students/pgd@1a2b3c4d``."""
         return [f"{count} {kind}: {cause}" for (kind, cause), count in self.causes.most_common()]
+
+    def cells_line(self) -> str:
+        """``161 matches, 147 reused from earlier results`` (and ``, 2 replayed`` when some failed before)."""
+        replayed = f", {self.replayed} replayed" if self.replayed else ""
+        return f"{self.cells} matches, {self.cached} reused from earlier results{replayed}"
 
 
 def open_round(db: Database, tracks: list[Track], seed: int = 0, closes_at: datetime | None = None) -> int:
@@ -233,9 +246,14 @@ def due_rounds(session: Session, now: datetime | None = None) -> list[Round]:
     return list(session.scalars(select(Round).where(Round.status == "open", Round.closes_at <= now)))
 
 
-def plan_round(db: Database, settings: Settings, round_id: int, tracks: dict[str, Track]) -> Plan:
+def plan_round(
+    db: Database, settings: Settings, round_id: int, tracks: dict[str, Track], retry_failed: bool = False
+) -> Plan:
     """Close an open round: freeze the latest valid version of every plugin, write the round's matrix
-    and the jobs whose outputs do not exist yet (every other cell reuses its cached result)."""
+    and the jobs whose outputs do not exist yet (every other cell reuses its cached result).
+
+    ``retry_failed`` replays the cells whose latest result failed (see :func:`plan_matches`).
+    """
     with db.session() as session:
         round_ = session.get(Round, round_id)
         if round_ is None:
@@ -251,7 +269,7 @@ def plan_round(db: Database, settings: Settings, round_id: int, tracks: dict[str
         attacks = [e.plugin_version for e in round_.entries if e.plugin_version.plugin.kind == "attack"]
         defenses = [e.plugin_version for e in round_.entries if e.plugin_version.plugin.kind == "defense"]
         plan = plan_matches(
-            session, settings, attacks, defenses, [tracks[t] for t in round_.tracks], round_.seed, round_
+            session, settings, attacks, defenses, [tracks[t] for t in round_.tracks], round_.seed, round_, retry_failed
         )
         round_.status, round_.finished_at = ("running", None) if plan.new_jobs else ("done", now)
         return plan
@@ -276,11 +294,19 @@ def plan_matches(
     tracks: list[Track],
     seed: int,
     round_: Round | None = None,
+    retry_failed: bool = False,
 ) -> Plan:
-    """Plan every attack against every defense on ``tracks`` under each threat the attack plays."""
+    """Plan every attack against every defense on ``tracks`` under each threat the attack plays.
+
+    A cell reuses the latest attempt at its match (:func:`attempt_key`) unless that attempt failed
+    and either never ran, for want of an input (a failed training leaves no artifact, so it is
+    planned again, and the match with it), or ``retry_failed`` asks for it: then the cell is a new
+    attempt under a key of its own, and the rounds that showed the failure keep showing it.
+    """
     fingerprint = secret_fingerprint(settings)
     plan = Plan(round_.id if round_ else None)
     pending = set(session.scalars(select(Job.key).where(Job.state.in_(("queued", "running")))))
+    failed = set(session.scalars(select(Job.key).where(Job.state == "failed", Job.kind != "match")))
     ids = [v.id for v in attacks + defenses]
     played = set(session.scalars(select(Result.attack_version_id).where(Result.attack_version_id.in_(ids))))
     played |= set(session.scalars(select(Result.defense_version_id).where(Result.defense_version_id.in_(ids))))
@@ -294,6 +320,8 @@ def plan_matches(
             exists = session.scalar(select(func.count()).select_from(Result).where(Result.key == key))
         if exists:
             return
+        if key in failed:
+            cause = f"replay: the {why} failed before"
         session.add(Job(round_id=plan.round_id, kind=kind, key=key, params=params, depends_on=depends))
         pending.add(key)
         plan.new_jobs[kind] += 1
@@ -309,15 +337,16 @@ def plan_matches(
         model = artifact_key("defense", track, fingerprint, defense.content_hash)
         label, attack_label = _label(defense), _label(attack)
         fresh = f"new defense version {label}" if defense.id not in trained else f"track {track.name} for {label}"
-        need("train-defense", model, {"track": track.name, "defense": defense.id}, [], f"train {label}", fresh)
+        need("train-defense", model, {"track": track.name, "defense": defense.id}, [], f"training of {label}", fresh)
         for threat in declared.get("threats", ()):
-            depends = [model, substitute]
+            inputs = {model: "its defense's training", substitute: "the substitute's training"}
             if threat == "gray-box":
                 twin = artifact_key("twin", track, fingerprint, defense.content_hash)
                 params = {"track": track.name, "defense": defense.id}
                 need("train-twin", twin, params, [], f"twin of {label}", fresh)
-                depends.append(twin)
-            key = result_key(attack.content_hash, defense.content_hash, track, threat, seed, fingerprint)
+                inputs[twin] = "its twin's training"
+            content = result_key(attack.content_hash, defense.content_hash, track, threat, seed, fingerprint)
+            key, attempt, replay = _attempt(session, content, inputs, pending, retry_failed)
             plan.cells += 1
             if round_ is not None:
                 session.add(
@@ -330,7 +359,9 @@ def plan_matches(
                         threat=threat,
                     )
                 )
-            if attack.id not in played:
+            if replay:
+                cause = replay
+            elif attack.id not in played:
                 cause = f"new attack version {attack_label}"
             elif defense.id not in played:
                 cause = f"new defense version {label}"
@@ -338,10 +369,41 @@ def plan_matches(
                 cause = f"pairs not yet played on {track.name} with seed {seed} and referee {REFEREE_VERSION}"
             before = plan.new_jobs["match"]
             params = {"track": track.name, "threat": threat, "seed": seed, "attack": attack.id, "defense": defense.id}
-            need("match", key, params, depends, f"{attack_label} vs {label} on {track.name}, {threat}", cause)
-            plan.cached += plan.new_jobs["match"] == before
+            if attempt:
+                params |= {"content_key": content, "attempt": attempt}
+            need("match", key, params, list(inputs), f"{attack_label} vs {label} on {track.name}, {threat}", cause)
+            new = plan.new_jobs["match"] > before
+            plan.cached += not new
+            plan.replayed += bool(new and replay)
     session.flush()
     return plan
+
+
+def _attempt(
+    session: Session, content_key: str, inputs: dict[str, str], pending: set[str], retry_failed: bool
+) -> tuple[str, int, str | None]:
+    """The attempt a cell shows: its key, its number, and why it replays a failed one (None: no replay).
+
+    That is the latest attempt, or the next one when a replay is under way (another round's) or is due:
+    the latest failed for want of inputs (named by ``inputs``: artifact key -> what makes it), or at all
+    with ``retry_failed``.
+    """
+    columns = (Result.key, Result.attempt, Result.status, Result.missing_inputs)
+    query = select(*columns).where(Result.content_key == content_key).order_by(Result.attempt.desc()).limit(1)
+    latest = session.execute(query).first()
+    if latest is None:
+        return content_key, 0, None
+    following = latest.attempt + 1
+    if attempt_key(content_key, following) in pending:
+        return attempt_key(content_key, following), following, None
+    if latest.status != "failed":
+        return latest.key, latest.attempt, None
+    if latest.missing_inputs is not None:
+        names = [inputs[key] for key in inputs if key in latest.missing_inputs] or ["an input"]
+        return attempt_key(content_key, following), following, f"replay: {' and '.join(names)} failed before"
+    if retry_failed:
+        return attempt_key(content_key, following), following, "replay: it failed before (retry requested)"
+    return latest.key, latest.attempt, None
 
 
 def _label(version: PluginVersion) -> str:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 #: constraint names that are the same on every backend, so migrations can name what they alter or drop
@@ -238,13 +239,26 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+def _same_as_key(context: DefaultExecutionContext) -> str:
+    """A result's content key when none is given: its own key (a first attempt)."""
+    return context.get_current_parameters()["key"]
+
+
 class Result(Base):
-    """The outcome of one match, written once under its content key."""
+    """The outcome of one attempt at a match, written once under its key.
+
+    ``content_key`` names the match by content (``arena.planner.result_key``). Its first attempt is
+    stored under that key; a replay (``attempt`` 1, 2, ...) under a key of its own, so the rounds that
+    showed an earlier attempt keep showing it. A match failed without running, because inputs could
+    not be made, lists their artifact keys in ``missing_inputs`` (None for a match that ran).
+    """
 
     __tablename__ = "results"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)
+    content_key: Mapped[str] = mapped_column(String(64), index=True, default=_same_as_key)
+    attempt: Mapped[int] = mapped_column(default=0)
     attack_version_id: Mapped[int] = mapped_column(ForeignKey("plugin_versions.id"))
     defense_version_id: Mapped[int] = mapped_column(ForeignKey("plugin_versions.id"))
     track: Mapped[str] = mapped_column(String(100))
@@ -253,6 +267,7 @@ class Result(Base):
     referee_version: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20))  # ok | failed
     error: Mapped[str | None] = mapped_column(Text)
+    missing_inputs: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     log_tail: Mapped[str | None] = mapped_column(Text)
     metrics: Mapped[dict[str, Any]]
     samples: Mapped[bytes | None]  # per-sample records, npz
