@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from arena import executors, planner, submissions
 from arena.config import Settings
 from arena.store import Database, Round, RoundEntry, RoundMatch
-from arena.submissions import SubmissionError, TeamSync
+from arena.submissions import TeamSync
 from arena.tracks import Track, load_tracks
 
 RELATIVE_TIME = re.compile(r"^\+(\d+)([mhd])$")
@@ -68,10 +68,7 @@ def team() -> None:
 def team_add(name: str, repo: str, branch: str, folder: str | None, daily_limit: int | None) -> None:
     """Register team NAME and the repository it pushes its plugins to (again: update it)."""
     settings = Settings.from_env()
-    try:
-        new = submissions.add_team(_open(settings), name, repo, branch, folder, daily_limit)
-    except SubmissionError as exc:
-        raise click.ClickException(str(exc)) from None
+    new = submissions.add_team(_open(settings), name, repo, branch, folder, daily_limit)
     where = f"{repo} ({branch}{', ' + folder if folder else ''})"
     click.echo(f"{'added' if new else 'updated'} team {name}: {where}; `arena sync --team {name}` fetches it")
 
@@ -103,10 +100,7 @@ def sync(team_name: str | None, as_json: bool) -> None:
     Exits with status 1 when a repository could not be fetched or read.
     """
     settings = Settings.from_env()
-    try:
-        reports = submissions.sync(_open(settings), settings, team_name)
-    except SubmissionError as exc:
-        raise click.ClickException(str(exc)) from None
+    reports = submissions.sync(_open(settings), settings, team_name)
     if as_json:
         click.echo(json.dumps([_as_dict(r) for r in reports], indent=2))
     else:
@@ -156,10 +150,7 @@ def hook() -> None:
 @click.option("--background", is_flag=True, help="Return from the push at once; the sync logs to ARENA_HOME/logs.")
 def hook_install(bare_repo: Path, team_name: str | None, background: bool) -> None:
     """Install a post-receive hook in BARE_REPO that runs `arena sync` (with this arena's settings)."""
-    try:
-        path = submissions.install_hook(bare_repo, team_name, background)
-    except SubmissionError as exc:
-        raise click.ClickException(str(exc)) from None
+    path = submissions.install_hook(bare_repo, team_name, background)
     click.echo(f"installed {path}: a push syncs {('team ' + team_name) if team_name else 'every team'}")
 
 
@@ -177,10 +168,7 @@ def round_open(track_names: tuple[str, ...], seed: int, closes_at: str | None) -
     settings = Settings.from_env()
     db = _open(settings)
     tracks = _round_tracks(settings, track_names)
-    try:
-        round_id = planner.open_round(db, tracks, seed, _when(closes_at) if closes_at else None)
-    except planner.RoundError as exc:
-        raise click.ClickException(str(exc)) from None
+    round_id = planner.open_round(db, tracks, seed, _when(closes_at) if closes_at else None)
     with db.session() as session:
         round_ = session.get(Round, round_id)
         when = f"; closes {round_.closes_at:%Y-%m-%d %H:%M} UTC" if round_.closes_at else ""
@@ -209,10 +197,7 @@ def round_close(due: bool, quiet: bool, wait: bool, retry_failed: bool) -> None:
     folders = planner.sync(db, settings)  # the plugins of folders (the built-ins); teams sync on push
     fresh = sum(item.status == "new" for item in folders)
     click.echo(f"plugin folders: {len(folders)} plugins, {fresh} new version{'s' if fresh != 1 else ''}")
-    try:
-        plan = planner.plan_round(db, settings, round_id, tracks, retry_failed)
-    except planner.RoundError as exc:
-        raise click.ClickException(str(exc)) from None
+    plan = planner.plan_round(db, settings, round_id, tracks, retry_failed)
     with db.session() as session:
         frozen = session.scalar(select(func.count()).select_from(RoundEntry).where(RoundEntry.round_id == round_id))
     new = sum(plan.new_jobs.values())
@@ -243,10 +228,7 @@ def round_publish(number: int | None) -> None:
         if round_ is None:
             raise click.ClickException(f"no round {number}" if number is not None else "no finished round yet")
         round_id, number = round_.id, round_.number
-    try:
-        planner.publish_round(db, round_id)
-    except planner.RoundError as exc:
-        raise click.ClickException(str(exc)) from None
+    planner.publish_round(db, round_id)
     click.echo(f"round {number} published")
 
 

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import click
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from arena import admin, distributed, executors, planner, plugins, scaffold, scoring, validation
-from arena.config import Settings
+from arena.config import Settings, SettingsError
 from arena.store import Database, PluginVersion, Result, Round
-from arena.tracks import Track, load_tracks
+from arena.submissions import SubmissionError
+from arena.tracks import Track, TrackError, load_tracks
+from arena.zygote import SandboxError
 
 DEMO_TRACKS = ("digits", "mnist-linf")
 
@@ -32,7 +35,20 @@ def _tracks(settings: Settings, names: tuple[str, ...]) -> list[Track]:
     return [known[n] for n in names]
 
 
-@click.group()
+class ArenaGroup(click.Group):
+    """The command group: the arena's own errors (settings, tracks, sandbox, database) end in one readable
+    line and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (SettingsError, TrackError, SandboxError, SubmissionError, planner.RoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except OperationalError as exc:
+            raise click.ClickException(f"the database does not answer: {exc.orig}") from None
+
+
+@click.group(cls=ArenaGroup)
 @click.version_option(package_name="arena")
 def main() -> None:
     """Arena: a tournament of adversarial attacks against defenses."""
@@ -178,10 +194,7 @@ def _play_round(
     retry_failed: bool = False,
 ) -> int:
     _print_sync(planner.sync(db, settings))
-    try:
-        round_id = planner.open_round(db, tracks, seed)
-    except planner.RoundError as exc:  # another round is open
-        raise click.ClickException(str(exc)) from None
+    round_id = planner.open_round(db, tracks, seed)
     plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks}, retry_failed)
     new = ", ".join(f"{n} {kind}" for kind, n in sorted(plan.new_jobs.items())) or "none"
     click.echo(f"round planned: {plan.cells_line()}; new jobs: {new}")

@@ -26,6 +26,10 @@ BUILTIN_PLUGIN_DIRS = (
 )
 
 
+class SettingsError(ValueError):
+    """An environment variable of the arena's says something impossible."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """The arena's settings for one process."""
@@ -46,7 +50,7 @@ class Settings:
         extra = tuple(Path(p).resolve() for p in env.get("ARENA_PLUGIN_DIRS", "").split(os.pathsep) if p)
         missing = [str(p) for p in extra if not p.is_dir()]
         if missing:
-            raise ValueError(f"ARENA_PLUGIN_DIRS names {', '.join(missing)}, which is not a folder")
+            raise SettingsError(f"ARENA_PLUGIN_DIRS names {', '.join(missing)}, which is not a folder")
         builtin = _builtins(env.get("ARENA_BUILTINS"))
         return cls(home, database_url, data_dir, builtin + extra, env.get("ARENA_BROKER_URL") or None)
 
@@ -69,5 +73,5 @@ def _builtins(chosen: str | None) -> tuple[Path, ...]:
     found = {p.name: p for folder in folders for p in folder.iterdir() if (p / "plugin.toml").is_file()}
     unknown = sorted(names - set(found))
     if unknown:
-        raise ValueError(f"ARENA_BUILTINS names unknown plugins {unknown}; built-in: {', '.join(sorted(found))}")
+        raise SettingsError(f"ARENA_BUILTINS names unknown plugins {unknown}; built-in: {', '.join(sorted(found))}")
     return tuple(found[name] for name in sorted(names))
