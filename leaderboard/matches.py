@@ -35,11 +35,21 @@ def match(result_id: int) -> dict[str, Any]:
         result = get_or_404(session, Result, result_id, "match")
         entries = plugin_entries(session, {result.attack_version_id, result.defense_version_id})
         track = session.scalar(select(Track.config).where(Track.name == result.track))
+        attempts = session.execute(
+            select(Result.id, Result.attempt, Result.status, Result.created_at)
+            .where(Result.content_key == result.content_key)
+            .order_by(Result.attempt)
+        ).all()
     records = unpack(result.samples) if result.samples else None
     shown = unpack(result.gallery) if result.gallery else None
     return {
         "id": result.id,
         "key": result.key,
+        "attempt": result.attempt,
+        "attempts": [
+            {"id": a.id, "attempt": a.attempt, "status": a.status, "created_at": a.created_at.isoformat()}
+            for a in attempts
+        ],
         "status": result.status,
         "error": result.error,
         "log_tail": result.log_tail,

@@ -39,6 +39,7 @@ _RESULT_COLUMNS = (
     Result.status,
     Result.error,
     Result.metrics,
+    Result.attempt,
 )
 
 
@@ -118,6 +119,7 @@ def _results(session: Session, version_ids: list[int]) -> dict[int, list[dict[st
                     "threat": r.threat,
                     "opponent": asdict(opponents[other]),
                     "status": r.status,
+                    "attempt": r.attempt,
                     "error": r.error,
                     "robust_accuracy": metrics.get("robust_accuracy"),
                     "success_rate": metrics.get("success_rate"),

@@ -29,6 +29,7 @@ from arena.config import Settings
 from arena.scoring import Cell
 from arena.store import Database, Result, Round
 from arena.store.db import migration_config
+from leaderboard import create_app
 
 #: the sandboxes' memory while the first attempts run: enough for every built-in, not for HUNGRY_*
 LOW_MEMORY = "1G"
@@ -177,6 +178,11 @@ def test_retry_failed_replays_a_failed_match_and_keeps_earlier_rounds(
         (1, "ok", replayed.result_key),
     ]
     assert [failures("hungry", number) for number in (1, 2, 3)] == [1, 1, 0]
+    board = create_app().test_client()  # the match page links both attempts
+    page = board.get(f"/api/matches/{history[1].id}").get_json()
+    assert page["attempt"] == 1
+    assert [(a["id"], a["status"]) for a in page["attempts"]] == [(history[0].id, "failed"), (history[1].id, "ok")]
+    assert "Attempt 2 of 2 at this match" in board.get(f"/matches/{history[1].id}").get_data(as_text=True)
 
     again = arena_cli("round", "run", "--track", "tiny", "--quiet", "--retry-failed")  # nothing failed now
     assert "3 matches, 3 reused from earlier results; new jobs: none" in again.output
