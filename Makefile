@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/arena demo
+	$(BIN)/arena demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -7,7 +7,11 @@ artifacts back (``--retrain`` trains again). One row per defense and track: the 
 in its sandbox, the clean accuracy and the share of clean inputs rejected on the track's evaluation subset
 (over the track's draws for randomized defenses, as the referee counts them), and the track's floor.
 
-    python bench/defense_training.py --track digits --track mnist-linf [--defense magnet]... [--cache DIR]
+    python bench/defense_training.py --track digits --track mnist-linf [--defense magnet]... [--cache DIR] [--plain]
+
+``--plain`` adds the raw PyTorch loop that does the undefended baseline's work (the track's reference CNN,
+Adam at 1e-3, batches of 128, the track's epochs) in this process, without the arena: the row to read
+``undefended`` against.
 
 Set ARENA_DATA_DIR to a folder with mnist.npz for the MNIST tracks (e.g. ../shared/data). Run it niced on a
 shared machine: MNIST trains every defense in minutes on two CPU cores.
@@ -83,12 +87,37 @@ def clean_figures(trained: Trained, track: Track, data_dir: Path) -> dict[str, f
     }
 
 
+def plain_training(track: Track, data_dir: Path) -> tuple[float, float]:
+    """Seconds a plain PyTorch loop takes to train the reference CNN as ``undefended`` does, and its clean
+    accuracy on the track's evaluation subset."""
+    device = pick_device()
+    x_train, y_train = (t.to(device) for t in track.train_set(data_dir))
+    torch.manual_seed(0)
+    model = track.make_reference().to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    started = time.perf_counter()
+    for _ in range(track.epochs):
+        order = torch.randperm(len(x_train), device=device)
+        for start in range(0, len(order), 128):
+            index = order[start : start + 128]
+            loss = torch.nn.functional.cross_entropy(model(x_train[index]), y_train[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    seconds = time.perf_counter() - started
+    x, y, _, _ = track.eval_set(data_dir)
+    with torch.no_grad():
+        accuracy = float((model.eval()(x.to(device)).argmax(1) == y.to(device)).float().mean())
+    return seconds, accuracy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--track", action="append", choices=sorted(TRACKS), help="default: digits")
     parser.add_argument("--defense", action="append", choices=DEFENSES, help="default: all built-in defenses")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"artifacts (default {DEFAULT_CACHE})")
     parser.add_argument("--retrain", action="store_true", help="train again even when the artifact is cached")
+    parser.add_argument("--plain", action="store_true", help="add the plain PyTorch loop of the baseline's work")
     args = parser.parse_args()
     data_dir = Settings.from_env().data_dir
     print(f"{'defense':<22} {'track':<11} {'train s':>8} {'clean':>6} {'reject':>7} {'floor':>6}  classify s")
@@ -103,6 +132,9 @@ def main() -> None:
                 f"{figures['rejected']:7.3f} {track.clean_floor:6.2f}  {figures['classify_seconds']:6.1f}{mark}",
                 flush=True,
             )
+        if args.plain:
+            seconds, accuracy = plain_training(track, data_dir)
+            print(f"{'(plain PyTorch loop)':<22} {track.name:<11} {seconds:8.1f} {accuracy:6.3f}", flush=True)
 
 
 if __name__ == "__main__":

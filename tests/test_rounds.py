@@ -186,8 +186,16 @@ def test_demo_runs_a_whole_round(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "round 1 - digits - white-box" in done.stdout
-    assert "skipping track mnist-linf" in done.stderr
+    assert "mnist" not in done.stdout  # digits only, unless asked
     assert "arena/undefended" in done.stdout and "arena/simba" in done.stdout
+
+
+def test_demo_names_a_track_it_cannot_play(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARENA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ARENA_DATA_DIR", str(tmp_path / "no-data"))
+    result = CliRunner().invoke(main, ["demo", "--no-serve", "--track", "mnist-linf"])
+    assert result.exit_code == 1
+    assert "skipping track mnist-linf" in result.output and "no track has its data available" in result.output
 
 
 def test_builtins_can_be_chosen_by_name(tmp_path: Path) -> None:
