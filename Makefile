@@ -20,11 +20,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/arena demo $(DEMO_ARGS)
 
+# The suite runs test files in parallel (pytest-xdist), one torch thread per worker so that workers do not
+# fight over the cores; `$(BIN)/pytest tests/test_x.py` runs one file alone.
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not service"
+	$(PYTEST) -m "not slow and not service"
 
 lint: $(STAMP)
 	$(BIN)/ruff check arena leaderboard plugins tests bench
