@@ -22,8 +22,8 @@ demo: $(STAMP)
 
 # The suite runs test files in parallel (pytest-xdist), one torch thread per worker so that workers do not
 # fight over the cores; `$(BIN)/pytest tests/test_x.py` runs one file alone.
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 TEST_WORKERS ?= auto
+PYTEST = OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: $(STAMP)
 	$(PYTEST)
