@@ -167,7 +167,7 @@ def round_open(track_names: tuple[str, ...], seed: int, closes_at: str | None) -
     """Open a round: pushes are validated meanwhile, and closing it freezes the latest valid versions."""
     settings = Settings.from_env()
     db = _open(settings)
-    tracks = _round_tracks(settings, track_names)
+    tracks = usable_tracks(settings, track_names)
     round_id = planner.open_round(db, tracks, seed, _when(closes_at) if closes_at else None)
     with db.session() as session:
         round_ = session.get(Round, round_id)
@@ -282,14 +282,20 @@ def round_list(as_json: bool) -> None:
         )
 
 
-def _round_tracks(settings: Settings, names: tuple[str, ...]) -> list[Track]:
-    """The named tracks (default: all) whose data is available here; a clear error otherwise."""
+def named_tracks(settings: Settings, names: tuple[str, ...]) -> list[Track]:
+    """The tracks called ``names`` (none: every track), built in or from ``tracks.toml``; a usage error names
+    the unknown ones."""
     known = load_tracks(settings.home)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise click.UsageError(f"unknown track(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[n] for n in names] if names else list(known.values())
+
+
+def usable_tracks(settings: Settings, names: tuple[str, ...]) -> list[Track]:
+    """The named tracks (none: all) whose data is available here, saying which are skipped and why."""
     usable = []
-    for track in [known[n] for n in names] if names else list(known.values()):
+    for track in named_tracks(settings, names):
         reason = track.available(settings.data_dir)
         if reason:
             click.echo(f"skipping track {track.name}: {reason}", err=True)

@@ -15,7 +15,7 @@ from arena import admin, distributed, executors, planner, plugins, scaffold, sco
 from arena.config import Settings, SettingsError
 from arena.store import Database, PluginVersion, Result, Round
 from arena.submissions import SubmissionError
-from arena.tracks import Track, TrackError, load_tracks
+from arena.tracks import Track, TrackError
 from arena.zygote import SandboxError
 
 #: the demo's default: the track that plays a whole round of every built-in plugin in minutes on a CPU
@@ -26,14 +26,6 @@ def _open(settings: Settings) -> Database:
     db = Database(settings.database_url)
     db.upgrade()
     return db
-
-
-def _tracks(settings: Settings, names: tuple[str, ...]) -> list[Track]:
-    known = load_tracks(settings.home)
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise click.UsageError(f"unknown track(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return [known[n] for n in names]
 
 
 class ArenaGroup(click.Group):
@@ -112,7 +104,7 @@ def plugin_check(path: Path, track_name: str) -> None:
     """Validate a plugin folder and play it against the built-in plugins on a track."""
     settings = Settings.from_env()
     db = _open(settings)
-    track = _tracks(settings, (track_name,))[0]
+    track = admin.named_tracks(settings, (track_name,))[0]
     source = plugins.read_folder(path.resolve())
     errors = validation.validate(source, settings.home / "plugin-cache").errors
     if errors:
@@ -168,21 +160,8 @@ def round_run(track_names: tuple[str, ...], seed: int, quiet: bool, wait: bool, 
     """Freeze the latest valid plugins, plan the round's jobs, run them (on Celery workers with ARENA_BROKER_URL)."""
     settings = Settings.from_env()
     db = _open(settings)
-    tracks = _available(settings, _tracks(settings, track_names or tuple(load_tracks(settings.home))))
+    tracks = admin.usable_tracks(settings, track_names)
     _play_round(db, settings, tracks, seed, quiet, wait, retry_failed)
-
-
-def _available(settings: Settings, tracks: list[Track]) -> list[Track]:
-    usable = []
-    for track in tracks:
-        reason = track.available(settings.data_dir)
-        if reason:
-            click.echo(f"skipping track {track.name}: {reason}", err=True)
-        else:
-            usable.append(track)
-    if not usable:
-        raise click.ClickException("no track has its data available")
-    return usable
 
 
 def _play_round(
@@ -288,7 +267,7 @@ def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int) -> 
     """A whole round of the built-in plugins (on digits unless --track says otherwise), then the board."""
     settings = Settings.from_env()
     db = _open(settings)
-    tracks = _available(settings, _tracks(settings, track_names or DEMO_TRACKS))
+    tracks = admin.usable_tracks(settings, track_names or DEMO_TRACKS)
     _play_round(db, settings, tracks, seed=0, quiet=False)
     if not no_serve:
         _serve(host, port)
