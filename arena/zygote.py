@@ -87,12 +87,25 @@ def isolation() -> Isolation:
     return Isolation("fallback", problem)
 
 
+def installed_under_tmp() -> str | None:
+    """Why the sandbox cannot see this Python or the arena (None when it can): each sandbox gets a private,
+    empty ``/tmp``, so an installation or a checkout under ``/tmp`` would vanish inside it."""
+    for what, path in (("Python installation", sys.prefix), ("arena package", str(Path(__file__).parent))):
+        real = os.path.realpath(path)
+        if real == "/tmp" or real.startswith("/tmp/"):
+            return f"the {what} lies under /tmp ({real}), which each sandbox replaces: install it elsewhere"
+    return None
+
+
 @functools.cache
 def _bubblewrap_problem() -> str | None:
     """Why bubblewrap cannot isolate sandboxes here (None when it can): a probe in a minimal view."""
     bwrap = namespaces.bwrap()
     if bwrap is None:
         return "bubblewrap is not installed (Debian: apt-get install bubblewrap)"
+    under_tmp = installed_under_tmp()
+    if under_tmp:
+        return under_tmp
     view = namespaces.build_view([Path(namespaces.__file__).parent], [], [])
     command = [bwrap, *view.bwrap_args(), "--", sys.executable, "-I", "-S", namespaces.__file__]
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hostile import RAISE_LINE, failing_setup, gone, hostile_setup, none_running, running, started
 
+from arena import zygote
 from arena.sandbox import KEEP_ENV, LOG_TAIL_CHARS, PluginFailure, Sandbox, isolation
 
 TESTS = Path(__file__).resolve().parent
@@ -205,3 +206,10 @@ def test_the_child_environment_holds_no_secrets(child_view: dict) -> None:
 
 def test_the_child_initial_environment_holds_no_secrets(child_view: dict) -> None:
     assert SECRET not in child_view["initial"]
+
+
+def test_an_installation_under_tmp_is_named_as_the_reason_for_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sandbox gets a private /tmp: a virtual environment there would vanish inside it."""
+    monkeypatch.setattr(sys, "prefix", "/tmp/ci-clone/.venv")
+    reason = zygote.installed_under_tmp()
+    assert reason is not None and reason.startswith("the Python installation lies under /tmp (/tmp/ci-clone/.venv)")
