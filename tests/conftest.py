@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from services import fresh_postgres_database
 
 from arena.config import Settings
+from arena.store import Database
 
 #: MNIST for tests and benchmarks lies beside the repository (never inside it)
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"
@@ -37,3 +40,19 @@ def mnist_dir() -> Path:
     if not SHARED_MNIST.exists():
         pytest.skip(f"MNIST not found at {SHARED_MNIST}")
     return SHARED_MNIST.parent
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A freshly migrated database: a SQLite file, or a new database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'arena.db'}")
+        db.upgrade()
+        yield db
+        db.dispose()
+    else:
+        with fresh_postgres_database() as url:
+            db = Database(url)
+            db.upgrade()
+            yield db
+            db.dispose()

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from services import fresh_postgres_database, redis_url
+from services import redis_url
 
 from arena import dispatch, executors, jobs, tasks
 from arena.cli import main
@@ -26,20 +26,10 @@ from arena.tracks import TRACKS
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A migrated database: a SQLite file, or a fresh database on the test PostgreSQL server."""
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'arena.db'}")
-        database.upgrade()
-        yield database
-        database.dispose()
-    else:
-        with fresh_postgres_database() as url:
-            database = Database(url)
-            database.upgrade()
-            yield database
-            database.dispose()
+@pytest.fixture
+def db(database: Database) -> Database:
+    """The shared migrated database (SQLite, or a fresh PostgreSQL one), under this module's short name."""
+    return database
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -35,22 +34,6 @@ from arena.store import (
 )
 from arena.store.db import MIGRATIONS, insert_once
 from arena.store.models import utcnow
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A freshly migrated database: a SQLite file, or a new database on the test PostgreSQL server."""
-    if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'arena.db'}")
-        db.upgrade()
-        yield db
-        db.dispose()
-    else:
-        with fresh_postgres_database() as url:
-            db = Database(url)
-            db.upgrade()
-            yield db
-            db.dispose()
 
 
 @pytest.fixture
