@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import importlib.util
 import os
 import tempfile
 import urllib.request
@@ -30,6 +31,8 @@ import numpy as np
 INPUT_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 DATASETS: tuple[str, ...] = tuple(INPUT_SHAPES)
 NUM_CLASSES = 10
+#: the grey levels each data set's images take: digits 0..16 (17 levels), MNIST 0..255 (256)
+PIXEL_LEVELS: dict[str, int] = {"digits": 17, "mnist": 256}
 
 #: images of the digits split held out for testing (of 1797), and the split's seed
 DIGITS_TEST_SIZE = 500
@@ -266,6 +269,20 @@ def download_mnist(dest: Path, base_url: str = MNIST_URL, checksums: Mapping[str
         if not _verified(dest / name, expected):
             _fetch(base_url.rstrip("/") + "/" + name, dest / name, expected)
     return dest
+
+
+def bundled_data_files() -> list[Path]:
+    """Data files that installed packages carry (scikit-learn's digits and its other toy sets).
+
+    Sandboxes hide them: a plugin gets data only from the arena (see :mod:`arena.sandbox`).
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    datasets = Path(next(iter(spec.submodule_search_locations))) / "datasets"
+    folders = [datasets / "data", datasets / "images", datasets / "descr"]
+    found = (f for folder in folders if folder.is_dir() for f in folder.iterdir())
+    return sorted(f for f in found if f.is_file() and f.suffix != ".py")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -56,7 +56,10 @@ class Budget:
     ``targets`` holds one target label per sample for targeted attacks (the same for every
     attack; ``None`` for untargeted ones). ``max_queries`` is the number of images per sample the
     attack may send to :meth:`Target.query`. ``generator`` is seeded by the arena: draw all
-    randomness from it and the attack is reproducible.
+    randomness from it and the attack is reproducible. The images lie on a grid of ``levels`` grey
+    levels (``k / (levels - 1)``); the referee rounds what the attack returns onto that grid, towards
+    the clean value where rounding to the nearest level would leave the budget, and so does
+    :meth:`Target.query`: round yourself to know exactly what the defense will see.
     """
 
     norm: str
@@ -64,6 +67,7 @@ class Budget:
     max_queries: int
     generator: torch.Generator
     targets: torch.Tensor | None = None
+    levels: int = 256
 
 
 class Target(abc.ABC):
@@ -151,7 +155,8 @@ class TrainContext:
     """Everything a defense may use to train: the training split, a model factory, device, seed, time.
 
     The evaluation split is never here. ``make_model()`` builds the track's reference architecture
-    (untrained, on ``device``); a defense may bring its own architecture instead.
+    (untrained, on ``device``); a defense may bring its own architecture instead. Every image the
+    model will see lies on a grid of ``levels`` grey levels (``k / (levels - 1)``).
     """
 
     track: str
@@ -166,6 +171,7 @@ class TrainContext:
     seed: int
     time_budget: float
     epochs: int
+    levels: int = 256
     generator: torch.Generator = field(init=False)
     log: Callable[[str], None] = print
 

@@ -199,6 +199,7 @@ def _run_match(
             defense_artifact=by_kind["defense"],
             twin_artifact=by_kind.get("twin"),
             substitute_artifact=by_kind["substitute"],
+            evaluation=by_kind["evaluation"],
             data_dir=settings.data_dir,
             cache_dir=settings.home / "plugin-cache",
             targeted=bool(attack.manifest.get("declared", {}).get("targeted")),

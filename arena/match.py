@@ -6,6 +6,11 @@ in its own sandbox and gets what its threat model allows (:mod:`arena.threats`):
 defended model, under gray-box the twin, under black-box nothing of the defense at all. Queries cross
 from the attack to the arena, which counts them, and on to the defense host. Clean and adversarial
 inputs are classified by two fresh hosts, so a defense cannot remember one to answer the other.
+
+The images come from the track's evaluation set (:mod:`arena.evaluation`, built by the planner from the
+arena's secret); no sandbox reads a data set: the attack asks the arena for the training split when it
+uses ``target.train_data``. What the defense sees, an adversarial input or a query, lies on the track's
+pixel grid (:func:`arena.referee.quantize_within`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 
 from arena import plugins, referee
+from arena.evaluation import EvalSet
 from arena.hookspecs import Attack, Budget
 from arena.plugins import PluginSource
 from arena.records import pack
@@ -43,6 +49,7 @@ class MatchSpec:
     defense_artifact: bytes
     twin_artifact: bytes | None
     substitute_artifact: bytes
+    evaluation: bytes
     data_dir: Path
     cache_dir: Path
     targeted: bool = False
@@ -66,19 +73,20 @@ def play(spec: MatchSpec) -> MatchOutcome:
     """Play one match; a plugin's failure fails only this match, with its reason and log tail."""
     started = time.perf_counter()
     track = spec.track
-    x, y, index, targets = track.eval_set(spec.data_dir)
+    evaluation = EvalSet.unpack(spec.evaluation)
+    x, y, index, targets = evaluation.x, evaluation.y, evaluation.index, evaluation.targets
     draws = track.draws if spec.randomized else 1
     outputs: list[torch.Tensor] = []
     log_tail = ""
     try:
         with _defense_host(spec) as host:
-            server = QueryServer(lambda batch: host.call(("probs", batch)), track.input_shape)
+            server = QueryServer(lambda batch: host.call(("probs", batch)), track.input_shape, track.levels)
+            services = {"query": server, "train-data": lambda _: _train_split(spec)}
             box = Sandbox(
                 _attack_setup,
                 (attack_view(spec),),
                 time_limit=track.time_limit,
                 label=spec.attack.label,
-                readable=(spec.data_dir,),
                 writable=(spec.cache_dir,),
             )
             with box:
@@ -88,12 +96,13 @@ def play(spec: MatchSpec) -> MatchOutcome:
                         server.allow(len(x[start:stop]) * track.max_queries)
                         request = ("batch", x[start:stop].numpy(), y[start:stop].numpy())
                         request += (targets[start:stop].numpy() if spec.targeted else None, server.allowance)
-                        output = _decode(box.call(request, on_query=server))
+                        output = _decode(box.call(request, services=services))
                         outputs.append(referee.check_output(output, x[start:stop]))
                 finally:
                     log_tail = box.log_tail  # read before close() removes the log with the sandbox's directory
         attack_seconds = time.perf_counter() - started
         x_adv, moved = referee.project(torch.cat(outputs), x, track.norm, track.eps)
+        x_adv = referee.quantize_within(x_adv, x, track.levels, track.norm, track.eps)
         clean = _classify(spec, x, draws)
         adv = _classify(spec, x_adv, draws)
     except (PluginFailure, referee.MalformedOutput) as exc:
@@ -112,15 +121,20 @@ def play(spec: MatchSpec) -> MatchOutcome:
 
 
 def _defense_host(spec: MatchSpec) -> Sandbox:
-    view = replace(spec, attack=WITHHELD, twin_artifact=None, substitute_artifact=b"")
+    view = replace(spec, attack=WITHHELD, twin_artifact=None, substitute_artifact=b"", evaluation=b"")
     return Sandbox(
         _defense_setup,
         (view,),
         time_limit=spec.track.time_limit,
         label=spec.defense.label,
-        readable=(spec.data_dir,),
         writable=(spec.cache_dir,),
     )
+
+
+def _train_split(spec: MatchSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The track's public training split, for an attack that asks (``target.train_data``)."""
+    x, y = spec.track.train_set(spec.data_dir)
+    return x.numpy(), y.numpy()
 
 
 def _classify(spec: MatchSpec, x: torch.Tensor, draws: int) -> referee.Verdict:
@@ -153,14 +167,15 @@ def attack_view(spec: MatchSpec) -> MatchSpec:
 
     The attack's process receives this spec whole, so whatever it holds, the attack can reach
     (through its frames or the garbage collector): under gray-box the defended model's artifact is
-    withheld, under black-box the defense's artifacts and its code are (the substitute stays).
+    withheld, under black-box the defense's artifacts and its code are (the substitute stays). The
+    evaluation set is never there: the attack receives its batches one call at a time.
     """
+    spec = replace(spec, evaluation=b"")
     if spec.threat == "white-box":
         return replace(spec, twin_artifact=None)
     if spec.threat == "gray-box":
         return replace(spec, defense_artifact=b"")
-    withheld = PluginSource(origin="withheld", files={})
-    return replace(spec, defense=withheld, defense_artifact=b"", twin_artifact=None)
+    return replace(spec, defense=WITHHELD, defense_artifact=b"", twin_artifact=None)
 
 
 def _decode(reply: tuple) -> torch.Tensor:
@@ -198,7 +213,6 @@ def _attack_setup(conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandbox
         conn,
         model,
         substitute,
-        track.train_set(spec.data_dir),
         track.num_classes,
         track.input_shape,
         device,
@@ -212,6 +226,7 @@ def _attack_setup(conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandbox
         budget = Budget(
             norm=track.norm,
             eps=track.eps,
+            levels=track.levels,
             max_queries=track.max_queries,
             generator=generator,
             targets=None if targets is None else torch.from_numpy(targets).to(device),

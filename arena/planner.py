@@ -15,16 +15,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import product
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena import plugins, validation
+from arena import evaluation, plugins, validation
 from arena.config import Settings
+from arena.evaluation import EVALUATION_VERSION
 from arena.plugins import PluginSource
 from arena.referee import REFEREE_VERSION
 from arena.store import Artifact, Database, Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team
 from arena.store import Track as TrackRow
+from arena.store.db import insert_once
 from arena.tracks import Track
 from arena.training import TRAINING_VERSION
 
@@ -48,9 +51,34 @@ def artifact_key(kind: str, track: Track, fingerprint: str, defense_hash: str | 
     return _digest(kind, defense_hash, track.config(), TRAINING_VERSION, fingerprint)
 
 
-def result_key(attack_hash: str, defense_hash: str, track: Track, threat: str, seed: int, fingerprint: str) -> str:
-    """Key of a match result: equal inputs, equal key, and the result is reused."""
-    return _digest(attack_hash, defense_hash, track.config(), threat, seed, REFEREE_VERSION, fingerprint)
+def result_key(attack_hash: str, defense_hash: str, track: Track, threat: str, seed: int, evaluation: str) -> str:
+    """Key of a match result: equal inputs, equal key, and the result is reused.
+
+    ``evaluation`` is the key of the evaluation set (:func:`evaluation_key`), which names the secret.
+    """
+    return _digest(attack_hash, defense_hash, track.config(), threat, seed, REFEREE_VERSION, evaluation)
+
+
+def evaluation_key(track: Track, fingerprint: str) -> str:
+    """Key of a track's evaluation set: its images depend on the track, the secret and, for a private set, the file."""
+    private = hashlib.sha256(Path(track.eval_path).read_bytes()).hexdigest() if track.evaluation == "private" else ""
+    return _digest("evaluation", track.config(), EVALUATION_VERSION, fingerprint, private)
+
+
+def store_evaluation(session: Session, settings: Settings, track: Track) -> str:
+    """Build and store the evaluation set of ``track`` unless it is stored; return its key.
+
+    Only the arena's process that holds the secret (and the data, and a private set) builds it; the
+    workers read it from the database.
+    """
+    key = evaluation_key(track, secret_fingerprint(settings))
+    if session.scalar(select(func.count()).select_from(Artifact).where(Artifact.key == key)):
+        return key
+    built = evaluation.build(track, settings.data_dir, settings.secret())
+    meta = {"evaluation": track.evaluation, "images": len(built.y), "version": EVALUATION_VERSION}
+    values = {"kind": "evaluation", "plugin_version_id": None, "track": track.name, "meta": meta}
+    insert_once(session, Artifact, key=key, data=built.pack(track.levels), **values)
+    return key
 
 
 def attempt_key(content_key: str, attempt: int) -> str:
@@ -328,6 +356,7 @@ def plan_matches(
         plan.reasons.append(why)
         plan.causes[kind, cause] += 1
 
+    evaluations = {track.name: store_evaluation(session, settings, track) for track in tracks}
     for track, attack, defense in product(tracks, attacks, defenses):
         declared = attack.manifest.get("declared", {})
         if track.norm not in declared.get("norms", ()):
@@ -340,12 +369,14 @@ def plan_matches(
         need("train-defense", model, {"track": track.name, "defense": defense.id}, [], f"training of {label}", fresh)
         for threat in declared.get("threats", ()):
             inputs = {model: "its defense's training", substitute: "the substitute's training"}
+            inputs[evaluations[track.name]] = "the evaluation set"
             if threat == "gray-box":
                 twin = artifact_key("twin", track, fingerprint, defense.content_hash)
                 params = {"track": track.name, "defense": defense.id}
                 need("train-twin", twin, params, [], f"twin of {label}", fresh)
                 inputs[twin] = "its twin's training"
-            content = result_key(attack.content_hash, defense.content_hash, track, threat, seed, fingerprint)
+            hashes = (attack.content_hash, defense.content_hash)
+            content = result_key(*hashes, track, threat, seed, evaluations[track.name])
             key, attempt, replay = _attempt(session, content, inputs, pending, retry_failed)
             plan.cells += 1
             if round_ is not None:

@@ -34,7 +34,7 @@ from arena.hookspecs import NORMS, PROJECT, THREATS, Attack, Defense
 
 ENTRY_POINT_GROUP = "arena.plugins"
 MANIFEST = "plugin.toml"
-MAX_PLUGIN_BYTES = 10 * 1024 * 1024
+MAX_PLUGIN_BYTES = 1024 * 1024
 KINDS = {"attack": (Attack, "arena_attacks"), "defense": (Defense, "arena_defenses")}
 REQUIRED_FIELDS = ("name", "kind", "team", "summary")
 OPTIONAL_FIELDS = ("module", "norms", "threats", "targeted", "params")

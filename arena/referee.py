@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 #: bump when judging changes: results are cached under it
-REFEREE_VERSION = "1"
+REFEREE_VERSION = "2"
 #: slack for floating-point round-off when deciding that a sample broke the budget
 TOLERANCE = 1e-5
 GALLERY_SIZE = 8
@@ -61,6 +61,31 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> tupl
     projected = (x + flat.view_as(x)).clamp(0, 1)
     moved = (projected - x_adv).flatten(1).abs().amax(dim=1) > TOLERANCE
     return projected, moved
+
+
+def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """``x`` in [0, 1] rounded to the nearest of ``levels`` evenly spaced grey levels."""
+    steps = levels - 1
+    return torch.round(x.clamp(0, 1) * steps) / steps
+
+
+def quantize_within(x_adv: torch.Tensor, x: torch.Tensor, levels: int, norm: str, eps: float) -> torch.Tensor:
+    """``x_adv`` (inside the eps-ball around ``x``, which lies on the grid) moved onto the grid, still inside.
+
+    Values round to the nearest level; where that would leave the ball (a pixel under L-inf, a whole
+    sample under L2) they round towards the clean value instead, which never lengthens the perturbation.
+    Rounding never changes a value that equals the clean one, so an L0 count never grows.
+    """
+    steps = levels - 1
+    clean = torch.round(x * steps)
+    delta = x_adv * steps - clean
+    nearest, toward = (clean + torch.round(delta)) / steps, (clean + torch.trunc(delta)) / steps
+    if norm == "linf":
+        return torch.where((nearest - x).abs() > eps + TOLERANCE, toward, nearest)
+    if norm == "l2":
+        outside = (nearest - x).flatten(1).norm(dim=1) > eps + TOLERANCE
+        return torch.where(outside.view(-1, *[1] * (x.dim() - 1)), toward, nearest)
+    return nearest
 
 
 def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -5,8 +5,9 @@ and the arena once but never loaded a model, a database connection or a secret, 
 milliseconds. Where bubblewrap works (``isolation().mode == "bubblewrap"``) the plugin's process
 
 * sees a read-only file system holding only the system, the Python installation, the arena's code and
-  the folders handed to it (a data set); the arena's home (database, secret, artifacts, other teams'
-  code) is hidden; it writes only to private temporary file systems (``/tmp``, ``/dev/shm`` and the
+  the folders handed to it; the arena's home (database, secret, artifacts, other teams' code), the data
+  folder and the data sets that installed packages carry (scikit-learn's digits) are hidden: a plugin
+  gets data only from the arena; it writes only to private temporary file systems (``/tmp``, ``/dev/shm`` and the
   plugin cache), gone with it;
 * has no network, runs as a user of its own (when the arena runs as root) with no capabilities, in a pid
   namespace of its own whose pid 1 is the arena's: when the sandbox ends, every process it started ends;
@@ -45,7 +46,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
@@ -53,6 +54,7 @@ from typing import Any, NoReturn
 
 from arena import namespaces
 from arena.config import BUILTIN_PLUGIN_DIRS, Settings
+from arena.data import bundled_data_files
 from arena.plugins import describe_error
 from arena.zygote import (
     EX_SETUP,
@@ -82,7 +84,8 @@ ALLOWED_GLOBALS = frozenset(
 ) | {("numpy", "ndarray"), ("numpy", "dtype")}
 
 Handler = Callable[[Any], Any]
-QueryHandler = Callable[[Any], Any]
+#: what the parent does for a child's ``(name, payload)`` message: its reply is sent back
+Service = Callable[[Any], Any]
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +160,13 @@ class Sandbox:
     """A sandboxed process serving requests with ``setup(conn, *args)``'s handler, under one wall-clock limit.
 
     ``setup`` runs in the child and returns the function that answers each request; it may use
-    ``conn`` to send ``("query", x)`` messages, which the parent answers with ``on_query``. The child
+    ``conn`` to ask the parent for a service, ``(name, payload)`` (``("query", x)``), which the parent
+    answers with ``services[name](payload)`` while it waits for the reply to a request. The child
     may read the folders in ``readable`` and gets an empty private file system at each of ``writable``
     (a plugin cache), besides its private ``/tmp``.
 
     >>> with Sandbox(make_handler, (spec,), time_limit=60, label="team/fgsm") as box:
-    ...     reply = box.call(("batch", x, y), on_query=answer)
+    ...     reply = box.call(("batch", x, y), services={"query": answer})
     """
 
     def __init__(
@@ -232,8 +236,8 @@ class Sandbox:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def call(self, request: Any, on_query: QueryHandler | None = None) -> Any:
-        """Send ``request``, answer queries until the reply comes; raise :class:`PluginFailure`."""
+    def call(self, request: Any, services: Mapping[str, Service] | None = None) -> Any:
+        """Send ``request``, answer the child's service requests until the reply comes; raise :class:`PluginFailure`."""
         try:
             self._conn.send(request)
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -257,13 +261,13 @@ class Sandbox:
             except Exception as exc:  # untrusted bytes: failing to decode them is the plugin's failure
                 self._kill()
                 raise self._failure(f"protocol violation: unreadable message ({exc})") from None
-            kind = message[0] if isinstance(message, tuple) and message else None
+            kind = message[0] if isinstance(message, tuple) and message and isinstance(message[0], str) else None
             if kind == "reply":
                 return message[1]
             if kind == "error":
                 raise self._failure(message[1])
-            if kind == "query" and on_query is not None:
-                self._conn.send(on_query(message[1]))
+            if services is not None and kind in services and len(message) == 2:
+                self._conn.send(services[kind](message[1]))
                 continue
             self._kill()
             raise self._failure(f"protocol violation: unexpected message of type {type(message).__name__}")
@@ -318,6 +322,7 @@ class Sandbox:
         """The folders the child may read, those hidden from it, and its private writable ones."""
         settings = Settings.from_env()
         hidden = [settings.home, *(d for d in settings.plugin_dirs if d not in BUILTIN_PLUGIN_DIRS)]
+        hidden += [settings.data_dir, *bundled_data_files()]  # data reach plugins only through the arena
         if settings.database_url.startswith("sqlite:///"):
             database = Path(settings.database_url.removeprefix("sqlite:///"))
             hidden += [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]

@@ -17,14 +17,20 @@ import torch
 from torch import nn
 
 from arena.hookspecs import QueryBudgetExceeded, Target, ThreatModelError
+from arena.referee import quantize
 
 
 class QueryServer:
-    """Counts an attack's queries and passes those within budget to the secret model's ``answer``."""
+    """Counts an attack's queries and passes those within budget to the secret model's ``answer``.
 
-    def __init__(self, answer: Callable[[np.ndarray], np.ndarray], input_shape: tuple[int, ...]) -> None:
+    A query reaches the model as the referee would judge it: clipped to [0, 1] and on the track's grid of
+    ``levels`` grey levels, so a defense cannot tell an attack's probe from an image it is judged on.
+    """
+
+    def __init__(self, answer: Callable[[np.ndarray], np.ndarray], input_shape: tuple[int, ...], levels: int) -> None:
         self._answer = answer
         self._input_shape = tuple(input_shape)
+        self._levels = levels
         self.allowance = 0
         self.used = 0
         self.total = 0
@@ -43,7 +49,7 @@ class QueryServer:
             return ("error", "value", f"query got shape {tuple(x.shape)} or non-finite values")
         if self.used + len(x) > self.allowance:
             return ("error", "budget", f"query budget exhausted: {self.used} of {self.allowance} images used")
-        probs = self._answer(np.clip(x, 0, 1))
+        probs = self._answer(quantize(torch.from_numpy(x), self._levels).numpy())
         self.used += len(x)
         self.total += len(x)
         return ("ok", probs, self.used, self.allowance - self.used)
@@ -58,7 +64,6 @@ class ArenaTarget(Target):
         conn: Connection,
         model: nn.Module | None,
         substitute: nn.Module,
-        train_data: tuple[torch.Tensor, torch.Tensor],
         num_classes: int,
         input_shape: tuple[int, ...],
         device: torch.device,
@@ -72,7 +77,7 @@ class ArenaTarget(Target):
         self._conn = conn
         self._model = model
         self._substitute = substitute
-        self._train_data = train_data
+        self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._used = 0
         self._left = 0
 
@@ -90,6 +95,11 @@ class ArenaTarget(Target):
 
     @property
     def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Asked from the arena on first use (the attack's process reads no data set itself)."""
+        if self._train_data is None:
+            self._conn.send(("train-data", None))
+            x, y = self._conn.recv()
+            self._train_data = torch.from_numpy(x), torch.from_numpy(y)
         return self._train_data
 
     @property

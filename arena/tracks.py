@@ -9,8 +9,10 @@ tracks are in :data:`TRACKS`; an instructor adds or overrides tracks in ``ARENA_
     eval_size = 200
     description = "MNIST, L-inf eps 0.1, 200 samples"
 
-Each track evaluates a fixed, seeded subset of its data set's test split, with fixed targets for
-targeted attacks (:meth:`Track.eval_set`), the same on every call and every machine.
+What a track evaluates is chosen by ``evaluation`` (see :mod:`arena.evaluation`): by default a secret,
+seeded distortion of its data set's held-out split (``transformed``), or the public held-out split as it
+is (``public``), or an instructor's private set (``private``, read from ``eval_path``). Every image the
+defense sees lies on the track's pixel grid (``levels`` grey levels).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.data import INPUT_SHAPES, NUM_CLASSES, Dataset, DataUnavailable, load_dataset
+from arena.data import INPUT_SHAPES, NUM_CLASSES, PIXEL_LEVELS, Dataset, DataUnavailable, load_dataset
 from arena.hookspecs import NORMS
 
 #: seed of every track's evaluation subset and targets (tracks on one data set share them)
@@ -100,8 +102,10 @@ class UnknownTrack(KeyError):
         return str(self.args[0])
 
 
-_INTEGERS = ("eval_size", "max_queries", "epochs", "draws", "batch_size")
-_NUMBERS = ("eps", "clean_floor", "time_limit")
+_INTEGERS = ("eval_size", "max_queries", "epochs", "draws", "batch_size", "levels")
+_NUMBERS = ("eps", "clean_floor", "time_limit", "max_artifact_mb")
+#: where a track's evaluation images come from (see :mod:`arena.evaluation`)
+EVALUATIONS = ("transformed", "public", "private")
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,12 @@ class Track:
     the others. Defenses train for ``epochs`` on the reference architecture (or their own);
     randomized defenses are evaluated over ``draws`` draws; attacks get batches of ``batch_size``;
     an attack call or a training job may take ``time_limit`` seconds.
+
+    ``evaluation`` says which images are attacked: ``transformed`` (a secret distortion of the
+    held-out split, the default), ``public`` (the held-out split as published) or ``private`` (the
+    ``.npz`` file at ``eval_path``, which only the arena reads). Every image a defense sees is
+    quantised to ``levels`` grey levels (0: the data set's own, 17 for digits, 256 for MNIST). A
+    trained defense may weigh ``max_artifact_mb`` MiB at most.
     """
 
     name: str
@@ -128,6 +138,10 @@ class Track:
     draws: int = 5
     batch_size: int = 500
     time_limit: float = 1800.0
+    evaluation: str = "transformed"
+    eval_path: str = ""
+    levels: int = 0
+    max_artifact_mb: float = 16.0
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -137,6 +151,8 @@ class Track:
             raise TrackError(f"track {self.name!r}: " + "; ".join(problems))
         for f in _NUMBERS:  # 1 and 1.0 must give the same config(), hence the same cache keys
             object.__setattr__(self, f, float(getattr(self, f)))
+        if self.levels == 0 and self.dataset in PIXEL_LEVELS:
+            object.__setattr__(self, "levels", PIXEL_LEVELS[self.dataset])
         architectures = list(ARCHITECTURES)
         checks = [
             (self.dataset in INPUT_SHAPES, f"dataset {self.dataset!r} not in {list(INPUT_SHAPES)}"),
@@ -153,6 +169,13 @@ class Track:
             (self.draws >= 1, f"draws must be at least 1, not {self.draws}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, not {self.batch_size}"),
             (self.time_limit > 0, f"time_limit must be positive, not {self.time_limit}"),
+            (self.evaluation in EVALUATIONS, f"evaluation {self.evaluation!r} not in {list(EVALUATIONS)}"),
+            (
+                (self.evaluation == "private") == bool(self.eval_path),
+                "a private evaluation names its file (eval_path), and only a private one does",
+            ),
+            (self.levels >= 2, f"levels must be at least 2, not {self.levels}"),
+            (self.max_artifact_mb > 0, f"max_artifact_mb must be positive, not {self.max_artifact_mb}"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -198,11 +221,12 @@ class Track:
         return torch.tensor(data.x_train), torch.tensor(data.y_train)
 
     def eval_set(self, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The evaluation samples ``(x, y, index, targets)``: a fixed, seeded subset of the test split.
+        """The public evaluation samples ``(x, y, index, targets)``: a fixed, seeded subset of the test split.
 
         ``index`` holds their positions in the test split (ascending); ``targets`` a fixed target
         label per sample for targeted attacks, never the true one. A test image keeps its target
         whatever the track, and a smaller ``eval_size`` gives a subset of a larger one's samples.
+        Matches attack what :func:`arena.evaluation.build` makes of them (by default, a secret distortion).
         """
         data = self.load(data_dir)
         n = len(data.y_test)

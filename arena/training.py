@@ -16,18 +16,20 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from arena import plugins
 from arena.hookspecs import Defense, TrainContext
 from arena.plugins import PluginSource
-from arena.sandbox import Sandbox
+from arena.sandbox import PluginFailure, Sandbox
 from arena.tracks import Track
 
 #: bump when training by the arena changes: artifacts are cached under it
 TRAINING_VERSION = "1"
 SUBSTITUTE_SEED = 1234
+MIB = 1024**2
 
 
 def pick_device() -> torch.device:
@@ -83,23 +85,33 @@ class TrainSpec:
 
 
 def train_defense(spec: TrainSpec) -> tuple[bytes, dict[str, Any]]:
-    """Train a defense (or its twin, with another seed) in its sandbox; raise ``PluginFailure``."""
+    """Train a defense (or its twin, with another seed) in its sandbox; raise ``PluginFailure``.
+
+    The sandbox reads no data set: it receives the training split from here. A trained model heavier
+    than the track's ``max_artifact_mb`` fails (a data set must not ride along in the weights).
+    """
+    x, y = spec.track.train_set(spec.data_dir)
     box = Sandbox(
         _train_setup,
-        (spec,),
+        (spec, x.numpy(), y.numpy()),
         time_limit=spec.track.time_limit,
         label=spec.source.label,
-        readable=(spec.data_dir,),
         writable=(spec.cache_dir,),
     )
     with box:
-        return box.call(("train",))
+        data, meta = box.call(("train",))
+    limit = spec.track.max_artifact_mb
+    if not isinstance(data, bytes) or len(data) > limit * MIB:
+        size = f"{len(data) / MIB:.1f} MiB" if isinstance(data, bytes) else type(data).__name__
+        limit_text = f"over the track's limit of {limit:g} MiB"
+        raise PluginFailure(f"{spec.source.label}: the trained model weighs {size}, {limit_text}")
+    return data, meta
 
 
-def _train_setup(_conn: Connection, spec: TrainSpec):  # noqa: ANN202 (a sandbox handler)
+def _train_setup(_conn: Connection, spec: TrainSpec, x_train: np.ndarray, y_train: np.ndarray):  # noqa: ANN202
     device = pick_device()
     plugin = plugins.load(spec.source, spec.cache_dir)
-    x, y = spec.track.train_set(spec.data_dir)
+    x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
 
     def handle(_request: object) -> tuple[bytes, dict[str, Any]]:
         torch.manual_seed(spec.seed)
@@ -118,6 +130,7 @@ def _train_setup(_conn: Connection, spec: TrainSpec):  # noqa: ANN202 (a sandbox
             seed=spec.seed,
             time_budget=spec.track.time_limit * 0.9,
             epochs=spec.track.epochs,
+            levels=spec.track.levels,
         )
         started = time.perf_counter()
         model = defense.train(ctx)

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from arena import plugins
+from arena import evaluation, plugins
 from arena.config import BUILTIN_PLUGIN_DIRS, Settings
 from arena.match import MatchSpec, play
 from arena.plugins import PluginSource
@@ -77,6 +77,7 @@ class SmokeKit:
     defense_artifact: bytes
     twin_artifact: bytes
     substitute_artifact: bytes
+    evaluation: bytes
     data_dir: Path
     cache_dir: Path
     track: Track = SMOKE_TRACK
@@ -164,6 +165,7 @@ def _spec(
         defense_artifact=model,
         twin_artifact=twin,
         substitute_artifact=kit.substitute_artifact,
+        evaluation=kit.evaluation,
         data_dir=kit.data_dir,
         cache_dir=kit.cache_dir,
     )
@@ -225,6 +227,7 @@ def smoke_kit(db: Database, settings: Settings, track: Track = SMOKE_TRACK) -> S
         defense_artifact=artifact("defense", defense_model(DEFENSE_SEED)),
         twin_artifact=artifact("twin", defense_model(TWIN_SEED)),
         substitute_artifact=artifact("substitute", lambda: train_substitute(track, data_dir)),
+        evaluation=evaluation.build(track, data_dir, settings.secret()).pack(track.levels),
         data_dir=data_dir,
         cache_dir=cache_dir,
         track=track,

@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 from arena import namespaces
 from arena.namespaces import View
 
-PRELOAD = ("torch", "numpy", "sklearn.datasets", "arena.match", "arena.training")
+PRELOAD = ("torch", "numpy", "arena.match", "arena.training")
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
 ISOLATION_ENV = "ARENA_SANDBOX"
 #: seconds a zygote may take to import torch and the arena (a loaded machine is slow)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from arena import plugins
+from arena import evaluation, plugins
 from arena.config import Settings
 from arena.match import MatchSpec, play
 from arena.tracks import TRACKS, Track
@@ -71,8 +71,20 @@ def main() -> None:
         for threat in cls.threats:
             if args.threat and threat not in args.threat:
                 continue
+            packed = evaluation.build(track, settings.data_dir, b"bench").pack(track.levels)
             spec = MatchSpec(
-                source, defense, track, threat, 0, defended, twin, substitute, settings.data_dir, cache, cls.targeted
+                source,
+                defense,
+                track,
+                threat,
+                0,
+                defended,
+                twin,
+                substitute,
+                packed,
+                settings.data_dir,
+                cache,
+                cls.targeted,
             )
             outcome = play(spec)
             if outcome.status != "ok":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from arena import plugins
+from arena import evaluation, plugins
 from arena.config import Settings
 from arena.match import MatchSpec, play
 from arena.tracks import TRACKS
@@ -61,9 +61,22 @@ def main() -> None:
     substitute, _ = train_substitute(track, settings.data_dir)
     print(f"training undefended and the substitute on {track.name}: {time.perf_counter() - started:.1f} s")
 
-    spec = MatchSpec(attack, defense, track, "white-box", 0, artifact, None, substitute, settings.data_dir, cache)
+    evaluated = evaluation.build(track, settings.data_dir, b"bench")
+    spec = MatchSpec(
+        attack,
+        defense,
+        track,
+        "white-box",
+        0,
+        artifact,
+        None,
+        substitute,
+        evaluated.pack(track.levels),
+        settings.data_dir,
+        cache,
+    )
     model = load_model(artifact, torch.device("cpu"), defense, cache)
-    x, y, _, _ = track.eval_set(settings.data_dir)
+    x, y = evaluated.x, evaluated.y
 
     arena_times, plain_times = [], []
     for _ in range(args.repeat):

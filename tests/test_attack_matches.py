@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from plugin_harness import PLUGINS, load_plugin
 
-from arena import plugins, training
+from arena import evaluation, plugins, training
 from arena.match import MatchSpec, play
 from arena.plugins import PluginSource
 from arena.tracks import TRACKS, Track
@@ -51,6 +51,7 @@ class Arena:
             defense_artifact=defended,
             twin_artifact=twin,
             substitute_artifact=substitute,
+            evaluation=evaluation.build(track, self.root / "data", b"test").pack(track.levels),
             data_dir=self.root / "data",
             cache_dir=self.root / "cache",
             targeted=load_plugin("attack", name).targeted,

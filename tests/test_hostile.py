@@ -23,6 +23,7 @@ from hostile import SPY, none_running, write_attack, write_defense
 
 from arena import plugins, validation
 from arena.config import Settings
+from arena.data import bundled_data_files, load_digits
 from arena.sandbox import LOG_TAIL_CHARS, isolation
 from arena.store import Database
 from arena.validation import SmokeKit, Validation
@@ -129,11 +130,21 @@ def test_reading_outside_its_folder_fails(suite: Suite, target: str) -> None:
     assert "FileNotFoundError" in checked.errors[0] and target.rsplit("/", 1)[-1] in checked.errors[0]
 
 
-def test_what_the_arena_hands_over_is_readable(suite: Suite) -> None:
-    checked = suite.check(
-        "reader", "print(open(self.path).read(), flush=True)\nreturn x", path=str(suite.root / "public.txt")
-    )
-    assert checked.errors == [] and "data the arena hands over" in checked.log_tail
+@bubblewrap_only
+def test_no_data_set_is_readable(suite: Suite) -> None:
+    """The data folder and the data sets packages carry are hidden: data reach plugins only from the arena."""
+    data = suite.check("data-reader", "return x + 0 * len(open(self.path).read())", path=str(suite.root / "public.txt"))
+    assert "FileNotFoundError" in data.errors[0] and "public.txt" in data.errors[0]
+    digits = str(next(path for path in bundled_data_files() if path.name == "digits.csv.gz"))
+    read = suite.check("size", "print('read', len(open(self.path, 'rb').read()), flush=True)\nreturn x", path=digits)
+    assert "PermissionError" in read.errors[0] if read.errors else "read 0" in read.log_tail
+    loader = suite.check("loader", "import sklearn.datasets\nsklearn.datasets.load_digits()\nreturn x")
+    assert loader.errors, "scikit-learn's digits could be loaded in the sandbox"
+
+
+def test_the_training_split_reaches_an_attack_from_the_arena(suite: Suite) -> None:
+    checked = suite.check("trainer", "print('train', tuple(target.train_data[0].shape), flush=True)\nreturn x")
+    assert checked.errors == [] and f"train ({len(load_digits().y_train)}, 1, 8, 8)" in checked.log_tail
 
 
 def test_the_environment_holds_no_secret(suite: Suite, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ import torch
 from hostile import SPY, write_attack
 from torch import nn
 
-from arena import ThreatModelError, plugins, training
+from arena import ThreatModelError, evaluation, plugins, training
 from arena.match import MatchOutcome, MatchSpec, attack_view, play
 from arena.plugins import PluginSource
 from arena.threats import ArenaTarget, QueryServer
@@ -75,6 +75,7 @@ class Arena:
             defense_artifact=self.defense_artifact,
             twin_artifact=self.twin_artifact,
             substitute_artifact=self.substitute_artifact,
+            evaluation=evaluation.build(track, self.data_dir, b"test").pack(track.levels),
             data_dir=self.data_dir,
             cache_dir=self.cache_dir,
         )
@@ -118,7 +119,7 @@ def server() -> QueryServer:
         with torch.no_grad():
             return torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
 
-    return QueryServer(answer, SHAPE)
+    return QueryServer(answer, SHAPE, 17)
 
 
 def images(k: int) -> np.ndarray:
@@ -185,11 +186,10 @@ def test_query_server_refuses_malformed_queries(query: object) -> None:
 
 def test_a_black_box_target_holds_no_model_and_says_so() -> None:
     substitute = nn.Linear(1, 1)
-    data = (torch.zeros(1, *SHAPE), torch.zeros(1, dtype=torch.long))
     cpu = torch.device("cpu")
     with pytest.raises(ValueError, match="never holds the defended model"):
-        ArenaTarget("black-box", None, nn.Linear(1, 1), substitute, data, 10, SHAPE, cpu)  # type: ignore[arg-type]
-    target = ArenaTarget("black-box", None, None, substitute, data, 10, SHAPE, cpu)  # type: ignore[arg-type]
+        ArenaTarget("black-box", None, nn.Linear(1, 1), substitute, 10, SHAPE, cpu)  # type: ignore[arg-type]
+    target = ArenaTarget("black-box", None, None, substitute, 10, SHAPE, cpu)  # type: ignore[arg-type]
     with pytest.raises(ThreatModelError, match=r"black-box: the defended model is not available; use target\.query"):
         _ = target.model
     assert target.substitute is substitute

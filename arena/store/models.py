@@ -225,13 +225,13 @@ class Job(Base):
 
 
 class Artifact(Base):
-    """A trained model (defense, twin or substitute) that any worker can load."""
+    """A trained model (defense, twin or substitute) or a track's evaluation set, which any worker can load."""
 
     __tablename__ = "artifacts"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)
-    kind: Mapped[str] = mapped_column(String(20))  # defense | twin | substitute
+    kind: Mapped[str] = mapped_column(String(20))  # defense | twin | substitute | evaluation | smoke
     plugin_version_id: Mapped[int | None] = mapped_column(ForeignKey("plugin_versions.id"))
     track: Mapped[str] = mapped_column(String(100))
     data: Mapped[bytes]

@@ -1,0 +1,188 @@
+"""The images a track evaluates: data no plugin can look up, every image on the data's grid.
+
+The held-out splits of digits and MNIST are public, so a defense that carries them (in its folder, its
+weights, or read from an installed package) could answer by recognising the image instead of being
+robust. By default (``evaluation = "transformed"``) a track therefore evaluates a *secret distortion*
+of its held-out split: which images are drawn, and how each one is distorted, derive from the arena's
+secret. Each image gets
+
+* an affine warp: a rotation of up to ``rotate`` degrees, a scaling by up to ``scale``, a shift of up
+  to ``shift`` of the image's side (uniform draws);
+* a smooth elastic warp: Gaussian displacements of ``elastic`` (a fraction of the side) on a
+  ``grid`` x ``grid`` lattice, interpolated over the image;
+* Gaussian sensor noise of standard deviation ``noise``;
+
+and is then quantised to the track's pixel grid. An image that stays within ``MIN_MOVE`` (or an L-inf
+track's eps) of its original is drawn again, more strongly, so that no lookup within the budget finds
+it. The same secret gives the same images (results stay cacheable, every plugin meets the same
+images); a new secret starts afresh. ``public`` evaluates the published split as it is (to compare
+with papers); ``private`` reads an instructor's own ``.npz``.
+
+The planner builds a track's set once, in the process that holds the secret, and stores it as an
+artifact; workers and sandboxes never see the secret, the data folder or the distortion's parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from arena.records import pack, unpack
+from arena.referee import quantize
+from arena.tracks import EVAL_SEED, Track, TrackError
+from arena.training import derive_seed
+
+#: bump when the distortion or the drawing of images changes: evaluation sets are keyed under it
+EVALUATION_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """How far a secret distortion moves an image (sizes are fractions of the image's side)."""
+
+    rotate: float
+    scale: float
+    shift: float
+    elastic: float
+    noise: float
+    grid: int = 3
+
+
+#: draws of a distortion per image at most (see :func:`distort`), and how far (L-inf) each image moves at least
+#: from its public original (an L-inf track's eps if larger): a lookup within the budget finds no original
+ATTEMPTS = 6
+MIN_MOVE = 0.2
+
+#: the distortion of ``transformed`` tracks (measured with bench/evaluation_cost.py: see docs/evaluation.md)
+DISTORTION = Distortion(rotate=3.0, scale=0.02, shift=0.02, elastic=0.01, noise=0.02)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Evaluation samples: images ``x`` on the track's grid, labels ``y``, their ``index`` in the
+    source split and a fixed target label per sample for targeted attacks (never the true one)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    targets: torch.Tensor
+
+    def pack(self, levels: int) -> bytes:
+        """The set as bytes: images as grey levels (exact, since they lie on the grid)."""
+        codes = torch.round(self.x * (levels - 1)).to(torch.int32).numpy()
+        dtype = np.uint8 if levels <= 256 else np.uint16 if levels <= 65536 else np.int32
+        arrays = {"codes": codes.astype(dtype), "y": self.y.numpy(), "index": self.index.numpy()}
+        return pack(arrays | {"targets": self.targets.numpy(), "levels": np.array(levels)})
+
+    @classmethod
+    def unpack(cls, data: bytes) -> EvalSet:
+        """Read back what :meth:`pack` wrote."""
+        arrays = unpack(data)
+        levels = int(arrays["levels"])
+        x = torch.from_numpy(arrays["codes"].astype(np.float32)) / (levels - 1)
+        return cls(x, *(torch.from_numpy(arrays[k]).long() for k in ("y", "index", "targets")))
+
+
+def build(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
+    """The evaluation set of ``track`` under the arena's ``secret`` (see the module's docstring)."""
+    if track.evaluation == "public":
+        x, y, index, targets = track.eval_set(data_dir)
+        return EvalSet(quantize(x, track.levels), y, index, targets)
+    rng = np.random.RandomState(derive_seed(secret, "evaluation", track.dataset, EVALUATION_VERSION))
+    if track.evaluation == "private":
+        x, y = _read_private(track)
+        chosen = _subset(track, rng.permutation(len(y)))
+        targets = (y + rng.randint(1, track.num_classes, size=len(y))) % track.num_classes
+        return EvalSet(x[chosen], y[chosen], chosen, targets[chosen])
+    data = track.load(data_dir)
+    n = len(data.y_test)
+    chosen = _subset(track, rng.permutation(n))
+    generator = torch.Generator().manual_seed(int(rng.randint(2**31)))
+    away = max(MIN_MOVE, track.eps if track.norm == "linf" else 0.0)
+    images = distort(torch.tensor(data.x_test), generator, DISTORTION, chosen, track.levels, away)
+    targets = (data.y_test + np.random.RandomState(EVAL_SEED).randint(1, track.num_classes, size=n)) % track.num_classes
+    return EvalSet(
+        images,
+        torch.from_numpy(data.y_test[chosen.numpy()]),
+        chosen,
+        torch.from_numpy(targets[chosen.numpy()]),
+    )
+
+
+def _subset(track: Track, order: np.ndarray) -> torch.Tensor:
+    """The first ``eval_size`` positions of a secret order, ascending (a smaller set is a subset of a larger)."""
+    if track.eval_size > len(order):
+        raise TrackError(f"track {track.name!r}: eval_size {track.eval_size} exceeds the {len(order)} images")
+    return torch.from_numpy(np.sort(order[: track.eval_size]).astype(np.int64))
+
+
+def distort(
+    x: torch.Tensor, generator: torch.Generator, how: Distortion, chosen: torch.Tensor, levels: int, away: float
+) -> torch.Tensor:
+    """Images ``x[chosen]`` under random distortions drawn from ``generator``, on the grid of ``levels``.
+
+    Each image moves by more than ``away`` (L-inf) from its original: an image the first draw leaves
+    nearer is drawn again, up to :data:`ATTEMPTS` times, each draw 1.5 times stronger. The draws are
+    made for every image of ``x`` in order, so an image's distortion depends on the generator's seed
+    and its position only, not on which others are chosen.
+    """
+    n = len(x)
+    uniform = 2 * torch.rand(n, ATTEMPTS, 4, generator=generator) - 1
+    field = torch.randn(n, ATTEMPTS, 2, how.grid, how.grid, generator=generator)
+    noise = torch.randn(x.shape, generator=generator)[chosen] * how.noise
+    images = x[chosen]
+    result = torch.zeros_like(images)
+    todo = torch.ones(len(images), dtype=torch.bool)
+    for attempt in range(ATTEMPTS):
+        strength = 1.5**attempt
+        warped = _warp(images, uniform[chosen, attempt] * strength, field[chosen, attempt] * strength, how)
+        candidate = quantize(warped + noise, levels)
+        result[todo] = candidate[todo]
+        todo &= (candidate - images).flatten(1).abs().amax(dim=1) <= away
+    return result
+
+
+def _warp(images: torch.Tensor, uniform: torch.Tensor, field: torch.Tensor, how: Distortion) -> torch.Tensor:
+    """An affine warp (from ``uniform`` draws in [-1, 1]) and an elastic one (from the ``field`` lattice)."""
+    angle = uniform[:, 0] * math.radians(how.rotate)
+    scale = 1 + uniform[:, 1] * how.scale
+    shift = uniform[:, 2:] * how.shift * 2  # affine_grid's coordinates span 2 across the image
+    theta = torch.stack(
+        [
+            torch.stack([angle.cos() / scale, -angle.sin() / scale, shift[:, 0]], dim=1),
+            torch.stack([angle.sin() / scale, angle.cos() / scale, shift[:, 1]], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    size = images.shape[-2:]
+    elastic = F.interpolate(field * how.elastic * 2, size=size, mode="bicubic", align_corners=True)
+    grid = grid + elastic.permute(0, 2, 3, 1)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _read_private(track: Track) -> tuple[torch.Tensor, np.ndarray]:
+    """An instructor's evaluation set: ``x`` (N, H, W) or (N, C, H, W) and ``y`` in an ``.npz`` file.
+
+    Integer images hold grey levels ``0 .. levels - 1``; floating ones lie in [0, 1].
+    """
+    path = Path(track.eval_path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            x, y = (npz[key] if key in npz.files else npz[f"{key}_test"] for key in ("x", "y"))
+    except (OSError, KeyError, ValueError) as error:
+        raise TrackError(f"track {track.name!r}: cannot read its private evaluation set {path}: {error}") from None
+    shape = track.input_shape
+    if x.ndim == len(shape):
+        x = x[:, None]
+    if tuple(x.shape[1:]) != shape or y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise TrackError(f"track {track.name!r}: {path} holds images {x.shape} and labels {y.shape}, expected {shape}")
+    if y.min(initial=0) < 0 or y.max(initial=0) >= track.num_classes:
+        raise TrackError(f"track {track.name!r}: {path} has labels outside 0..{track.num_classes - 1}")
+    images = x.astype(np.float32) / (track.levels - 1) if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)
+    return quantize(torch.from_numpy(images).clamp(0, 1), track.levels), y.astype(np.int64)

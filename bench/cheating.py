@@ -1,0 +1,49 @@
+"""Cheating defenses (tests/cheats) against the plain baseline in a real digits round: clean and worst case.
+
+    python bench/cheating.py [--track digits] [--eval-size 300]
+
+Prints, per threat, each defense's clean and worst-case robust accuracy. A cheat that works scores far
+above ``undefended``; the arena's secret evaluation data and pixel grid keep each at its honest level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import cheating  # noqa: E402 (tests/cheating.py)
+
+from arena.config import Settings  # noqa: E402
+from arena.tracks import TRACKS  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--track", default="digits")
+    parser.add_argument("--eval-size", type=int, default=None)
+    parser.add_argument("--evaluation", choices=("transformed", "public"), default="transformed")
+    args = parser.parse_args()
+    track = dataclasses.replace(TRACKS[args.track], evaluation=args.evaluation)
+    if args.eval_size:
+        track = dataclasses.replace(track, eval_size=args.eval_size)
+    root = Path(tempfile.mkdtemp(prefix="arena-cheating-", dir=Path.home()))
+    os.environ["ARENA_HOME"] = str(root / "home")
+    os.environ.update(cheating.environment(cheating.install(root / "plugins")))
+    started = time.perf_counter()
+    figures = cheating.play(Settings.from_env(), track)
+    print(f"{track.name} ({track.evaluation}, {track.eval_size} images), {time.perf_counter() - started:.0f} s")
+    print(f"{'defense':16s} {'threat':10s} {'clean':>6s} {'worst':>6s} {'mean':>6s} failed")
+    for (defense, threat), row in sorted(figures.items(), key=lambda item: (item[0][1], item[0][0])):
+        shown = " ".join(f"{row[k]:6.3f}" if row[k] is not None else f"{'-':>6s}" for k in ("clean", "worst", "mean"))
+        print(f"{defense:16s} {threat:10s} {shown} {row['failed']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Cheating defenses rank at their honest level (issue 11): they play a real round against the plain baseline.
+
+Before the secret evaluation data and the pixel grid, ``lookup-package`` and ``lookup-folder`` scored
+100 % worst-case robust on digits and ``grid-detector`` 95.7 %, first by far (bench/cheating.py shows it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from cheating import environment, install, play
+from hostile import write_defense
+
+from arena import plugins, training
+from arena.config import Settings
+from arena.sandbox import PluginFailure
+from arena.tracks import TRACKS
+from arena.training import TrainSpec
+
+#: how much above the plain baseline a cheat may land by chance (its CNN trains from another secret seed)
+SLACK = 0.05
+
+
+@pytest.mark.slow
+def test_cheating_defenses_rank_no_better_than_the_plain_cnn(
+    arena_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in environment(install(tmp_path / "cheats")).items():
+        monkeypatch.setenv(name, value)
+    figures = play(Settings.from_env(), TRACKS["digits"])
+    for threat in ("white-box", "gray-box", "black-box"):
+        honest = figures["undefended", threat]
+        assert honest["failed"] == 0
+        for cheat in ("lookup-package", "lookup-folder", "grid-detector"):
+            row = figures[cheat, threat]
+            assert row["failed"] == 0, (cheat, threat)
+            assert row["worst"] <= honest["worst"] + SLACK, (cheat, threat, row, honest)
+            assert row["mean"] <= honest["mean"] + SLACK, (cheat, threat, row, honest)
+            assert row["clean"] <= honest["clean"] + SLACK, (cheat, threat, row, honest)
+
+
+def test_a_trained_model_heavier_than_the_limit_fails(tmp_path: Path) -> None:
+    """A data set cannot ride along in the weights: the track caps a trained model's size."""
+    body = """
+    model = ctx.make_model()
+    model.register_buffer("table", torch.zeros(2 * 1024 * 1024 // 4))
+    return model
+    """
+    source = plugins.read_folder(write_defense(tmp_path, "heavy", body))
+    track = dataclasses.replace(TRACKS["digits"], max_artifact_mb=1.0, epochs=1)
+    with pytest.raises(
+        PluginFailure, match=r"hostile/heavy: the trained model weighs 2\.\d MiB, over the track's limit of 1 MiB"
+    ):
+        training.train_defense(TrainSpec(source, track, 0, tmp_path / "data", tmp_path / "cache"))
+    light = dataclasses.replace(track, max_artifact_mb=4.0)
+    data, _ = training.train_defense(TrainSpec(source, light, 0, tmp_path / "data", tmp_path / "cache"))
+    assert len(data) > 2 * 1024 * 1024
