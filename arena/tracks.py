@@ -336,7 +336,8 @@ def _track_from_table(name: str, table: dict[str, Any], known: Mapping[str, Trac
     base = table["base"]
     if not isinstance(base, str) or base not in known:
         raise TrackError(f"base {base!r} is not a known track; known: {', '.join(sorted(known))}")
-    values.setdefault("description", f"{base} with " + ", ".join(f"{k} = {v}" for k, v in values.items()))
+    changed = ", ".join(f"{k} = {v}" for k, v in values.items() if k != "eval_path")  # a server path stays unsaid
+    values.setdefault("description", f"{base} with {changed}")
     return dataclasses.replace(known[base], name=name, **values)
 
 

@@ -11,6 +11,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from arena.hookspecs import THREATS
+from arena.plugins import MAX_PLUGIN_BYTES
 from arena.referee import GALLERY_SIZE, REFEREE_VERSION, TOLERANCE
 from arena.scoring import BREAK_SUCCESS_RATE
 from arena.store import Track as TrackRow
@@ -40,7 +41,18 @@ FIELD_LABELS = {
     "draws": "draws for randomized defenses",
     "batch_size": "attack batch size",
     "time_limit": "time limit per call (s)",
+    "evaluation": "evaluation images",
+    "levels": "grey levels of every image",
+    "max_artifact_mb": "trained model at most (MiB)",
 }
+#: what each kind of evaluation data is (arena/evaluation.py makes them)
+EVALUATIONS = {
+    "transformed": "a secret distortion of the held-out split (drawn from the arena's secret)",
+    "public": "the published held-out split",
+    "private": "the instructor's private set",
+}
+#: fields never shown (a private set's path is the server's)
+HIDDEN_FIELDS = ("eval_path",)
 
 
 def rules() -> dict[str, Any]:
@@ -55,13 +67,14 @@ def rules() -> dict[str, Any]:
         now = mine.config() if mine else None
         config = played.get(name, now)
         shown = [k for k in order if k in config] + sorted(k for k in config if k not in order and k != "name")
+        shown = [k for k in shown if k not in HIDDEN_FIELDS]
         tracks.append(
             {
                 "name": name,
                 "description": mine.description if mine else "",
                 "played": name in played,
                 "changed_since_played": name in played and now is not None and now != played[name],
-                "fields": [{"name": k, "label": FIELD_LABELS.get(k, k), "value": config[k]} for k in shown],
+                "fields": [{"name": k, "label": FIELD_LABELS.get(k, k), "value": _shown(k, config[k])} for k in shown],
             }
         )
     return {
@@ -70,7 +83,13 @@ def rules() -> dict[str, Any]:
         "threats": [{"name": t, "description": THREAT_MODELS.get(t, "")} for t in THREATS],
         "referee": {"version": REFEREE_VERSION, "tolerance": TOLERANCE, "gallery_size": GALLERY_SIZE},
         "break_success_rate": BREAK_SUCCESS_RATE,
+        "max_plugin_bytes": MAX_PLUGIN_BYTES,
     }
+
+
+def _shown(field: str, value: Any) -> Any:
+    """A track field's value as the page says it."""
+    return EVALUATIONS.get(value, value) if field == "evaluation" else value
 
 
 def _configured(home: Path) -> tuple[dict[str, Track], str | None]:

@@ -634,6 +634,23 @@ def test_rules_come_from_the_tracks_configuration(client: FlaskClient, played: P
     assert "could not be read" in client.get("/rules").get_data(as_text=True)
 
 
+def test_rules_say_what_the_evaluation_data_are_and_hide_a_private_sets_path(
+    client: FlaskClient, played: Played, app: Flask
+) -> None:
+    home = Path(app.config["ARENA_HOME"])
+    home.mkdir(parents=True)
+    (home / "tracks.toml").write_text(
+        '[tracks.exam]\nbase = "digits"\nevaluation = "private"\neval_path = "/srv/instructor/exam.npz"\n'
+    )
+    tracks = {t["name"]: t for t in client.get("/api/rules").json["tracks"]}
+    exam = {f["name"]: f["value"] for f in tracks["exam"]["fields"]}
+    assert exam["evaluation"] == "the instructor's private set" and "eval_path" not in exam
+    assert exam["levels"] == 17 and exam["max_artifact_mb"] == 16.0
+    page = client.get("/rules").get_data(as_text=True)
+    assert "/srv/instructor" not in page and "secret distortion of the held-out split" in page
+    assert "pixel grid" in page and "1.0 MiB" in page
+
+
 # --------------------------------------------------------------------------------------------------
 # Caching
 # --------------------------------------------------------------------------------------------------
