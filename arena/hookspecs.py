@@ -23,6 +23,8 @@ import pluggy
 import torch
 from torch import nn
 
+from arena import referee
+
 PROJECT = "arena"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -59,7 +61,7 @@ class Budget:
     randomness from it and the attack is reproducible. The images lie on a grid of ``levels`` grey
     levels (``k / (levels - 1)``); the referee rounds what the attack returns onto that grid, towards
     the clean value where rounding to the nearest level would leave the budget, and so does
-    :meth:`Target.query`: round yourself to know exactly what the defense will see.
+    :meth:`Target.query`: :meth:`snap` shows exactly what the defense will see.
     """
 
     norm: str
@@ -68,6 +70,11 @@ class Budget:
     generator: torch.Generator
     targets: torch.Tensor | None = None
     levels: int = 256
+
+    def snap(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """What the referee makes of ``x_adv`` for clean ``x``: clipped, projected onto the budget, on the grid."""
+        projected, _ = referee.project(x_adv, x, self.norm, self.eps)
+        return referee.quantize_within(projected, x, self.levels, self.norm, self.eps)
 
 
 class Target(abc.ABC):

@@ -15,6 +15,7 @@ pixel grid (:func:`arena.referee.quantize_within`).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
@@ -81,7 +82,8 @@ def play(spec: MatchSpec) -> MatchOutcome:
     try:
         with _defense_host(spec) as host:
             server = QueryServer(lambda batch: host.call(("probs", batch)), track.input_shape, track.levels)
-            services = {"query": server, "train-data": lambda _: _train_split(spec)}
+            train_split = functools.cache(lambda: _train_split(spec))  # made once per match, if asked for
+            services = {"query": server, "train-data": lambda _: train_split()}
             box = Sandbox(
                 _attack_setup,
                 (attack_view(spec),),

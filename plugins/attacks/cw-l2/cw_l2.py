@@ -22,7 +22,8 @@ class CarliniWagnerL2(Attack):
     times a round); then ``c`` is halved towards the largest failing value for samples that succeeded, and raised
     (times 10 until one succeeds, then bisected) for those that failed. The result is, per sample, the adversarial
     example of smallest l2 distance found (misclassified with a margin of at least kappa), or ``x`` if none was;
-    under l2 it is scaled back into the eps-ball when it lies beyond it.
+    each candidate is judged as the referee will see it (``budget.snap``: inside the budget, on the pixel grid),
+    since a minimal perturbation can vanish when it is rounded to the data's grey levels.
 
     Paper: Carlini and Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017,
     https://arxiv.org/abs/1608.04644
@@ -89,11 +90,16 @@ class CarliniWagnerL2(Attack):
                     loss = (dist + c * (real - other).clamp(min=-self.confidence)).sum()
                     (w.grad,) = torch.autograd.grad(loss, w)
                 optimizer.step()
-                with torch.no_grad():
+                with torch.no_grad():  # judged as the referee will see it: inside the budget, on the pixel grid
+                    snapped = budget.snap(x_adv, x)
+                    logits = model(snapped)
+                    real = logits.gather(1, y[:, None]).squeeze(1)
+                    other = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
+                    dist = (snapped - x).flatten(1).pow(2).sum(dim=1)
                     adversarial = other - real > self.confidence if self.confidence else other > real
                     closer = adversarial & (dist < best_dist)
                     best_dist = torch.where(closer, dist, best_dist)
-                    best = torch.where(closer.view(view), x_adv, best)
+                    best = torch.where(closer.view(view), snapped, best)
                     succeeded |= adversarial
                 if self.abort_early and step % check_every == 0:
                     value = loss.item()
@@ -103,10 +109,7 @@ class CarliniWagnerL2(Attack):
             c_high = torch.where(succeeded, torch.minimum(c_high, c), c_high)
             c_low = torch.where(succeeded, c_low, torch.maximum(c_low, c))
             c = torch.where(c_high < math.inf, (c_low + c_high) / 2, c * 10)
-        if budget.norm == "l2":
-            delta = best - x
-            best = x + delta * (budget.eps / best_dist.sqrt().clamp_min(1e-12)).clamp_(max=1.0).view(view)
-        return best.clamp_(0.0, 1.0)
+        return best
 
 
 @hookimpl
