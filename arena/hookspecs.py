@@ -45,6 +45,14 @@ class QueryBudgetExceeded(RuntimeError):
     """An attack asked for more queries than its budget allows."""
 
 
+class DefenseFailed(RuntimeError):
+    """The defended model (the defense's own code) raised or returned garbage for a valid batch of images.
+
+    The arena replays the batch in a process of its own; when the defense fails there too, the match
+    counts against the defense, whatever the attack does next (it may catch this and carry on).
+    """
+
+
 # --------------------------------------------------------------------------------------------------
 # What an attack receives
 # --------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from arena.hookspecs import Attack, Budget
 from arena.plugins import PluginSource
 from arena.records import pack
 from arena.sandbox import PluginFailure, Sandbox
-from arena.threats import ArenaTarget, QueryServer
+from arena.threats import ArenaTarget, QueryServer, image_problem, output_problem
 from arena.tracks import Track
 from arena.training import load_model, pick_device
 
@@ -79,11 +79,16 @@ def play(spec: MatchSpec) -> MatchOutcome:
     draws = track.draws if spec.randomized else 1
     outputs: list[torch.Tensor] = []
     log_tail = ""
+    faults: list[str] = []  # failures of the defense's code in the attack's process, reproduced by the arena
     try:
         with _defense_host(spec) as host:
-            server = QueryServer(lambda batch: host.call(("probs", batch)), track.input_shape, track.levels)
+            server = QueryServer(lambda batch: _probs(host, batch, track.num_classes), track.input_shape, track.levels)
             train_split = functools.cache(lambda: _train_split(spec))  # made once per match, if asked for
-            services = {"query": server, "train-data": lambda _: train_split()}
+            services = {
+                "query": server,
+                "train-data": lambda _: train_split(),
+                "defense-fault": lambda report: _confirm(spec, report, faults),
+            }
             box = Sandbox(
                 _attack_setup,
                 (attack_view(spec),),
@@ -102,13 +107,19 @@ def play(spec: MatchSpec) -> MatchOutcome:
                         outputs.append(referee.check_output(output, x[start:stop]))
                 finally:
                     log_tail = box.log_tail  # read before close() removes the log with the sandbox's directory
+        if faults:
+            raise DefenseFault(faults[0])
         attack_seconds = time.perf_counter() - started
         x_adv, moved = referee.project(torch.cat(outputs), x, track.norm, track.eps)
         x_adv = referee.quantize_within(x_adv, x, track.levels, track.norm, track.eps)
         clean = _classify(spec, x, draws)
         adv = _classify(spec, x_adv, draws)
+    except DefenseFault as exc:
+        return _forfeit(exc, log_tail, time.perf_counter() - started)
     except (PluginFailure, referee.MalformedOutput) as exc:
         log = exc.log_tail if isinstance(exc, PluginFailure) else log_tail
+        if faults:  # the attack failed after the defense's code did: the defense's failure comes first
+            return _forfeit(DefenseFault(faults[0]), log, time.perf_counter() - started)
         return MatchOutcome("failed", error=str(exc), log_tail=log, wall_time=time.perf_counter() - started)
     records = referee.judge(x, y, x_adv, moved, clean, adv, targets if spec.targeted else None)
     metrics = referee.metrics(records, spec.targeted, server.total, attack_seconds, draws)
@@ -122,8 +133,66 @@ def play(spec: MatchSpec) -> MatchOutcome:
     )
 
 
-def _defense_host(spec: MatchSpec) -> Sandbox:
+class DefenseFault(Exception):
+    """The defense's own code failed on valid images: in its host, or in the attack's process and again
+    when the arena replayed it. The match counts against the defense (none of its samples survived)."""
+
+    def __init__(self, reason: str, log_tail: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.log_tail = reason, log_tail
+
+
+def _forfeit(fault: DefenseFault, log_tail: str, seconds: float) -> MatchOutcome:
+    """The outcome of a match the defense lost by failing: not the attack's failure (``blame``)."""
+    error = f"the defense failed, so the match counts against it: {fault.reason}"
+    return MatchOutcome(
+        "failed", {"blame": "defense"}, error=error, log_tail=fault.log_tail or log_tail, wall_time=seconds
+    )
+
+
+def _host_call(host: Sandbox, request: tuple) -> Any:
+    """A request to a defense host, where only the defense's code runs: its failure is the defense's."""
+    try:
+        return host.call(request)
+    except PluginFailure as exc:
+        raise DefenseFault(exc.reason, exc.log_tail) from None
+
+
+def _probs(host: Sandbox, batch: np.ndarray, num_classes: int) -> np.ndarray:
+    """The defense's probabilities for a query, checked before the attack sees them."""
+    probs = _host_call(host, ("probs", batch))
+    if not isinstance(probs, np.ndarray) or probs.shape != (len(batch), num_classes) or not np.isfinite(probs).all():
+        raise DefenseFault(f"{host.label}: the defense answered a query with malformed probabilities")
+    return probs
+
+
+def _confirm(spec: MatchSpec, report: object, faults: list[str]) -> bool:
+    """Replay a failure the attack's process reports (:class:`arena.threats.GuardedModel`) in a fresh host.
+
+    Only a failure that happens again there, without the attack's code, is the defense's.
+    """
+    if not isinstance(report, tuple) or len(report) != 4:
+        return False
+    batch, grad, method, problem = report
+    if image_problem(batch, spec.track.input_shape) or method not in ("forward", "reject"):
+        return False
+    artifact = spec.twin_artifact if spec.threat == "gray-box" else spec.defense_artifact
+    try:
+        with _defense_host(spec, artifact) as host:
+            host.call(("replay", batch, bool(grad), method))
+    except PluginFailure as exc:
+        faults.append(
+            f"its {method} failed on a valid batch in the attack's process ({str(problem)[:300]}) and again "
+            f"when the arena replayed the batch ({exc.reason})"
+        )
+        return True
+    return False
+
+
+def _defense_host(spec: MatchSpec, artifact: bytes | None = None) -> Sandbox:
+    """A sandbox that loads the defended model (or ``artifact``, the twin) and answers for it."""
     view = replace(spec, attack=WITHHELD, twin_artifact=None, substitute_artifact=b"", evaluation=b"")
+    view = view if artifact is None else replace(view, defense_artifact=artifact)
     return Sandbox(
         _defense_setup,
         (view,),
@@ -142,11 +211,11 @@ def _train_split(spec: MatchSpec) -> tuple[np.ndarray, np.ndarray]:
 def _classify(spec: MatchSpec, x: torch.Tensor, draws: int) -> referee.Verdict:
     """Classify ``x`` in a fresh defense host; check what it answers."""
     with _defense_host(spec) as host:
-        preds, rejected = host.call(("classify", x.numpy(), draws))
+        preds, rejected = _host_call(host, ("classify", x.numpy(), draws))
     expected = (draws, len(x))
     for name, array in (("predictions", preds), ("rejections", rejected)):
         if not isinstance(array, np.ndarray) or array.shape != expected:
-            raise PluginFailure(f"{spec.defense.label}: the defense returned malformed {name}")
+            raise DefenseFault(f"{spec.defense.label}: the defense returned malformed {name}")
     return referee.Verdict(torch.from_numpy(preds).long(), torch.from_numpy(rejected).bool())
 
 
@@ -154,11 +223,22 @@ def _defense_setup(_conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandb
     device = pick_device()
     model = load_model(spec.defense_artifact, device, spec.defense, spec.cache_dir)
 
-    @torch.no_grad()
     def handle(request: tuple) -> Any:
-        if request[0] == "probs":
-            return torch.softmax(model(torch.from_numpy(request[1]).to(device)).float(), dim=1).cpu().numpy()
-        verdict = referee.classify(model, torch.from_numpy(request[1]).to(device), request[2])
+        x = torch.from_numpy(request[1]).to(device)
+        if request[0] == "replay":  # as the attack's process called it, gradients included
+            _, _, grad, method = request
+            if method == "reject" and not callable(getattr(model, "reject", None)):
+                return True  # nothing to fail: the report was no defense's failure
+            with torch.set_grad_enabled(grad):
+                output = (model if method == "forward" else model.reject)(x.requires_grad_(grad))
+            problem = output_problem(method, output, len(x), spec.track.num_classes)
+            if problem is not None:
+                raise ValueError(problem)
+            return True
+        with torch.no_grad():
+            if request[0] == "probs":
+                return torch.softmax(model(x).float(), dim=1).cpu().numpy()
+            verdict = referee.classify(model, x, request[2])
         return verdict.preds.cpu().numpy(), verdict.rejected.cpu().numpy()
 
     return handle

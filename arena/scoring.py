@@ -68,6 +68,7 @@ class Cell:
     success_rate: float | None = None
     target_hit_rate: float | None = None
     error: str | None = None
+    blame: str | None = None  # "defense": the defense's own code failed, and the match counts against it
 
 
 @dataclass
@@ -80,6 +81,7 @@ class DefenseStanding:
     mean_robust_accuracy: float | None
     attacks: int  # attacks faced (matches with an ok result)
     failed: int
+    forfeited: int  # failed matches its own code failed: each counts as every sample broken
     pending: int
     below_floor: bool
     draws: int | None  # the most draws any of its matches was evaluated with (randomized defenses: several)
@@ -324,15 +326,18 @@ def _defense(
     metrics: dict[tuple[int, int], dict[str, Any]],
 ) -> DefenseStanding:
     clean = _mean(outcomes[p].clean_ok.mean() for p in ok)
+    forfeited = sum(cell.status == "failed" and cell.blame == "defense" for cell in column)
     worst = float(np.logical_and.reduce([outcomes[p].survived for p in ok]).mean()) if ok else None
+    worst = 0.0 if forfeited else worst  # a defense cannot climb by making attacks fail
     draws = [int(metrics[p].get("draws") or 1) for p in ok]
     return DefenseStanding(
         entry=entry,
         clean_accuracy=clean,
         worst_case_robust_accuracy=worst,
-        mean_robust_accuracy=_mean(metrics[p].get("robust_accuracy") for p in ok),
+        mean_robust_accuracy=_mean([*(metrics[p].get("robust_accuracy") for p in ok), *[0.0] * forfeited]),
         attacks=len(ok),
         failed=_count(column, "failed"),
+        forfeited=forfeited,
         pending=_count(column, "pending"),
         below_floor=floor is not None and clean is not None and clean < floor,
         draws=max(draws) if draws else None,
@@ -349,7 +354,9 @@ def _attack(entry: Entry, unique_breaks: int, row: list[Cell], ok: list[dict[str
         mean_linf=_mean(m.get("mean_linf") for m in ok),
         mean_queries_per_sample=_mean(m.get("queries_per_sample") for m in ok),
         defenses=len(ok),
-        failed=_count(row, "failed"),
+        failed=sum(
+            cell.status == "failed" and cell.blame != "defense" for cell in row
+        ),  # the defense's failures are not its
         pending=_count(row, "pending"),
     )
 
@@ -379,6 +386,7 @@ def _cell(key: str, row: Row[Any] | None) -> Cell:
         _number(metrics.get("success_rate")),
         _number(metrics.get("target_hit_rate")),
         row.error,
+        metrics.get("blame"),
     )
 
 

@@ -9,6 +9,7 @@ frame inspection can reach parameters that are not there.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from arena.hookspecs import QueryBudgetExceeded, Target, ThreatModelError
+from arena.hookspecs import DefenseFailed, QueryBudgetExceeded, Target, ThreatModelError
 from arena.referee import quantize
 
 
@@ -55,6 +56,75 @@ class QueryServer:
         return ("ok", probs, self.used, self.allowance - self.used)
 
 
+def image_problem(x: object, input_shape: tuple[int, ...]) -> str | None:
+    """Why ``x`` is no valid batch of images for a defense (float, shaped (k, *input_shape), finite, in [0, 1])."""
+    if not isinstance(x, torch.Tensor | np.ndarray):
+        return f"a {type(x).__name__}, not a tensor"
+    array = torch.as_tensor(x).detach()
+    if not array.dtype.is_floating_point or tuple(array.shape[1:]) != tuple(input_shape) or array.dim() < 2:
+        return f"a {array.dtype} tensor shaped {tuple(array.shape)}, not a float batch shaped (k, {input_shape})"
+    if not torch.isfinite(array).all() or array.min() < -1e-6 or array.max() > 1 + 1e-6:
+        return "values outside [0, 1] or not finite"
+    return None
+
+
+def output_problem(method: str, output: object, n: int, num_classes: int) -> str | None:
+    """Why a defense's ``forward`` (logits) or ``reject`` (a mask) output for ``n`` images is garbage."""
+    expected = (n, num_classes) if method == "forward" else (n,)
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        return f"its {method} returned {shape}, expected a tensor shaped {expected}"
+    if method == "forward" and not torch.isfinite(output).all():
+        return "its forward returned NaN or infinite logits"
+    return None
+
+
+class GuardedModel(nn.Module):
+    """The defended model (or the twin) as an attack holds it; it computes exactly what the model computes.
+
+    When the defense's ``forward`` or ``reject`` raises or returns garbage for a valid batch of images,
+    the guard sends the batch to the arena, which replays it in a process without the attack's code
+    (a forged failure cannot pass that) and, when the defense fails there too, counts the match against
+    the defense; then the guard raises :class:`DefenseFailed`. Every other attribute is the model's own.
+    """
+
+    def __init__(self, model: nn.Module, conn: Connection, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        self.inner = model
+        self._conn, self._input_shape, self._num_classes = conn, tuple(input_shape), num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._guarded("forward", x)
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            value = getattr(super().__getattr__("inner"), name)
+        return functools.partial(self._guarded, "reject") if name == "reject" and callable(value) else value
+
+    def _guarded(self, method: str, x: torch.Tensor) -> torch.Tensor:
+        call = self.inner if method == "forward" else self.inner.reject
+        try:
+            output = call(x)
+        except Exception as exc:  # the defense's code failed: the arena decides whose fault it is
+            raise self._report(method, x, f"{type(exc).__name__}: {exc}") from exc
+        problem = output_problem(method, output, len(x), self._num_classes)
+        if problem is not None:
+            raise self._report(method, x, problem)
+        return output
+
+    def _report(self, method: str, x: torch.Tensor, problem: str) -> Exception:
+        invalid = image_problem(x, self._input_shape)
+        if invalid is not None:
+            return ValueError(f"the attack gave the model {invalid}, and the defense's {method} failed: {problem}")
+        batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        self._conn.send(("defense-fault", (batch, bool(x.requires_grad and torch.is_grad_enabled()), method, problem)))
+        confirmed = self._conn.recv()
+        said = "reproduced by the arena: the match counts against the defense" if confirmed else "not reproduced"
+        return DefenseFailed(f"the defense's {method} failed on a valid batch: {problem} ({said})")
+
+
 class ArenaTarget(Target):
     """The :class:`~arena.hookspecs.Target` handed to an attack, in the attack's own process."""
 
@@ -75,7 +145,7 @@ class ArenaTarget(Target):
         self.input_shape = tuple(input_shape)
         self.device = device
         self._conn = conn
-        self._model = model
+        self._model = None if model is None else GuardedModel(model, conn, input_shape, num_classes)
         self._substitute = substitute
         self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._used = 0
