@@ -129,15 +129,25 @@ def _print_check(db: Database, version_id: int) -> None:
         rows = session.scalars(
             select(Result).where((Result.attack_version_id == version_id) | (Result.defense_version_id == version_id))
         ).all()
-        click.echo(f"{'attack':<28} {'defense':<28} {'threat':<10} {'robust':>7} {'success':>8}  status")
+        header = f"{'attack':<28} {'defense':<28} {'threat':<10} {'robust':>7} {'success':>8} {'violations':>10}"
+        click.echo(f"{header}  status")
+        violated = 0
         for r in sorted(rows, key=lambda r: (r.threat, r.attack_version.plugin.name, r.defense_version.plugin.name)):
             m = r.metrics
-            robust = f"{m['robust_accuracy']:.3f}" if r.status == "ok" else "-"
-            success = f"{m['success_rate']:.3f}" if r.status == "ok" else "-"
+            ok = r.status == "ok"
+            robust, success = (f"{m['robust_accuracy']:.3f}", f"{m['success_rate']:.3f}") if ok else ("-", "-")
+            violations = f"{m['violations']}/{m['n']}" if ok else "-"
+            violated += m.get("violations", 0) if ok else 0
             click.echo(
                 f"{_label(r.attack_version):<28} {_label(r.defense_version):<28} {r.threat:<10} "
-                f"{robust:>7} {success:>8}  {r.status}{': ' + r.error if r.error else ''}"
+                f"{robust:>7} {success:>8} {violations:>10}  {r.status}{': ' + r.error if r.error else ''}"
             )
+    if violated:
+        click.secho(
+            f"warning: the referee had to project {violated} sample(s) back into the budget (violations): "
+            "they count as judged, inside the budget, but the board flags the attack; stay inside it yourself",
+            fg="yellow",
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class Cell:
     target_hit_rate: float | None = None
     error: str | None = None
     blame: str | None = None  # "defense": the defense's own code failed, and the match counts against it
+    violations: int = 0  # samples the referee had to project back into the budget
 
 
 @dataclass
@@ -99,8 +100,9 @@ class AttackStanding:
     mean_linf: float | None
     mean_queries_per_sample: float | None
     defenses: int  # defenses faced (matches with an ok result)
-    failed: int
+    failed: int  # its own failures (a failure of the defense's code is not the attack's)
     pending: int
+    violations: int  # samples the referee had to project back into the budget, over its ok matches
 
 
 @dataclass
@@ -354,10 +356,9 @@ def _attack(entry: Entry, unique_breaks: int, row: list[Cell], ok: list[dict[str
         mean_linf=_mean(m.get("mean_linf") for m in ok),
         mean_queries_per_sample=_mean(m.get("queries_per_sample") for m in ok),
         defenses=len(ok),
-        failed=sum(
-            cell.status == "failed" and cell.blame != "defense" for cell in row
-        ),  # the defense's failures are not its
+        failed=sum(cell.status == "failed" and cell.blame != "defense" for cell in row),
         pending=_count(row, "pending"),
+        violations=sum(int(m.get("violations") or 0) for m in ok),
     )
 
 
@@ -387,6 +388,7 @@ def _cell(key: str, row: Row[Any] | None) -> Cell:
         _number(metrics.get("target_hit_rate")),
         row.error,
         metrics.get("blame"),
+        int(metrics.get("violations") or 0),
     )
 
 

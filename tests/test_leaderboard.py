@@ -717,3 +717,43 @@ def test_while_one_thread_scores_a_round_the_others_get_its_last_standings(app: 
     with db.session() as s:
         after = standings.of(s, s.get(Round, played.second))
     assert after.cells["pending"] == 0 and after.serial != before.serial
+
+
+# --------------------------------------------------------------------------------------------------
+# Budget violations and forfeits wherever a score is shown (issue 12)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_an_attack_that_ignores_its_budget_is_flagged_on_the_rankings_and_the_heatmap(
+    client: FlaskClient, rows: BoardRows
+) -> None:
+    rows.track("digits", clean_floor=0.8, norm="linf", eps=0.2, eval_size=4)
+    sloppy = rows.version("red", "sloppy", "attack")
+    careful = rows.version("green", "careful", "attack")
+    plain = rows.version("blue", "plain", "defense")
+    round_id = rows.round(1, status="done", published=True)
+    rows.match(round_id, sloppy, plain, [0, 0, 0, 1], metrics={"violations": 3})
+    rows.match(round_id, careful, plain, [0, 1, 1, 1])
+    (board,) = client.get("/api/leaderboard").json["boards"]
+    violations = {a["entry"]["plugin"]: a["violations"] for a in board["attacks"]}
+    assert violations == {"sloppy": 3, "careful": 0}
+    overview = client.get("/").get_data(as_text=True)
+    assert overview.count("projected</span>") == 1 and "⚠ 3 projected" in overview
+    matrix = client.get("/matrix").get_data(as_text=True)
+    assert matrix.count("flag-violations") == 1 and "projected 3 sample(s)" in matrix
+
+
+def test_a_defense_that_fails_loses_its_matches_on_the_board(client: FlaskClient, rows: BoardRows) -> None:
+    rows.track("digits", clean_floor=0.8, norm="linf", eps=0.2, eval_size=4)
+    attack = rows.version("red", "pgd", "attack")
+    other = rows.version("red", "simba", "attack")
+    crashy = rows.version("blue", "crashy", "defense")
+    round_id = rows.round(1, status="done", published=True)
+    rows.match(round_id, attack, crashy, status="failed", error="the defense failed", metrics={"blame": "defense"})
+    rows.match(round_id, other, crashy, [1, 1, 1, 1])
+    (board,) = client.get("/api/leaderboard").json["boards"]
+    (defense,) = board["defenses"]
+    assert defense["worst_case_robust_accuracy"] == 0.0 and defense["forfeited"] == 1
+    assert {a["entry"]["plugin"]: a["failed"] for a in board["attacks"]} == {"pgd": 0, "simba": 0}
+    assert "defense failed" in client.get("/matrix").get_data(as_text=True)
+    assert "(1 its own)" in client.get("/").get_data(as_text=True)

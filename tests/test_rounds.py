@@ -30,6 +30,20 @@ max_queries = 20
 time_limit = 120
 """
 
+IGNORES_BUDGET = """
+from arena import Attack, hookimpl
+
+class Sloppy(Attack):
+    threats = ("white-box",)
+
+    def run(self, target, x, y, budget):
+        return x + 0.5
+
+@hookimpl
+def arena_attacks():
+    return [Sloppy]
+"""
+
 BROKEN_AT_IMPORT = """
 from arena import Attack, hookimpl
 class Broken(Attack)
@@ -162,6 +176,14 @@ def test_plugin_check_plays_against_the_builtins(tmp_path: Path, student_dir: Pa
     assert out.exit_code == 0, out.output
     assert "valid" in out.output
     assert "arena/undefended" in out.output and "arena/fgsm-adv-training" in out.output
+    assert "violations" in out.output and "warning" not in out.output
+
+    write_plugin(tmp_path / "sloppy", "sloppy", "attack", IGNORES_BUDGET)
+    sloppy = runner.invoke(
+        main, ["plugin", "check", str(tmp_path / "sloppy" / "attacks" / "sloppy"), "--track", "tiny"]
+    )
+    assert sloppy.exit_code == 0, sloppy.output
+    assert "40/40" in sloppy.output and "warning: the referee had to project" in sloppy.output
 
     write_plugin(tmp_path / "broken", "bad", "attack", BROKEN_AT_IMPORT)
     bad = runner.invoke(main, ["plugin", "check", str(tmp_path / "broken" / "attacks" / "bad")])
