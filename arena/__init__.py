@@ -9,6 +9,7 @@ import os
 # workers) on a small machine; passive waiting costs nothing when the machine is idle.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from arena.estimators import expectation, spsa_descent, spsa_gradient  # noqa: E402
 from arena.hookspecs import (  # noqa: E402 (after the OpenMP setting)
     NORMS,
     THREATS,
@@ -36,6 +37,9 @@ __all__ = [
     "Target",
     "ThreatModelError",
     "TrainContext",
+    "expectation",
     "hookimpl",
+    "spsa_descent",
+    "spsa_gradient",
     "__version__",
 ]

@@ -29,20 +29,33 @@ def main() -> None:
     parser.add_argument("--track", default="digits")
     parser.add_argument("--eval-size", type=int, default=None)
     parser.add_argument("--evaluation", choices=("transformed", "public"), default="transformed")
+    parser.add_argument("--masking", action="store_true", help="the squeezes against every built-in attack instead")
     args = parser.parse_args()
     track = dataclasses.replace(TRACKS[args.track], evaluation=args.evaluation)
     if args.eval_size:
         track = dataclasses.replace(track, eval_size=args.eval_size)
     root = Path(tempfile.mkdtemp(prefix="arena-cheating-", dir=Path.home()))
     os.environ["ARENA_HOME"] = str(root / "home")
-    os.environ.update(cheating.environment(cheating.install(root / "plugins")))
+    if args.masking:
+        builtins = (*cheating.ALL_ATTACKS, "undefended", "pgd-adv-training", "distillation")
+        os.environ.update(cheating.environment(cheating.install(root / "plugins", cheating.MASKERS), builtins))
+    else:
+        os.environ.update(cheating.environment(cheating.install(root / "plugins")))
     started = time.perf_counter()
     figures = cheating.play(Settings.from_env(), track)
     print(f"{track.name} ({track.evaluation}, {track.eval_size} images), {time.perf_counter() - started:.0f} s")
     print(f"{'defense':16s} {'threat':10s} {'clean':>6s} {'worst':>6s} {'mean':>6s} failed")
-    for (defense, threat), row in sorted(figures.items(), key=lambda item: (item[0][1], item[0][0])):
+    standings = {key: row for key, row in figures.items() if len(key) == 2}
+    for (defense, threat), row in sorted(standings.items(), key=lambda item: (item[0][1], item[0][0])):
         shown = " ".join(f"{row[k]:6.3f}" if row[k] is not None else f"{'-':>6s}" for k in ("clean", "worst", "mean"))
         print(f"{defense:16s} {threat:10s} {shown} {row['failed']}")
+    if args.masking:
+        print("\nwhite-box success rate per attack (rows) and defense (columns)")
+        defenses = sorted({key[1] for key in figures if len(key) == 3})
+        print(f"{'':14s}" + "".join(f"{d[:12]:>13s}" for d in defenses))
+        for attack in sorted({key[0] for key in figures if len(key) == 3}):
+            cells = [figures.get((attack, d, "white-box"), {}).get("success") for d in defenses]
+            print(f"{attack:14s}" + "".join(f"{c:13.3f}" if c is not None else f"{'-':>13s}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -14,22 +14,38 @@ from arena.store import Database
 from arena.tracks import Track
 
 CHEATS = Path(__file__).resolve().parent / "cheats"
-#: the attacks of the round: the issue's pool without the slow cw-l2 (the one that breaks a plain CNN is pgd)
-ATTACKS = "fgsm,pgd,simba,transfer"
+#: the plugins that read or recognise data (issue 11), and those that hide their gradient (issue 12)
+DATA_CHEATS = ("lookup-package", "lookup-folder", "grid-detector")
+MASKERS = ("squeeze-masked", "squeeze-straight-through")
+#: the attacks of a round of the data cheats: the issue's pool without the slow cw-l2 (pgd breaks a plain CNN)
+ATTACKS = ("fgsm", "pgd", "simba", "transfer")
+ALL_ATTACKS = (
+    "fgsm",
+    "fgsm-targeted",
+    "ifgsm",
+    "rand-fgsm",
+    "pgd",
+    "cw-l2",
+    "deepfool",
+    "universal",
+    "simba",
+    "transfer",
+)
 
 
-def install(folder: Path) -> Path:
-    """Copy the cheats into ``folder/defenses`` and give ``lookup-folder`` its table; return ``folder``."""
-    defenses = folder / "defenses"
-    shutil.copytree(CHEATS, defenses, ignore=shutil.ignore_patterns("README.md", "__pycache__"))
-    digits = load_digits()
-    np.savez_compressed(defenses / "lookup-folder" / "table.npz", x=digits.x_test, y=digits.y_test)
+def install(folder: Path, cheats: tuple[str, ...] = DATA_CHEATS) -> Path:
+    """Copy ``cheats`` into ``folder/defenses`` (``lookup-folder`` gets its table); return ``folder``."""
+    for name in cheats:
+        shutil.copytree(CHEATS / name, folder / "defenses" / name, ignore=shutil.ignore_patterns("__pycache__"))
+    if "lookup-folder" in cheats:
+        digits = load_digits()
+        np.savez_compressed(folder / "defenses" / "lookup-folder" / "table.npz", x=digits.x_test, y=digits.y_test)
     return folder
 
 
-def environment(folder: Path) -> dict[str, str]:
-    """The settings that point an arena at the cheats in ``folder``, the baseline and the round's attacks."""
-    return {"ARENA_PLUGIN_DIRS": str(folder), "ARENA_BUILTINS": f"{ATTACKS},undefended"}
+def environment(folder: Path, builtins: tuple[str, ...] = (*ATTACKS, "undefended")) -> dict[str, str]:
+    """The settings that point an arena at the plugins in ``folder`` and the built-ins ``builtins``."""
+    return {"ARENA_PLUGIN_DIRS": str(folder), "ARENA_BUILTINS": ",".join(builtins)}
 
 
 def play(settings: Settings, track: Track) -> dict[tuple[str, str], dict[str, float | None]]:
@@ -41,7 +57,7 @@ def play(settings: Settings, track: Track) -> dict[tuple[str, str], dict[str, fl
     round_id = planner.open_round(db, [track])
     planner.plan_round(db, settings, round_id, tracks)
     executors.run_local(db, settings, tracks, round_id, progress=False)
-    figures = {}
+    figures: dict[tuple[str, str], dict[str, float | None]] = {}
     with db.session() as session:
         for board in scoring.round_standings(session, round_id):
             for standing in board.defenses:
@@ -51,4 +67,10 @@ def play(settings: Settings, track: Track) -> dict[tuple[str, str], dict[str, fl
                     "mean": standing.mean_robust_accuracy,
                     "failed": standing.failed,
                 }
+            for row, attack in zip(board.matrix, board.attacks, strict=True):
+                for cell, defense in zip(row, board.defenses, strict=True):
+                    if cell is not None:
+                        figures[attack.entry.plugin, defense.entry.plugin, board.threat] = {
+                            "robust": cell.robust_accuracy, "success": cell.success_rate, "status": cell.status
+                        }  # fmt: skip
     return figures

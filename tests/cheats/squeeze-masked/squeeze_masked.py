@@ -1,0 +1,33 @@
+"""1-bit feature squeezing without a gradient: round() has a zero gradient almost everywhere."""
+
+import torch
+from torch import nn
+
+from arena import Defense, TrainContext, hookimpl
+
+
+class Squeeze(nn.Module):
+    def __init__(self, cnn: nn.Module) -> None:
+        super().__init__()
+        self.cnn = cnn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cnn(torch.round(x))
+
+
+class SqueezeMasked(Defense):
+    def train(self, ctx: TrainContext) -> nn.Module:
+        model = Squeeze(ctx.make_model())
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(ctx.epochs):
+            for x, y in ctx.batches(128):
+                loss = nn.functional.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return model.eval()
+
+
+@hookimpl
+def arena_defenses():
+    return [SqueezeMasked]
