@@ -9,6 +9,7 @@ import numpy as np
 from flask import abort, url_for
 from sqlalchemy import select
 
+from arena.curves import robustness_curve
 from arena.records import unpack
 from arena.scoring import plugin_entries
 from arena.store import Result, Track
@@ -65,6 +66,7 @@ def match(result_id: int) -> dict[str, Any]:
         "metrics": result.metrics,
         "outcomes": _outcomes(records) if records else None,
         "norms": _norms(records) if records else None,
+        "curve": _curve(records, result.metrics or {}),
         "amplification": gallery.amplification(shown) if shown else None,
         "gallery": _items(result.id, shown, records) if shown else [],
     }
@@ -82,6 +84,13 @@ def image(result_id: int, item: int, kind: str) -> bytes:
         return gallery.png(unpack(row.gallery), item, kind)
     except (ValueError, IndexError) as error:
         abort(404, str(error))
+
+
+def _curve(records: dict[str, np.ndarray] | None, metrics: dict[str, Any]) -> list[dict[str, float]]:
+    """Robust accuracy against the budget, from 0 to the track's eps (empty without records)."""
+    if not records or metrics.get("norm") not in NORMS or not metrics.get("eps"):
+        return []
+    return robustness_curve([records], metrics["norm"], float(metrics["eps"]))
 
 
 def _outcomes(records: dict[str, np.ndarray]) -> dict[str, int]:

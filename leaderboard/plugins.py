@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from arena.curves import robustness_curve
+from arena.records import unpack
 from arena.scoring import plugin_entries
 from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry
 from leaderboard.lookup import database, get_or_404
@@ -65,6 +67,7 @@ def plugin(plugin_id: int) -> dict[str, Any]:
         results = _results(session, ids)
         rounds = _rounds(session, ids)
         failures = _training_failures(session, set(ids)) if found.kind == "defense" else {}
+        curves = _curves(session, ids) if found.kind == "defense" else {}
     return {
         "plugin": line,
         "never_validated": all(v.status != "valid" for v in versions),
@@ -86,6 +89,7 @@ def plugin(plugin_id: int) -> dict[str, Any]:
                 "rounds": rounds.get(v.id, []),
                 "results": results.get(v.id, []),
                 "training_failures": failures.get(v.id, []),
+                "curves": curves.get(v.id, []),
             }
             for v in versions
         ],
@@ -128,6 +132,26 @@ def _results(session: Session, version_ids: list[int]) -> dict[int, list[dict[st
     for lines in results.values():
         lines.sort(key=lambda x: (x["track"], x["threat"], x["opponent"]["team"], x["opponent"]["plugin"]))
     return results
+
+
+def _curves(session: Session, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Per defense version and board (track, threat): its worst-case robustness curve over the attacks it met."""
+    rows = session.execute(
+        select(Result.defense_version_id, Result.track, Result.threat, Result.metrics, Result.samples).where(
+            Result.defense_version_id.in_(version_ids), Result.status == "ok", Result.samples.is_not(None)
+        )
+    ).all()
+    boards: dict[tuple[int, str, str], list[Any]] = defaultdict(list)
+    for row in rows:
+        boards[row.defense_version_id, row.track, row.threat].append(row)
+    curves: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for (version_id, track, threat), group in sorted(boards.items()):
+        metrics = group[0].metrics or {}
+        records = [unpack(row.samples) for row in group]
+        if metrics.get("norm") in ("l0", "l2", "linf") and len({len(r["index"]) for r in records}) == 1:
+            curve = robustness_curve(records, metrics["norm"], float(metrics["eps"]))
+            curves[version_id].append({"track": track, "threat": threat, "attacks": len(group), "curve": curve})
+    return curves
 
 
 def _rounds(session: Session, version_ids: list[int]) -> dict[int, list[int]]:

@@ -757,3 +757,22 @@ def test_a_defense_that_fails_loses_its_matches_on_the_board(client: FlaskClient
     assert {a["entry"]["plugin"]: a["failed"] for a in board["attacks"]} == {"pgd": 0, "simba": 0}
     assert "defense failed" in client.get("/matrix").get_data(as_text=True)
     assert "(1 its own)" in client.get("/").get_data(as_text=True)
+
+
+def test_match_and_defense_pages_draw_robustness_curves(client: FlaskClient, rows: BoardRows) -> None:
+    rows.track("digits", clean_floor=0.8, norm="linf", eps=0.2, eval_size=4)
+    attack = rows.version("red", "cw", "attack")
+    defense = rows.version("blue", "plain", "defense")
+    round_id = rows.round(1, status="done", published=True)
+    rows.match(round_id, attack, defense, [1, 0, 0, 1], metrics={"norm": "linf", "eps": 0.2})
+    (match_id,) = match_ids(client.get("/matrix").get_data(as_text=True))
+    curve = client.get(f"/api/matches/{match_id}").json["curve"]
+    assert len(curve) == 11 and curve[0]["robust_accuracy"] == 1.0 and curve[-1]["robust_accuracy"] == 0.5
+    page = client.get(f"/matches/{match_id}").get_data(as_text=True)
+    assert "<polyline" in page and "Robustness curve" in page and "only a step at eps" in page
+    with rows.db.session() as s:
+        plugin_id = s.get(PluginVersion, defense).plugin_id
+    (version,) = client.get(f"/api/plugins/{plugin_id}").json["versions"]
+    (board,) = version["curves"]
+    assert board["track"] == "digits" and board["attacks"] == 1 and board["curve"] == curve
+    assert "<polyline" in client.get(f"/plugins/{plugin_id}").get_data(as_text=True)
