@@ -15,7 +15,9 @@ pixel grid (:func:`arena.referee.quantize_within`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from arena import plugins, referee
 from arena.evaluation import EvalSet
@@ -112,8 +115,8 @@ def play(spec: MatchSpec) -> MatchOutcome:
         attack_seconds = time.perf_counter() - started
         x_adv, moved = referee.project(torch.cat(outputs), x, track.norm, track.eps)
         x_adv = referee.quantize_within(x_adv, x, track.levels, track.norm, track.eps)
-        clean = _classify(spec, x, draws)
-        adv = _classify(spec, x_adv, draws)
+        clean, measured = _classify(spec, x, draws, probe=spec.threat == "white-box")
+        adv, _ = _classify(spec, x_adv, draws)
     except DefenseFault as exc:
         return _forfeit(exc, log_tail, time.perf_counter() - started)
     except (PluginFailure, referee.MalformedOutput) as exc:
@@ -122,7 +125,7 @@ def play(spec: MatchSpec) -> MatchOutcome:
             return _forfeit(DefenseFault(faults[0]), log, time.perf_counter() - started)
         return MatchOutcome("failed", error=str(exc), log_tail=log, wall_time=time.perf_counter() - started)
     records = referee.judge(x, y, x_adv, moved, clean, adv, targets if spec.targeted else None)
-    metrics = referee.metrics(records, spec.targeted, server.total, attack_seconds, draws)
+    metrics = referee.metrics(records, spec.targeted, server.total, attack_seconds, draws) | measured
     return MatchOutcome(
         "ok",
         metrics=metrics | {"norm": track.norm, "eps": track.eps, "targeted": spec.targeted},
@@ -208,15 +211,28 @@ def _train_split(spec: MatchSpec) -> tuple[np.ndarray, np.ndarray]:
     return x.numpy(), y.numpy()
 
 
-def _classify(spec: MatchSpec, x: torch.Tensor, draws: int) -> referee.Verdict:
-    """Classify ``x`` in a fresh defense host; check what it answers."""
+def _classify(spec: MatchSpec, x: torch.Tensor, draws: int, probe: bool = False) -> tuple[referee.Verdict, dict]:
+    """Classify ``x`` in a fresh defense host; check what it answers.
+
+    With ``probe`` (clean inputs of a white-box match) the host also measures the median norm of the
+    input gradient of the loss at its own prediction, for the board's diagnostics; a defense that fails
+    there is not blamed for it (the measure is the arena's, not part of the game).
+    """
+    measured: dict[str, float] = {}
     with _defense_host(spec) as host:
         preds, rejected = _host_call(host, ("classify", x.numpy(), draws))
+        if probe:
+            with contextlib.suppress(PluginFailure):  # no measure then: the board shows no diagnosis
+                norm = host.call(("gradient", x.numpy()))
+                if isinstance(norm, float) and math.isfinite(norm):
+                    measured["input_gradient"] = norm
     expected = (draws, len(x))
     for name, array in (("predictions", preds), ("rejections", rejected)):
         if not isinstance(array, np.ndarray) or array.shape != expected:
             raise DefenseFault(f"{spec.defense.label}: the defense returned malformed {name}")
-    return referee.Verdict(torch.from_numpy(preds).long(), torch.from_numpy(rejected).bool())
+    if draws > 1:
+        measured["clean_disagreement"] = float((preds != preds[:1]).any(axis=0).mean())
+    return referee.Verdict(torch.from_numpy(preds).long(), torch.from_numpy(rejected).bool()), measured
 
 
 def _defense_setup(_conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandbox handler)
@@ -235,6 +251,13 @@ def _defense_setup(_conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandb
             if problem is not None:
                 raise ValueError(problem)
             return True
+        if request[0] == "gradient":  # the input gradient of the loss at the model's own prediction
+            x.requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(x)
+                loss = F.cross_entropy(logits, logits.argmax(dim=1).detach(), reduction="sum")
+                (grad,) = torch.autograd.grad(loss, x)
+            return float(grad.flatten(1).norm(dim=1).median())
         with torch.no_grad():
             if request[0] == "probs":
                 return torch.softmax(model(x).float(), dim=1).cpu().numpy()

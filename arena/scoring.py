@@ -26,6 +26,7 @@ import numpy as np
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
+from arena.diagnostics import BASELINE, Played, diagnose
 from arena.hookspecs import THREATS
 from arena.store import Plugin, PluginVersion, Result, Round, RoundMatch, Team, Track
 
@@ -86,6 +87,7 @@ class DefenseStanding:
     pending: int
     below_floor: bool
     draws: int | None  # the most draws any of its matches was evaluated with (randomized defenses: several)
+    diagnostics: list[dict[str, str]] = field(default_factory=list)  # see arena.diagnostics
 
 
 @dataclass
@@ -193,10 +195,43 @@ def round_standings(
     groups: dict[tuple[str, str], list[Row[Any]]] = defaultdict(list)
     for match in matches:
         groups[match.track, match.threat].append(match)
-    return [
+    boards = [
         _board(group[0], group[1], floors.get(group[0]), groups[group], results, decoded, entries)
         for group in sorted(groups, key=_board_order(round_.tracks))
     ]
+    flags = diagnose(_played(session, round_id, track), lambda version: _is_baseline(entries, version))
+    for board in boards:
+        for standing in board.defenses:
+            standing.diagnostics = flags.get((standing.entry.version_id, board.track), [])
+    return boards
+
+
+def _played(session: Session, round_id: int, track: str | None) -> list[Played]:
+    """The round's ok matches on ``track`` (every track when None), under every threat, for the diagnostics."""
+    wanted = [RoundMatch.round_id == round_id, Result.status == "ok"]
+    wanted += [RoundMatch.track == track] if track is not None else []
+    columns = (RoundMatch.attack_version_id, RoundMatch.defense_version_id, RoundMatch.track, RoundMatch.threat)
+    rows = session.execute(
+        select(*columns, Result.metrics).join(Result, Result.key == RoundMatch.result_key).where(*wanted)
+    ).all()
+    entries = plugin_entries(session, {row.attack_version_id for row in rows})
+    return [
+        Played(
+            row.track,
+            row.threat,
+            row.defense_version_id,
+            entries[row.attack_version_id].team,
+            entries[row.attack_version_id].plugin,
+            _number((row.metrics or {}).get("success_rate")),
+            row.metrics or {},
+        )
+        for row in rows
+    ]
+
+
+def _is_baseline(entries: dict[int, Entry], version_id: int) -> bool:
+    entry = entries.get(version_id)
+    return entry is not None and (entry.team, entry.plugin) == BASELINE
 
 
 def round_token(session: Session, round_id: int) -> tuple[Any, ...]:

@@ -10,6 +10,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select
 
+from arena.diagnostics import EXPLANATIONS
 from arena.hookspecs import THREATS
 from arena.plugins import MAX_PLUGIN_BYTES
 from arena.referee import GALLERY_SIZE, REFEREE_VERSION, TOLERANCE
@@ -84,6 +85,7 @@ def rules() -> dict[str, Any]:
         "referee": {"version": REFEREE_VERSION, "tolerance": TOLERANCE, "gallery_size": GALLERY_SIZE},
         "break_success_rate": BREAK_SUCCESS_RATE,
         "max_plugin_bytes": MAX_PLUGIN_BYTES,
+        "diagnostics": EXPLANATIONS,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def environment(folder: Path, builtins: tuple[str, ...] = (*ATTACKS, "undefended
     return {"ARENA_PLUGIN_DIRS": str(folder), "ARENA_BUILTINS": ",".join(builtins)}
 
 
-def play(settings: Settings, track: Track) -> dict[tuple[str, str], dict[str, float | None]]:
+def play(settings: Settings, track: Track) -> dict[tuple[str, ...], dict[str, Any]]:
     """Play a round of the cheats and the baseline on ``track``; figures per (defense, threat)."""
     db = Database(settings.database_url)
     db.upgrade()
@@ -57,7 +58,7 @@ def play(settings: Settings, track: Track) -> dict[tuple[str, str], dict[str, fl
     round_id = planner.open_round(db, [track])
     planner.plan_round(db, settings, round_id, tracks)
     executors.run_local(db, settings, tracks, round_id, progress=False)
-    figures: dict[tuple[str, str], dict[str, float | None]] = {}
+    figures: dict[tuple[str, ...], dict[str, Any]] = {}
     with db.session() as session:
         for board in scoring.round_standings(session, round_id):
             for standing in board.defenses:
@@ -66,6 +67,7 @@ def play(settings: Settings, track: Track) -> dict[tuple[str, str], dict[str, fl
                     "worst": standing.worst_case_robust_accuracy,
                     "mean": standing.mean_robust_accuracy,
                     "failed": standing.failed,
+                    "diagnostics": [flag["name"] for flag in standing.diagnostics],
                 }
             for row, attack in zip(board.matrix, board.attacks, strict=True):
                 for cell, defense in zip(row, board.defenses, strict=True):

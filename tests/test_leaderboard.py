@@ -776,3 +776,29 @@ def test_match_and_defense_pages_draw_robustness_curves(client: FlaskClient, row
     (board,) = version["curves"]
     assert board["track"] == "digits" and board["attacks"] == 1 and board["curve"] == curve
     assert "<polyline" in client.get(f"/plugins/{plugin_id}").get_data(as_text=True)
+
+
+def test_diagnostics_flag_a_defense_and_link_to_their_explanation(client: FlaskClient, rows: BoardRows) -> None:
+    rows.track("digits", clean_floor=0.8, norm="linf", eps=0.2, eval_size=4)
+    fgsm, pgd = rows.version("arena", "fgsm", "attack"), rows.version("arena", "pgd", "attack")
+    simba = rows.version("arena", "simba", "attack")
+    baseline, masked = rows.version("arena", "undefended", "defense"), rows.version("blue", "masked", "defense")
+    round_id = rows.round(1, status="done", published=True)
+    for attack, survived, gradient in ((fgsm, [0, 0, 1, 1], 1e-6), (pgd, [1, 1, 1, 0], 1e-6)):
+        rows.match(round_id, attack, masked, survived, metrics={"input_gradient": gradient, "clean_disagreement": 0.5})
+        rows.match(round_id, attack, baseline, [0, 0, 0, 0], metrics={"input_gradient": 0.3})
+    rows.match(round_id, simba, masked, [0, 0, 0, 1], threat="black-box")
+    rows.match(round_id, simba, baseline, [0, 0, 0, 0], threat="black-box")
+    boards = client.get("/api/leaderboard").json["boards"]
+    flags = {
+        (b["threat"], d["entry"]["plugin"]): sorted(g["name"] for g in d["diagnostics"])
+        for b in boards
+        for d in b["defenses"]
+    }
+    expected = ["black-box-beats-white-box", "single-step-beats-iterative", "unstable-draws", "vanishing-gradients"]
+    assert flags["white-box", "masked"] == flags["black-box", "masked"] == expected
+    assert flags["white-box", "undefended"] == []
+    page = client.get("/").get_data(as_text=True)
+    assert 'href="/rules#vanishing-gradients"' in page and "3.3e-06 of the undefended baseline" in page
+    rules = client.get("/rules").get_data(as_text=True)
+    assert 'id="vanishing-gradients"' in rules and 'id="unstable-draws"' in rules

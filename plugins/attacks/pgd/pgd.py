@@ -18,7 +18,8 @@ class PGD(Attack):
     ``s`` is ``sign`` for linf and ``v / ||v||_2`` for l2, ``alpha = rel_step * eps``, and ``f_1 .. f_m`` are
     ``m = eot`` forward passes of ``target.model``: Expectation over Transformation, for randomized defenses whose
     every pass draws anew (keep ``eot = 1`` for a deterministic model). With ``early_stop`` a sample leaves the batch
-    as soon as every pass misclassifies it and keeps that iterate, so the attack is never weaker and runs faster;
+    as soon as every pass misclassifies it once rounded onto the pixel grid (``budget.snap``) and keeps that iterate,
+    so the attack is never weaker and runs faster;
     it does so in white-box only: against the gray-box twin a sample keeps climbing the loss, which transfers better.
     Each of ``restarts`` runs starts from a fresh random point, for the samples that no earlier run broke.
 
@@ -79,8 +80,14 @@ class PGD(Attack):
         active = torch.arange(len(x), device=x.device)
         for _ in range(self.steps):
             grad, fooled = self._gradient(model, x + delta, y)
-            if early_stop and fooled.any():
-                result[active[fooled]] = x[fooled] + delta[fooled]
+            if early_stop and fooled.any():  # judged as the referee will see it: on the pixel grid
+                candidates = fooled.nonzero().squeeze(1)
+                snapped = budget.snap(x[candidates] + delta[candidates], x[candidates])
+                with torch.no_grad():
+                    confirmed = self._fooled(model, snapped, y[candidates])
+                fooled = torch.zeros_like(fooled)
+                fooled[candidates[confirmed]] = True
+                result[active[fooled]] = snapped[confirmed]
                 keep = ~fooled
                 active, x, y, delta, grad, lo, hi = (t[keep] for t in (active, x, y, delta, grad, lo, hi))
                 if len(active) == 0:

@@ -1,0 +1,26 @@
+"""Diagnostics on real defenses (issue 12): defensive distillation masks its gradients, PGD training does not."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from cheating import environment, play
+
+from arena.config import Settings
+from arena.tracks import TRACKS
+
+
+@pytest.mark.slow
+def test_distillation_is_flagged_for_vanishing_gradients_and_pgd_training_is_not(
+    arena_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "none").mkdir()
+    builtins = ("fgsm", "pgd", "undefended", "distillation", "pgd-adv-training")
+    for name, value in environment(tmp_path / "none", builtins).items():
+        monkeypatch.setenv(name, value)
+    figures = play(Settings.from_env(), dataclasses.replace(TRACKS["digits"], eval_size=150, batch_size=150))
+    assert "vanishing-gradients" in figures["distillation", "white-box"]["diagnostics"]
+    assert "vanishing-gradients" not in figures["pgd-adv-training", "white-box"]["diagnostics"]
+    assert figures["undefended", "white-box"]["diagnostics"] == []
