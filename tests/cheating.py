@@ -20,6 +20,7 @@ DATA_CHEATS = ("lookup-package", "lookup-folder", "grid-detector")
 MASKERS = ("squeeze-masked", "squeeze-straight-through")
 #: the attacks of a round of the data cheats: the issue's pool without the slow cw-l2 (pgd breaks a plain CNN)
 ATTACKS = ("fgsm", "pgd", "simba", "transfer")
+REFERENCE_ATTACKS = ("autoattack", "spsa")
 ALL_ATTACKS = (
     "fgsm",
     "fgsm-targeted",
