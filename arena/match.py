@@ -1,7 +1,7 @@
 """One match end to end: the attack and the defense each play in a sandbox; the referee judges.
 
-No plugin code runs in the arena's process. The defended model lives in a *defense host* (a sandbox
-that loads it and answers ``probs`` and ``classify`` requests, never seeing a label); the attack lives
+No plugin code runs in the arena's process. The defended model lives in a *defense host*
+(:mod:`arena.hosts`: a sandbox that loads it and answers for it, never seeing a label); the attack lives
 in its own sandbox and gets what its threat model allows (:mod:`arena.threats`): under white-box the
 defended model, under gray-box the twin, under black-box nothing of the defense at all. Queries cross
 from the attack to the arena, which counts them, and on to the defense host. Clean and adversarial
@@ -15,9 +15,7 @@ pixel grid (:func:`arena.referee.quantize_within`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
@@ -26,15 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from arena import plugins, referee
+from arena import hosts, plugins, referee
 from arena.evaluation import EvalSet
 from arena.hookspecs import Attack, Budget
+from arena.hosts import DefenseFault, Host
 from arena.plugins import PluginSource
 from arena.records import pack
 from arena.sandbox import PluginFailure, Sandbox
-from arena.threats import ArenaTarget, QueryServer, image_problem, output_problem
+from arena.threats import ArenaTarget, QueryServer, image_problem
 from arena.tracks import Track
 from arena.training import load_model, pick_device
 
@@ -84,8 +82,9 @@ def play(spec: MatchSpec) -> MatchOutcome:
     log_tail = ""
     faults: list[str] = []  # failures of the defense's code in the attack's process, reproduced by the arena
     try:
-        with _defense_host(spec) as host:
-            server = QueryServer(lambda batch: _probs(host, batch, track.num_classes), track.input_shape, track.levels)
+        with _host(spec).sandbox() as host:
+            answer = functools.partial(hosts.probs, host, num_classes=track.num_classes)
+            server = QueryServer(answer, track.input_shape, track.levels)
             train_split = functools.cache(lambda: _train_split(spec))  # made once per match, if asked for
             services = {
                 "query": server,
@@ -115,8 +114,8 @@ def play(spec: MatchSpec) -> MatchOutcome:
         attack_seconds = time.perf_counter() - started
         x_adv, moved = referee.project(torch.cat(outputs), x, track.norm, track.eps)
         x_adv = referee.quantize_within(x_adv, x, track.levels, track.norm, track.eps)
-        clean, measured = _classify(spec, x, draws, probe=spec.threat == "white-box")
-        adv, _ = _classify(spec, x_adv, draws)
+        clean, measured = hosts.classify(_host(spec), x, draws, probe=spec.threat == "white-box")
+        adv, _ = hosts.classify(_host(spec), x_adv, draws)
     except DefenseFault as exc:
         return _forfeit(exc, log_tail, time.perf_counter() - started)
     except (PluginFailure, referee.MalformedOutput) as exc:
@@ -136,37 +135,12 @@ def play(spec: MatchSpec) -> MatchOutcome:
     )
 
 
-class DefenseFault(Exception):
-    """The defense's own code failed on valid images: in its host, or in the attack's process and again
-    when the arena replayed it. The match counts against the defense (none of its samples survived)."""
-
-    def __init__(self, reason: str, log_tail: str = "") -> None:
-        super().__init__(reason)
-        self.reason, self.log_tail = reason, log_tail
-
-
 def _forfeit(fault: DefenseFault, log_tail: str, seconds: float) -> MatchOutcome:
     """The outcome of a match the defense lost by failing: not the attack's failure (``blame``)."""
     error = f"the defense failed, so the match counts against it: {fault.reason}"
     return MatchOutcome(
         "failed", {"blame": "defense"}, error=error, log_tail=fault.log_tail or log_tail, wall_time=seconds
     )
-
-
-def _host_call(host: Sandbox, request: tuple) -> Any:
-    """A request to a defense host, where only the defense's code runs: its failure is the defense's."""
-    try:
-        return host.call(request)
-    except PluginFailure as exc:
-        raise DefenseFault(exc.reason, exc.log_tail) from None
-
-
-def _probs(host: Sandbox, batch: np.ndarray, num_classes: int) -> np.ndarray:
-    """The defense's probabilities for a query, checked before the attack sees them."""
-    probs = _host_call(host, ("probs", batch))
-    if not isinstance(probs, np.ndarray) or probs.shape != (len(batch), num_classes) or not np.isfinite(probs).all():
-        raise DefenseFault(f"{host.label}: the defense answered a query with malformed probabilities")
-    return probs
 
 
 def _confirm(spec: MatchSpec, report: object, faults: list[str]) -> bool:
@@ -179,92 +153,26 @@ def _confirm(spec: MatchSpec, report: object, faults: list[str]) -> bool:
     batch, grad, method, problem = report
     if image_problem(batch, spec.track.input_shape) or method not in ("forward", "reject"):
         return False
-    artifact = spec.twin_artifact if spec.threat == "gray-box" else spec.defense_artifact
-    try:
-        with _defense_host(spec, artifact) as host:
-            host.call(("replay", batch, bool(grad), method))
-    except PluginFailure as exc:
+    artifact = spec.twin_artifact if spec.threat == "gray-box" and spec.twin_artifact else spec.defense_artifact
+    reason = hosts.replay(_host(spec, artifact), batch, bool(grad), method)
+    if reason is not None:
         faults.append(
             f"its {method} failed on a valid batch in the attack's process ({str(problem)[:300]}) and again "
-            f"when the arena replayed the batch ({exc.reason})"
+            f"when the arena replayed the batch ({reason})"
         )
-        return True
-    return False
+    return reason is not None
 
 
-def _defense_host(spec: MatchSpec, artifact: bytes | None = None) -> Sandbox:
-    """A sandbox that loads the defended model (or ``artifact``, the twin) and answers for it."""
-    view = replace(spec, attack=WITHHELD, twin_artifact=None, substitute_artifact=b"", evaluation=b"")
-    view = view if artifact is None else replace(view, defense_artifact=artifact)
-    return Sandbox(
-        _defense_setup,
-        (view,),
-        time_limit=spec.track.time_limit,
-        label=spec.defense.label,
-        writable=(spec.cache_dir,),
-    )
+def _host(spec: MatchSpec, artifact: bytes | None = None) -> Host:
+    """The host of the defended model (or of ``artifact``, the twin)."""
+    model = spec.defense_artifact if artifact is None else artifact
+    return Host(spec.defense, model, spec.track.num_classes, spec.cache_dir, spec.track.time_limit)
 
 
 def _train_split(spec: MatchSpec) -> tuple[np.ndarray, np.ndarray]:
     """The track's public training split, for an attack that asks (``target.train_data``)."""
     x, y = spec.track.train_set(spec.data_dir)
     return x.numpy(), y.numpy()
-
-
-def _classify(spec: MatchSpec, x: torch.Tensor, draws: int, probe: bool = False) -> tuple[referee.Verdict, dict]:
-    """Classify ``x`` in a fresh defense host; check what it answers.
-
-    With ``probe`` (clean inputs of a white-box match) the host also measures the median norm of the
-    input gradient of the loss at its own prediction, for the board's diagnostics; a defense that fails
-    there is not blamed for it (the measure is the arena's, not part of the game).
-    """
-    measured: dict[str, float] = {}
-    with _defense_host(spec) as host:
-        preds, rejected = _host_call(host, ("classify", x.numpy(), draws))
-        if probe:
-            with contextlib.suppress(PluginFailure):  # no measure then: the board shows no diagnosis
-                norm = host.call(("gradient", x.numpy()))
-                if isinstance(norm, float) and math.isfinite(norm):
-                    measured["input_gradient"] = norm
-    expected = (draws, len(x))
-    for name, array in (("predictions", preds), ("rejections", rejected)):
-        if not isinstance(array, np.ndarray) or array.shape != expected:
-            raise DefenseFault(f"{spec.defense.label}: the defense returned malformed {name}")
-    if draws > 1:
-        measured["clean_disagreement"] = float((preds != preds[:1]).any(axis=0).mean())
-    return referee.Verdict(torch.from_numpy(preds).long(), torch.from_numpy(rejected).bool()), measured
-
-
-def _defense_setup(_conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandbox handler)
-    device = pick_device()
-    model = load_model(spec.defense_artifact, device, spec.defense, spec.cache_dir)
-
-    def handle(request: tuple) -> Any:
-        x = torch.from_numpy(request[1]).to(device)
-        if request[0] == "replay":  # as the attack's process called it, gradients included
-            _, _, grad, method = request
-            if method == "reject" and not callable(getattr(model, "reject", None)):
-                return True  # nothing to fail: the report was no defense's failure
-            with torch.set_grad_enabled(grad):
-                output = (model if method == "forward" else model.reject)(x.requires_grad_(grad))
-            problem = output_problem(method, output, len(x), spec.track.num_classes)
-            if problem is not None:
-                raise ValueError(problem)
-            return True
-        if request[0] == "gradient":  # the input gradient of the loss at the model's own prediction
-            x.requires_grad_(True)
-            with torch.enable_grad():
-                logits = model(x)
-                loss = F.cross_entropy(logits, logits.argmax(dim=1).detach(), reduction="sum")
-                (grad,) = torch.autograd.grad(loss, x)
-            return float(grad.flatten(1).norm(dim=1).median())
-        with torch.no_grad():
-            if request[0] == "probs":
-                return torch.softmax(model(x).float(), dim=1).cpu().numpy()
-            verdict = referee.classify(model, x, request[2])
-        return verdict.preds.cpu().numpy(), verdict.rejected.cpu().numpy()
-
-    return handle
 
 
 def attack_view(spec: MatchSpec) -> MatchSpec:

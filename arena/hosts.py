@@ -1,0 +1,134 @@
+"""Defense hosts: sandboxes where only the defense's code runs, answering for the defended model.
+
+A host loads one trained model (the defended model or its twin) and answers ``probs`` (a counted query),
+``classify`` (the referee's verdict over draws), ``gradient`` (the diagnostics' measure) and ``replay``
+(a batch on which the defense's code failed in an attack's process, run again without the attack's
+code). It never sees a label. Since no attack code runs in a host, whatever fails there is the defense's
+own failure (:class:`DefenseFault`): the match counts against the defense.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from arena import referee
+from arena.plugins import PluginSource
+from arena.sandbox import PluginFailure, Sandbox
+from arena.threats import output_problem
+from arena.training import load_model, pick_device
+
+
+class DefenseFault(Exception):
+    """The defense's own code failed on valid images: in its host, or in the attack's process and again
+    when the arena replayed it. The match counts against the defense (none of its samples survived)."""
+
+    def __init__(self, reason: str, log_tail: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.log_tail = reason, log_tail
+
+
+@dataclass(frozen=True)
+class Host:
+    """What a host needs: the defense's code, one of its trained models, and where to unpack the code."""
+
+    defense: PluginSource
+    artifact: bytes
+    num_classes: int
+    cache_dir: Path
+    time_limit: float
+
+    def sandbox(self) -> Sandbox:
+        """A fresh host (use it as a context manager)."""
+        return Sandbox(_setup, (self,), self.time_limit, self.defense.label, writable=(self.cache_dir,))
+
+
+def call(host: Sandbox, request: tuple) -> Any:
+    """A request to a host: its failure is the defense's (:class:`DefenseFault`)."""
+    try:
+        return host.call(request)
+    except PluginFailure as exc:
+        raise DefenseFault(exc.reason, exc.log_tail) from None
+
+
+def probs(host: Sandbox, batch: np.ndarray, num_classes: int) -> np.ndarray:
+    """The defense's probabilities for a query, checked before the attack sees them."""
+    answer = call(host, ("probs", batch))
+    if not isinstance(answer, np.ndarray) or answer.shape != (len(batch), num_classes) or not np.isfinite(answer).all():
+        raise DefenseFault(f"{host.label}: the defense answered a query with malformed probabilities")
+    return answer
+
+
+def classify(host: Host, x: torch.Tensor, draws: int, probe: bool = False) -> tuple[referee.Verdict, dict]:
+    """Classify ``x`` in a fresh host; check what it answers.
+
+    With ``probe`` (clean inputs of a white-box match) the host also measures the median norm of the
+    input gradient of the loss at its own prediction, for the board's diagnostics; a defense that fails
+    there is not blamed for it (the measure is the arena's, not part of the game). Randomized defenses
+    (``draws > 1``) also report how often their draws disagree.
+    """
+    measured: dict[str, float] = {}
+    with host.sandbox() as box:
+        preds, rejected = call(box, ("classify", x.numpy(), draws))
+        if probe:
+            with contextlib.suppress(PluginFailure):  # no measure then: the board shows no diagnosis
+                norm = box.call(("gradient", x.numpy()))
+                if isinstance(norm, float) and math.isfinite(norm):
+                    measured["input_gradient"] = norm
+    expected = (draws, len(x))
+    for name, array in (("predictions", preds), ("rejections", rejected)):
+        if not isinstance(array, np.ndarray) or array.shape != expected:
+            raise DefenseFault(f"{host.defense.label}: the defense returned malformed {name}")
+    if draws > 1:
+        measured["clean_disagreement"] = float((preds != preds[:1]).any(axis=0).mean())
+    return referee.Verdict(torch.from_numpy(preds).long(), torch.from_numpy(rejected).bool()), measured
+
+
+def replay(host: Host, batch: np.ndarray, grad: bool, method: str) -> str | None:
+    """Run the defense's ``method`` (forward or reject) on ``batch`` in a fresh host; why it failed, or None."""
+    try:
+        with host.sandbox() as box:
+            box.call(("replay", batch, grad, method))
+    except PluginFailure as exc:
+        return exc.reason
+    return None
+
+
+def _setup(_conn: Connection, host: Host):  # noqa: ANN202 (a sandbox handler)
+    device = pick_device()
+    model = load_model(host.artifact, device, host.defense, host.cache_dir)
+
+    def handle(request: tuple) -> Any:
+        x = torch.from_numpy(request[1]).to(device)
+        if request[0] == "replay":  # as the attack's process called it, gradients included
+            _, _, grad, method = request
+            if method == "reject" and not callable(getattr(model, "reject", None)):
+                return True  # nothing to fail: the report was no defense's failure
+            with torch.set_grad_enabled(grad):
+                output = (model if method == "forward" else model.reject)(x.requires_grad_(grad))
+            problem = output_problem(method, output, len(x), host.num_classes)
+            if problem is not None:
+                raise ValueError(problem)
+            return True
+        if request[0] == "gradient":  # the input gradient of the loss at the model's own prediction
+            x.requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(x)
+                loss = F.cross_entropy(logits, logits.argmax(dim=1).detach(), reduction="sum")
+                (grad,) = torch.autograd.grad(loss, x)
+            return float(grad.flatten(1).norm(dim=1).median())
+        with torch.no_grad():
+            if request[0] == "probs":
+                return torch.softmax(model(x).float(), dim=1).cpu().numpy()
+            verdict = referee.classify(model, x, request[2])
+        return verdict.preds.cpu().numpy(), verdict.rejected.cpu().numpy()
+
+    return handle
