@@ -21,6 +21,7 @@ if it survives every draw. "r" gives the share of adversarial inputs a detector 
 defense score over the attacks within the track's budget (a sample counts only if it survives every one).
 
     python bench/defense_eval.py --track mnist-linf [--n 500] [--defense NAME]... [--attack NAME]...
+        [--evaluation public] [--evaluation transformed]
 
 Trains (once, cached) whatever bench/defense_training.py has not trained yet. Set ARENA_DATA_DIR for MNIST.
 """
@@ -28,6 +29,7 @@ Trains (once, cached) whatever bench/defense_training.py has not trained yet. Se
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +40,7 @@ import torchattacks
 from defense_training import DEFAULT_CACHE, DEFENSES, ROOT, Trained, train_or_load
 from torch import nn
 
-from arena import Budget, Target, plugins
+from arena import Budget, Target, evaluation, plugins
 from arena.config import Settings
 from arena.referee import classify, judge, project
 from arena.tracks import TRACKS, Track
@@ -168,21 +170,27 @@ def main() -> None:
     parser.add_argument("--attack", action="append", choices=ATTACKS, help="default: all")
     parser.add_argument("--n", type=int, default=500, help="evaluation samples (the first n of the track's subset)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"artifacts (default {DEFAULT_CACHE})")
+    parser.add_argument(
+        "--evaluation",
+        action="append",
+        choices=("public", "transformed"),
+        help="the images: the published split, or a secret distortion of it (arena/evaluation.py) [public]",
+    )
     args = parser.parse_args()
     track, data_dir = TRACKS[args.track], Settings.from_env().data_dir
     attacks = args.attack or list(ATTACKS)
-    x, y, _, _ = track.eval_set(data_dir)
-    x, y = x[: args.n].to(pick_device()), y[: args.n].to(pick_device())
     craft = crafters(track, substitute(track, data_dir, args.cache), args.cache)
-    rows = {}
-    for name in args.defense or DEFENSES:
-        rows[name] = evaluate(train_or_load(name, track, data_dir, args.cache), track, attacks, craft, x, y)
-    columns = ["clean", *attacks, "worst"]
-    print(f"\n{track.name}, {len(x)} samples, eps {track.eps:g} ({track.norm}): robust accuracy")
-    print("| defense | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for name, row in rows.items():
-        print(f"| `{name}` | " + " | ".join(row[c] for c in columns) + " |")
+    trained = {name: train_or_load(name, track, data_dir, args.cache) for name in args.defense or DEFENSES}
+    for kind in args.evaluation or ["public"]:
+        images = evaluation.build(dataclasses.replace(track, evaluation=kind), data_dir, b"bench")
+        x, y = images.x[: args.n].to(pick_device()), images.y[: args.n].to(pick_device())
+        rows = {name: evaluate(model, track, attacks, craft, x, y) for name, model in trained.items()}
+        columns = ["clean", *attacks, "worst"]
+        print(f"\n{track.name}, {len(x)} samples ({kind}), eps {track.eps:g} ({track.norm}): robust accuracy")
+        print("| defense | " + " | ".join(columns) + " |")
+        print("|---" * (len(columns) + 1) + "|")
+        for name, row in rows.items():
+            print(f"| `{name}` | " + " | ".join(row[c] for c in columns) + " |")
 
 
 if __name__ == "__main__":
