@@ -7,6 +7,8 @@ and AutoAttack's own flags, computed from what a round already recorded:
   clean samples of its white-box matches) is far below the undefended baseline's on the same track;
 * ``black-box-beats-white-box``: an attack without the model breaks more samples than every white-box attack;
 * ``single-step-beats-iterative``: FGSM breaks more than the iterative attacks (PGD, BIM, AutoAttack);
+* ``minimal-attacks-fail``: the minimal-perturbation attacks (CW, DeepFool), which follow the gradient to the
+  nearest boundary, break less than half of what the best attack breaks (an unbounded one should reach all);
 * ``unstable-draws``: a randomized defense's draws disagree on many clean samples.
 
 A flag is no verdict: it says where to look, and the rules page says why (``/rules#diagnostics``).
@@ -25,6 +27,7 @@ BASELINE = ("arena", "undefended")
 #: built-in attacks by kind (plugins of the team ``arena``)
 SINGLE_STEP = frozenset({"fgsm", "rand-fgsm"})
 ITERATIVE = frozenset({"pgd", "ifgsm", "autoattack"})
+MINIMAL = frozenset({"cw-l2", "deepfool"})
 #: thresholds: gradient ratio to the baseline, success-rate margin, clean disagreement across draws
 VANISHING = 0.01
 MARGIN = 0.02
@@ -38,6 +41,8 @@ EXPLANATIONS: dict[str, str] = {
     "attack: the white-box gradients mislead",
     "single-step-beats-iterative": "one FGSM step breaks {}, more than the iterative attacks: the loss surface "
     "around the samples is masked",
+    "minimal-attacks-fail": "CW and DeepFool, which follow the gradient to the nearest boundary, break only {} of "
+    "what the best attack breaks: the gradient does not lead to the boundary",
     "unstable-draws": "its draws disagree on {} of the clean samples: randomness that changes the answer is no "
     "robustness, and it is judged over every draw",
 }
@@ -76,6 +81,10 @@ def diagnose(matches: Iterable[Played], baseline: Callable[[int], bool]) -> dict
         iterative = _best(m for m in group if m.threat == "white-box" and _builtin(m, ITERATIVE))
         if single is not None and iterative is not None and single > iterative + MARGIN:
             found.append(("single-step-beats-iterative", single))
+        minimal = _best(m for m in group if m.threat == "white-box" and _builtin(m, MINIMAL))
+        best = _best(m for m in group if m.threat == "white-box")
+        if minimal is not None and best and minimal < 0.5 * best:
+            found.append(("minimal-attacks-fail", minimal / best))
         unstable = max((m.metrics.get("clean_disagreement") or 0.0 for m in group), default=0.0)
         if unstable > UNSTABLE:
             found.append(("unstable-draws", unstable))

@@ -787,6 +787,9 @@ def test_diagnostics_flag_a_defense_and_link_to_their_explanation(client: FlaskC
     for attack, survived, gradient in ((fgsm, [0, 0, 1, 1], 1e-6), (pgd, [1, 1, 1, 0], 1e-6)):
         rows.match(round_id, attack, masked, survived, metrics={"input_gradient": gradient, "clean_disagreement": 0.5})
         rows.match(round_id, attack, baseline, [0, 0, 0, 0], metrics={"input_gradient": 0.3})
+    cw = rows.version("arena", "cw-l2", "attack")
+    rows.match(round_id, cw, masked, [1, 1, 1, 1])
+    rows.match(round_id, cw, baseline, [0, 0, 0, 0])
     rows.match(round_id, simba, masked, [0, 0, 0, 1], threat="black-box")
     rows.match(round_id, simba, baseline, [0, 0, 0, 0], threat="black-box")
     boards = client.get("/api/leaderboard").json["boards"]
@@ -795,7 +798,13 @@ def test_diagnostics_flag_a_defense_and_link_to_their_explanation(client: FlaskC
         for b in boards
         for d in b["defenses"]
     }
-    expected = ["black-box-beats-white-box", "single-step-beats-iterative", "unstable-draws", "vanishing-gradients"]
+    expected = [
+        "black-box-beats-white-box",
+        "minimal-attacks-fail",
+        "single-step-beats-iterative",
+        "unstable-draws",
+        "vanishing-gradients",
+    ]
     assert flags["white-box", "masked"] == flags["black-box", "masked"] == expected
     assert flags["white-box", "undefended"] == []
     page = client.get("/").get_data(as_text=True)
