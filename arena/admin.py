@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from arena import executors, planner, submissions
 from arena.config import Settings
+from arena.redaction import redact
 from arena.store import Database, Round, RoundEntry, RoundMatch
 from arena.submissions import TeamSync
 from arena.tracks import Track, load_tracks
@@ -69,7 +70,7 @@ def team_add(name: str, repo: str, branch: str, folder: str | None, daily_limit:
     """Register team NAME and the repository it pushes its plugins to (again: update it)."""
     settings = Settings.from_env()
     new = submissions.add_team(_open(settings), name, repo, branch, folder, daily_limit)
-    where = f"{repo} ({branch}{', ' + folder if folder else ''})"
+    where = f"{redact(repo)} ({branch}{', ' + folder if folder else ''})"
     click.echo(f"{'added' if new else 'updated'} team {name}: {where}; `arena sync --team {name}` fetches it")
 
 

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from arena import planner, plugins, validation
 from arena.config import Settings
 from arena.plugins import MAX_PLUGIN_BYTES, PluginSource
+from arena.redaction import redact
 from arena.sandbox import SandboxError
 from arena.store import Database, Plugin, PluginVersion, Team
 
@@ -114,7 +115,7 @@ def teams(db: Database) -> list[dict[str, object]]:
         return [
             {
                 "name": t.name,
-                "repo": t.repo_url,
+                "repo": redact(t.repo_url),
                 "branch": t.branch,
                 "path": t.path,
                 "daily_limit": daily_limit(t),
@@ -190,7 +191,7 @@ def _record(
         team = session.scalar(select(Team).where(Team.name == name))
         names = [_plugin_name(session, team, path, source) for path, source in found]
         for (path, source), plugin_name in zip(found, names, strict=True):
-            source.origin, source.commit = f"{repo}@{commit[:12]}:{path}", commit
+            source.origin, source.commit = f"{redact(repo)}@{commit[:12]}:{path}", commit
             if names.count(plugin_name) > 1:
                 source.errors.append(f"{path}: another folder of this repository names the plugin '{plugin_name}' too")
             if source.manifest and source.manifest.team != name:
@@ -316,7 +317,7 @@ def fetch(mirror: Path, repo: str, branch: str) -> str:
     try:
         _git("-C", str(mirror), "fetch", "--quiet", "--no-tags", "--", repo, refspec)
     except SubmissionError as exc:
-        raise SubmissionError(f"cannot fetch branch '{branch}' of {repo}: {exc}") from None
+        raise SubmissionError(f"cannot fetch branch '{branch}' of {redact(repo)}: {exc}") from None
     return _git("-C", str(mirror), "rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}").decode().strip()
 
 
@@ -388,10 +389,10 @@ def _git(*args: str, stdin: bytes | None = None) -> bytes:
     try:
         done = subprocess.run(["git", *args], input=stdin, capture_output=True, env=env, timeout=GIT_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SubmissionError(f"git {args[0]}: {exc}") from None
+        raise SubmissionError(redact(f"git {args[0]}: {exc}")) from None
     if done.returncode != 0:
         said = done.stderr.decode(errors="replace").strip().splitlines()
-        raise SubmissionError(said[-1] if said else f"git {args[0]} exited with status {done.returncode}")
+        raise SubmissionError(redact(said[-1]) if said else f"git {args[0]} exited with status {done.returncode}")
     return done.stdout
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from arena.redaction import redact
 from arena.store import Plugin, PluginVersion, Team
 from leaderboard.lookup import database, get_or_404
 
@@ -41,7 +42,7 @@ def team(team_id: int) -> dict[str, Any]:
 
 def team_line(row: Any) -> dict[str, Any]:
     """A team (a row or a ``Team``) as the pages name it: id, name, repository and branch."""
-    return {"id": row.id, "name": row.name, "repo_url": row.repo_url, "branch": row.branch}
+    return {"id": row.id, "name": row.name, "repo_url": redact(row.repo_url), "branch": row.branch}
 
 
 def validation_state(status: str, errors: str | None, evaluated_at: datetime | None) -> dict[str, Any]:
