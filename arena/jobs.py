@@ -188,6 +188,8 @@ def _run_match(
     with db.session() as session:
         artifacts = session.scalars(select(Artifact).where(Artifact.key.in_(depends)))
         by_kind = {a.kind: a.data for a in artifacts}
+        if "evaluation" not in by_kind:
+            raise ValueError("the match was planned without an evaluation set (before referee 2): plan the round again")
         attack = session.get(PluginVersion, params["attack"])
         defense = session.get(PluginVersion, params["defense"])
         spec = MatchSpec(
