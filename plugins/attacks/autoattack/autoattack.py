@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
+import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
@@ -44,6 +47,8 @@ class AutoAttack(Attack):
         eot: passes averaged per gradient for a randomized model (default 5).
         spsa_steps: steps of the SPSA part (default 30; 0 leaves it out).
         spsa_samples: sign vectors per SPSA estimate (default 64).
+        seconds: the time allowed per batch (default 60): against a slow or randomized model the steps and
+            queries shrink in proportion, measured from one pass with gradient, so the match fits its time limit.
 
     Usage::
 
@@ -62,6 +67,7 @@ class AutoAttack(Attack):
         eot: int = 5,
         spsa_steps: int = 30,
         spsa_samples: int = 64,
+        seconds: float = 60.0,
     ) -> None:
         for name, value in (("steps", steps), ("target_classes", target_classes), ("eot", eot)):
             if value < 1:
@@ -73,6 +79,7 @@ class AutoAttack(Attack):
             eot=eot,
             spsa_steps=spsa_steps,
             spsa_samples=spsa_samples,
+            seconds=seconds,
         )
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
@@ -80,15 +87,18 @@ class AutoAttack(Attack):
         model = target.model.eval()
         x = x.detach()
         passes = self.eot if randomized(model, x) else 1
+        share = self._share(model, x, y, passes)
+        steps, queries = max(1, round(self.steps * share)), int(self.square_queries * share)
+        spsa_steps = int(self.spsa_steps * share)
         seed = int(torch.randint(2**31 - 1, (1,), generator=budget.generator, device=budget.generator.device))
         common = {"norm": NORMS[budget.norm], "eps": budget.eps, "seed": seed}
-        targeted = torchattacks.APGDT(model, steps=self.steps, eot_iter=passes, n_classes=target.num_classes, **common)
+        targeted = torchattacks.APGDT(model, steps=steps, eot_iter=passes, n_classes=target.num_classes, **common)
         targeted.n_target_classes = min(self.target_classes, target.num_classes - 1)
-        parts = [torchattacks.APGD(model, steps=self.steps, eot_iter=passes, loss="ce", **common), targeted]
-        if self.square_queries > 0:
-            parts.append(torchattacks.Square(model, n_queries=self.square_queries, **common))
-        if self.spsa_steps > 0:
-            parts.append(lambda x, y: spsa_descent(model, x, y, budget, self.spsa_steps, self.spsa_samples, 1.0))
+        parts = [torchattacks.APGD(model, steps=steps, eot_iter=passes, loss="ce", **common), targeted]
+        if queries > 0:
+            parts.append(torchattacks.Square(model, n_queries=queries, **common))
+        if spsa_steps > 0:
+            parts.append(lambda x, y: spsa_descent(model, x, y, budget, spsa_steps, self.spsa_samples, 1.0))
         x_adv = x.clone()
         left = ~broken(model, x, y, passes)
         for part in parts:
@@ -100,6 +110,24 @@ class AutoAttack(Attack):
             x_adv[index[fooled]] = candidate[fooled]
             left[index[fooled]] = False
         return x_adv
+
+    def _share(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, passes: int) -> float:
+        """The share of the whole recipe that fits in ``seconds``, from the time of one pass with gradient.
+
+        The recipe costs about ``steps * passes * (1 + target_classes)`` passes with gradient, ``square_queries / 2``
+        and ``spsa_steps * spsa_samples`` (forward passes count half), on the whole batch at worst.
+        """
+        started = time.perf_counter()
+        probe = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(F.cross_entropy(model(probe), y), probe)
+        seconds = time.perf_counter() - started
+        work = (
+            self.steps * passes * (1 + self.target_classes)
+            + self.square_queries / 2
+            + self.spsa_steps * self.spsa_samples
+        )
+        return min(1.0, self.seconds / max(seconds * work, 1e-9))
 
 
 @torch.no_grad()
