@@ -64,7 +64,7 @@ class CarliniWagnerL2(Attack):
         """The binary search on c around Adam in tanh space; the closest adversarial example per sample."""
         model = target.model.eval()
         x = x.detach()
-        n, view = len(x), (-1, *([1] * (x.dim() - 1)))
+        n = len(x)
         if budget.norm == "linf":
             lo, hi = (x - budget.eps).clamp_(0.0, 1.0), (x + budget.eps).clamp_(0.0, 1.0)
         else:
@@ -90,16 +90,19 @@ class CarliniWagnerL2(Attack):
                     loss = (dist + c * (real - other).clamp(min=-self.confidence)).sum()
                     (w.grad,) = torch.autograd.grad(loss, w)
                 optimizer.step()
-                with torch.no_grad():  # judged as the referee will see it: inside the budget, on the pixel grid
-                    snapped = budget.snap(x_adv, x)
-                    logits = model(snapped)
-                    real = logits.gather(1, y[:, None]).squeeze(1)
-                    other = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
-                    dist = (snapped - x).flatten(1).pow(2).sum(dim=1)
-                    adversarial = other - real > self.confidence if self.confidence else other > real
-                    closer = adversarial & (dist < best_dist)
-                    best_dist = torch.where(closer, dist, best_dist)
-                    best = torch.where(closer.view(view), snapped, best)
+                with torch.no_grad():
+                    adversarial = self._adversarial(real, other)
+                    # a candidate is judged as the referee will see it: inside the budget, on the pixel grid
+                    index = (adversarial & (dist.detach() < best_dist)).nonzero().squeeze(1)
+                    if len(index):
+                        snapped = budget.snap(x_adv[index].detach(), x[index])
+                        logits = model(snapped)
+                        real = logits.gather(1, y[index, None]).squeeze(1)
+                        other = logits.scatter(1, y[index, None], -math.inf).amax(dim=1)
+                        snapped_dist = (snapped - x[index]).flatten(1).pow(2).sum(dim=1)
+                        closer = self._adversarial(real, other) & (snapped_dist < best_dist[index])
+                        best_dist[index[closer]] = snapped_dist[closer]
+                        best[index[closer]] = snapped[closer]
                     succeeded |= adversarial
                 if self.abort_early and step % check_every == 0:
                     value = loss.item()
@@ -110,6 +113,11 @@ class CarliniWagnerL2(Attack):
             c_low = torch.where(succeeded, c_low, torch.maximum(c_low, c))
             c = torch.where(c_high < math.inf, (c_low + c_high) / 2, c * 10)
         return best
+
+
+    def _adversarial(self, real: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """Misclassified with a margin of at least kappa (any margin when kappa is 0)."""
+        return other - real > self.confidence if self.confidence else other > real
 
 
 @hookimpl
