@@ -114,7 +114,6 @@ class CarliniWagnerL2(Attack):
             c = torch.where(c_high < math.inf, (c_low + c_high) / 2, c * 10)
         return best
 
-
     def _adversarial(self, real: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """Misclassified with a margin of at least kappa (any margin when kappa is 0)."""
         return other - real > self.confidence if self.confidence else other > real
