@@ -16,7 +16,8 @@ class DeepFool(Attack):
 
     with ``f_k = Z_k - Z_y`` and ``w_k = grad f_k`` (``Z``: the logits of ``target.model``), and ``q`` the dual
     norm: ``q = 2`` for l2, ``q = 1`` for linf. The iterate is
-    ``x^{t+1} = clip(x + (1 + overshoot) sum_t r^t)``; a sample stops as soon as it is misclassified, and after
+    ``x^{t+1} = clip(x + (1 + overshoot) sum_t r^t)``; a sample stops as soon as it is misclassified once
+    snapped into the budget and onto the pixel grid (``budget.snap``, as the referee will see it), and after
     ``steps`` iterations at most. Only the ``candidates`` classes ranked highest at ``x`` are tried. DeepFool seeks
     the smallest perturbation that flips the label, regardless of eps; the result is then projected onto the
     eps-ball (a perturbation longer than eps is shrunk and may no longer fool the model).
@@ -60,6 +61,10 @@ class DeepFool(Attack):
                     ranked = logits.detach().scatter(1, y[:, None], torch.inf).argsort(dim=1, descending=True)
                     classes = ranked[:, : min(self.candidates, logits.shape[1])]
                 fooled = logits.detach().argmax(dim=1) != y[active]
+                if fooled.any():  # judged as the referee will see it: in the budget, on the pixel grid
+                    candidates = fooled.nonzero().squeeze(1)
+                    snapped = budget.snap(x_adv[active[candidates]], x[active[candidates]])
+                    fooled[candidates] = model(snapped).detach().argmax(dim=1) != y[active[candidates]]
                 keep = ~fooled
                 if not keep.any():
                     break
