@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from arena import Attack, Budget, Target, hookimpl, spsa_descent
@@ -30,6 +32,8 @@ class SPSA(Attack):
         samples: sign vectors per estimate, each costing two passes (default 64).
         rel_delta: the finite-difference width as a fraction of eps (default 0.5).
         rel_step: the step as a fraction of eps (default 0.25).
+        seconds: the time allowed per batch (default 60): against a slow model (Defense-GAN) fewer steps are
+            taken, measured from one pass on the batch, so the match fits its time limit.
 
     Usage::
 
@@ -40,13 +44,20 @@ class SPSA(Attack):
     threats = ("white-box", "gray-box")
     targeted = False
 
-    def __init__(self, steps: int = 20, samples: int = 64, rel_delta: float = 0.5, rel_step: float = 0.25) -> None:
-        super().__init__(steps=steps, samples=samples, rel_delta=rel_delta, rel_step=rel_step)
+    def __init__(
+        self, steps: int = 20, samples: int = 64, rel_delta: float = 0.5, rel_step: float = 0.25, seconds: float = 60.0
+    ) -> None:
+        super().__init__(steps=steps, samples=samples, rel_delta=rel_delta, rel_step=rel_step, seconds=seconds)
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """``steps`` estimated-gradient steps (``arena.spsa_descent``) for the samples not yet misclassified."""
-        params = {"steps": self.steps, "samples": self.samples, "rel_delta": self.rel_delta, "rel_step": self.rel_step}
-        return spsa_descent(target.model.eval(), x, y, budget, **params)
+        model = target.model.eval()
+        started = time.perf_counter()
+        with torch.no_grad():
+            model(x)
+        per_step = (time.perf_counter() - started) * 2 * self.samples  # a pass on the batch, twice per sign vector
+        steps = max(1, min(self.steps, int(self.seconds / max(per_step, 1e-9))))
+        return spsa_descent(model, x, y, budget, steps, self.samples, self.rel_delta, self.rel_step)
 
 
 @hookimpl
