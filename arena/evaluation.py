@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from arena.records import pack, unpack
 from arena.referee import quantize
-from arena.tracks import EVAL_SEED, Track, TrackError
+from arena.tracks import EVAL_SEED, Track, TrackError, fixed_targets
 from arena.training import derive_seed
 
 #: bump when the distortion or the drawing of images changes: evaluation sets are keyed under it
@@ -104,7 +104,7 @@ def build(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
     if track.evaluation == "private":
         x, y = _read_private(track)
         chosen = _subset(track, rng.permutation(len(y)))
-        targets = (y + rng.randint(1, track.num_classes, size=len(y))) % track.num_classes
+        targets = fixed_targets(y, rng, track.num_classes)
         return EvalSet(x[chosen], y[chosen], chosen, targets[chosen])
     data = track.load(data_dir)
     n = len(data.y_test)
@@ -112,7 +112,7 @@ def build(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
     generator = torch.Generator().manual_seed(int(rng.randint(2**31)))
     away = max(MIN_MOVE, track.eps if track.norm == "linf" else 0.0)
     images = distort(torch.tensor(data.x_test), generator, DISTORTIONS[track.dataset], chosen, track.levels, away)
-    targets = (data.y_test + np.random.RandomState(EVAL_SEED).randint(1, track.num_classes, size=n)) % track.num_classes
+    targets = fixed_targets(data.y_test, np.random.RandomState(EVAL_SEED), track.num_classes)
     return EvalSet(
         images,
         torch.from_numpy(data.y_test[chosen.numpy()]),

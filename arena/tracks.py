@@ -234,7 +234,7 @@ class Track:
             raise TrackError(f"track {self.name!r}: eval_size {self.eval_size} exceeds the {n} test images")
         rng = np.random.RandomState(EVAL_SEED)
         order = rng.permutation(n)
-        targets = (data.y_test + rng.randint(1, self.num_classes, size=n)) % self.num_classes
+        targets = fixed_targets(data.y_test, rng, self.num_classes)
         index = np.sort(order[: self.eval_size]).astype(np.int64)
         return (
             torch.from_numpy(data.x_test[index]),
@@ -242,6 +242,11 @@ class Track:
             torch.from_numpy(index),
             torch.from_numpy(targets[index]),
         )
+
+
+def fixed_targets(labels: np.ndarray, rng: np.random.RandomState, num_classes: int) -> np.ndarray:
+    """A target label per sample for targeted attacks, drawn from ``rng``, never the true label."""
+    return (labels + rng.randint(1, num_classes, size=len(labels))) % num_classes
 
 
 def _wrong_type(field: str, value: Any) -> str | None:
