@@ -7,7 +7,7 @@ of its held-out split: which images are drawn, and how each one is distorted, de
 secret. Each image gets
 
 * an affine warp: a rotation of up to ``rotate`` degrees, a scaling by up to ``scale``, a shift of up
-  to ``shift`` of the image's side (uniform draws), resampled bilinearly or to the nearest pixel;
+  to ``shift`` of the image's side (uniform draws), resampled to the nearest pixel;
 * a smooth elastic warp: Gaussian displacements of ``elastic`` (a fraction of the side) on a
   ``grid`` x ``grid`` lattice, interpolated over the image;
 * Gaussian sensor noise of standard deviation ``noise``;
@@ -24,49 +24,20 @@ artifact; workers and sandboxes never see the secret, the data folder or the dis
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from arena.distortions import DISTORTIONS, distort, min_move
 from arena.records import pack, unpack
 from arena.referee import quantize
 from arena.tracks import EVAL_SEED, Track, TrackError, fixed_targets
 from arena.training import derive_seed
 
 #: bump when the distortion or the drawing of images changes: evaluation sets are keyed under it
-EVALUATION_VERSION = "2"
-
-
-@dataclass(frozen=True)
-class Distortion:
-    """How far a secret distortion moves an image (sizes are fractions of the image's side)."""
-
-    rotate: float
-    scale: float
-    shift: float
-    elastic: float
-    noise: float
-    grid: int = 3
-    resample: str = "bilinear"  # or "nearest": no new grey levels, edges stay as crisp as the data's
-
-
-#: draws of a distortion per image at most (see :func:`distort`), and how far (L-inf) each image moves at least
-#: from its public original (an L-inf track's eps if larger): a lookup within the budget finds no original
-ATTEMPTS = 6
-MIN_MOVE = 0.2
-
-#: the distortion of ``transformed`` tracks per data set (measured with bench/evaluation_cost.py and
-#: bench/defense_eval.py: see docs/evaluation.md). MNIST resamples to the nearest pixel: interpolated edges
-#: are grey values that adversarially trained models find fragile (PGD training kept 0.52 of 0.75 robust
-#: accuracy with bilinear resampling, 0.71 with nearest); digits' 8 x 8 pixels need interpolation.
-DISTORTIONS: dict[str, Distortion] = {
-    "digits": Distortion(rotate=3.0, scale=0.02, shift=0.02, elastic=0.01, noise=0.02),
-    "mnist": Distortion(rotate=3.0, scale=0.02, shift=0.02, elastic=0.01, noise=0.02, resample="nearest"),
-}
+EVALUATION_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -110,7 +81,7 @@ def build(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
     n = len(data.y_test)
     chosen = _subset(track, rng.permutation(n))
     generator = torch.Generator().manual_seed(int(rng.randint(2**31)))
-    away = max(MIN_MOVE, track.eps if track.norm == "linf" else 0.0)
+    away = min_move(track.norm, track.eps)
     images = distort(torch.tensor(data.x_test), generator, DISTORTIONS[track.dataset], chosen, track.levels, away)
     targets = fixed_targets(data.y_test, np.random.RandomState(EVAL_SEED), track.num_classes)
     return EvalSet(
@@ -126,51 +97,6 @@ def _subset(track: Track, order: np.ndarray) -> torch.Tensor:
     if track.eval_size > len(order):
         raise TrackError(f"track {track.name!r}: eval_size {track.eval_size} exceeds the {len(order)} images")
     return torch.from_numpy(np.sort(order[: track.eval_size]).astype(np.int64))
-
-
-def distort(
-    x: torch.Tensor, generator: torch.Generator, how: Distortion, chosen: torch.Tensor, levels: int, away: float
-) -> torch.Tensor:
-    """Images ``x[chosen]`` under random distortions drawn from ``generator``, on the grid of ``levels``.
-
-    Each image moves by more than ``away`` (L-inf) from its original: an image the first draw leaves
-    nearer is drawn again, up to :data:`ATTEMPTS` times, each draw 1.5 times stronger. The draws are
-    made for every image of ``x`` in order, so an image's distortion depends on the generator's seed
-    and its position only, not on which others are chosen.
-    """
-    n = len(x)
-    uniform = 2 * torch.rand(n, ATTEMPTS, 4, generator=generator) - 1
-    field = torch.randn(n, ATTEMPTS, 2, how.grid, how.grid, generator=generator)
-    noise = torch.randn(x.shape, generator=generator)[chosen] * how.noise
-    images = x[chosen]
-    result = torch.zeros_like(images)
-    todo = torch.ones(len(images), dtype=torch.bool)
-    for attempt in range(ATTEMPTS):
-        strength = 1.5**attempt
-        warped = _warp(images, uniform[chosen, attempt] * strength, field[chosen, attempt] * strength, how)
-        candidate = quantize(warped + noise, levels)
-        result[todo] = candidate[todo]
-        todo &= (candidate - images).flatten(1).abs().amax(dim=1) <= away
-    return result
-
-
-def _warp(images: torch.Tensor, uniform: torch.Tensor, field: torch.Tensor, how: Distortion) -> torch.Tensor:
-    """An affine warp (from ``uniform`` draws in [-1, 1]) and an elastic one (from the ``field`` lattice)."""
-    angle = uniform[:, 0] * math.radians(how.rotate)
-    scale = 1 + uniform[:, 1] * how.scale
-    shift = uniform[:, 2:] * how.shift * 2  # affine_grid's coordinates span 2 across the image
-    theta = torch.stack(
-        [
-            torch.stack([angle.cos() / scale, -angle.sin() / scale, shift[:, 0]], dim=1),
-            torch.stack([angle.sin() / scale, angle.cos() / scale, shift[:, 1]], dim=1),
-        ],
-        dim=1,
-    )
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    size = images.shape[-2:]
-    elastic = F.interpolate(field * how.elastic * 2, size=size, mode="bicubic", align_corners=True)
-    grid = grid + elastic.permute(0, 2, 3, 1)
-    return F.grid_sample(images, grid, mode=how.resample, padding_mode="zeros", align_corners=False)
 
 
 def _read_private(track: Track) -> tuple[torch.Tensor, np.ndarray]:

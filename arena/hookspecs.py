@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from arena import referee
+from arena.distortions import Distortion, distort, min_move
 
 PROJECT = "arena"
 
@@ -171,7 +172,9 @@ class TrainContext:
 
     The evaluation split is never here. ``make_model()`` builds the track's reference architecture
     (untrained, on ``device``); a defense may bring its own architecture instead. Every image the
-    model will see lies on a grid of ``levels`` grey levels (``k / (levels - 1)``).
+    model will see lies on a grid of ``levels`` grey levels (``k / (levels - 1)``). Where the track
+    evaluates a secret distortion of its held-out images, ``distortion`` is its (public) family and
+    :meth:`augment` draws from it: a model trained on such images keeps its accuracy on the evaluation's.
     """
 
     track: str
@@ -187,18 +190,33 @@ class TrainContext:
     time_budget: float
     epochs: int
     levels: int = 256
+    distortion: Distortion | None = None
     generator: torch.Generator = field(init=False)
     log: Callable[[str], None] = print
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)
 
-    def batches(self, batch_size: int = 128) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One shuffled pass over the training split, as ``(x, y)`` batches on ``device``."""
+    def batches(self, batch_size: int = 128, augment: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One shuffled pass over the training split, as ``(x, y)`` batches on ``device``; with ``augment``,
+        each batch under fresh draws of the track's distortion (see :meth:`augment`)."""
         order = torch.randperm(len(self.x), generator=self.generator)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            yield self.x[index].to(self.device), self.y[index].to(self.device)
+            x = self.x[index].to(self.device)
+            yield self.augment(x) if augment else x, self.y[index].to(self.device)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` under fresh draws (from :attr:`generator`) of the family of distortions the track evaluates.
+
+        Each image moves as far as an evaluation image does from its original (see
+        :func:`arena.distortions.distort`) and lies on the grid; ``x`` itself where the track evaluates
+        public or private images (``distortion`` is None).
+        """
+        if self.distortion is None:
+            return x
+        chosen = torch.arange(len(x))
+        return distort(x, self.generator, self.distortion, chosen, self.levels, min_move(self.norm, self.eps))
 
 
 class Defense(abc.ABC):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from arena import plugins
+from arena.distortions import DISTORTIONS
 from arena.hookspecs import Defense, TrainContext
 from arena.plugins import PluginSource
 from arena.sandbox import PluginFailure, Sandbox
@@ -131,6 +132,7 @@ def _train_setup(_conn: Connection, spec: TrainSpec, x_train: np.ndarray, y_trai
             time_budget=spec.track.time_limit * 0.9,
             epochs=spec.track.epochs,
             levels=spec.track.levels,
+            distortion=DISTORTIONS[spec.track.dataset] if spec.track.evaluation == "transformed" else None,
         )
         started = time.perf_counter()
         model = defense.train(ctx)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from arena import evaluation, plugins
+from arena import TrainContext, evaluation, plugins
 from arena.data import bundled_data_files, load_digits
+from arena.distortions import DISTORTIONS
 from arena.referee import TOLERANCE, project, quantize, quantize_within
 from arena.tracks import TRACKS, TrackError
 
@@ -94,6 +95,24 @@ def test_mnist_images_move_beyond_the_budget_too(mnist_dir: Path) -> None:
     originals = torch.from_numpy(np.array(track.load(mnist_dir).x_test))[built.index]
     assert on_grid(built.x, 256)
     assert ((built.x - originals).flatten(1).abs().amax(dim=1) <= track.eps).float().mean() < 0.02
+
+
+def test_augmentation_draws_fresh_images_of_the_evaluations_family() -> None:
+    """``TrainContext.augment`` moves training images as far as the evaluation's, on the grid, anew each call."""
+    digits = load_digits()
+    x = torch.tensor(digits.x_train[:200])
+    ctx = TrainContext(
+        track="digits", num_classes=10, input_shape=(1, 8, 8), norm="linf", eps=DIGITS.eps, x=x,
+        y=torch.tensor(digits.y_train[:200]), make_model=DIGITS.make_reference, device=torch.device("cpu"),
+        seed=3, time_budget=1.0, epochs=1, levels=17, distortion=DISTORTIONS["digits"],
+    )  # fmt: skip
+    first, second = ctx.augment(x), ctx.augment(x)
+    assert on_grid(first, 17) and not torch.equal(first, second)
+    moved = (first - x).flatten(1).abs().amax(dim=1)
+    assert (moved > DIGITS.eps).float().mean() > 0.98
+    batch, _ = next(ctx.batches(64, augment=True))
+    assert on_grid(batch, 17) and not any(torch.equal(image, original) for image in batch for original in x)
+    assert torch.equal(dataclasses.replace(ctx, distortion=None).augment(x), x)
 
 
 def test_a_smaller_set_is_a_subset_of_a_larger_one_with_the_same_images(tmp_path: Path) -> None:
