@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from arena.config import Settings
+from arena.executors import recorded_tracks
 from arena.store import Database, Round
 
 if TYPE_CHECKING:
@@ -89,9 +90,10 @@ def plan_workers(
 
 
 def celery_argv(worker: WorkerProcess, loglevel: str, options: list[str]) -> list[str]:
-    """The command line of one worker process: a thread pool of one (see :mod:`arena.tasks`)."""
+    """The command line of one worker process: a thread pool of one (see :mod:`arena.tasks`), without the
+    working directory on its ``sys.path`` (a sandbox's view would bind it)."""
     return [
-        sys.executable, "-m", "celery", "--app", "arena.tasks", "worker",
+        sys.executable, "-P", "-m", "celery", "--app", "arena.tasks", "worker",  # -P: not the working directory
         "--pool", "threads", "--concurrency", "1",
         "--hostname", worker.name, "--queues", ",".join(worker.queues),
         "--loglevel", loglevel, "--without-gossip", "--without-mingle", *options,
@@ -196,7 +198,7 @@ def scheduler(interval: float, once: bool) -> None:
     seen: dict[int, str] = {}
     while True:
         try:
-            _sweep_all(db, dispatcher, dispatch.recorded_tracks(db), seen)
+            _sweep_all(db, dispatcher, recorded_tracks(db), seen)
         except (*dispatch.BROKER_ERRORS, OperationalError) as exc:
             click.echo(f"scheduler: cannot reach the broker or the database ({exc}); trying again", err=True)
         if once:

@@ -24,6 +24,7 @@ import glob
 import os
 import shutil
 import signal
+import stat
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -147,9 +148,7 @@ def build_view(readable: Iterable[Path], hidden: Iterable[Path], writable: Itera
     for folder in writable:  # a mount point must exist before the home is masked, or be made inside the mask
         folder.mkdir(parents=True, exist_ok=True)
     python = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
-    # sys.path's '' (the working directory, maybe a home folder) is left out: code the sandbox runs comes
-    # from the installation, the arena's package or a folder named on sys.path
-    paths = _forms([*python, *(p for p in sys.path if p), *map(str, readable)])
+    paths = _forms([*python, *search_path(), *map(str, readable)])
     readable_set = {p for p in paths if os.path.exists(p) and p != "/" and not _inside(p, "/tmp")}
     masked: set[str] = set()
     masked_files: set[str] = set()
@@ -165,6 +164,27 @@ def build_view(readable: Iterable[Path], hidden: Iterable[Path], writable: Itera
         masked_files=tuple(sorted(masked_files)),
         writable=tuple(sorted(writable_set)),
     )
+
+
+def search_path() -> list[str]:
+    """The folders of ``sys.path`` a sandbox's view binds.
+
+    Code the sandbox runs comes from the installation, the arena's package or a folder named on
+    ``sys.path``; its '' (the working directory, maybe a home folder) is left out. As root, so is a
+    folder that only its owner may enter (``python -m`` puts the working directory there): a sandbox's
+    user could not use it, and bound with its own mode it would lock that user out of what lies below
+    (an arena home, whose private mounts would then fail).
+    """
+    return [p for p in sys.path if p and (os.getuid() != 0 or _open_to_all(p))]
+
+
+def _open_to_all(path: str) -> bool:
+    """Whether every user may read ``path`` (and enter it, if a folder); True where it does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return True
+    return bool(mode & 0o004) and (not stat.S_ISDIR(mode) or bool(mode & 0o001))
 
 
 def _forms(paths: Iterable[str]) -> list[str]:

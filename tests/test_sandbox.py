@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hostile import RAISE_LINE, failing_setup, gone, hostile_setup, none_running, running, started
 
-from arena import zygote
+from arena import namespaces, zygote
 from arena.sandbox import KEEP_ENV, LOG_TAIL_CHARS, PluginFailure, Sandbox, isolation
 
 TESTS = Path(__file__).resolve().parent
@@ -213,3 +213,17 @@ def test_an_installation_under_tmp_is_named_as_the_reason_for_the_fallback(monke
     monkeypatch.setattr(sys, "prefix", "/tmp/ci-clone/.venv")
     reason = zygote.installed_under_tmp()
     assert reason is not None and reason.startswith("the Python installation lies under /tmp (/tmp/ci-clone/.venv)")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only a root arena runs its sandboxes as users of their own")
+def test_a_folder_on_sys_path_that_only_its_owner_may_enter_is_not_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m` puts the working directory on sys.path; bound with mode 0700 it would lock a sandbox's user
+    out of an arena home below it (its private mounts then fail with EACCES)."""
+    private, shared = tmp_path / "private", tmp_path / "shared"
+    private.mkdir(mode=0o700)
+    shared.mkdir(mode=0o755)
+    monkeypatch.syspath_prepend(str(private))
+    monkeypatch.syspath_prepend(str(shared))
+    assert str(shared) in namespaces.search_path() and str(private) not in namespaces.search_path()

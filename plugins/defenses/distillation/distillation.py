@@ -34,17 +34,14 @@ class Distillation(Defense):
         temperature: the softmax temperature T of training (default 100).
         lr: Adam's learning rate (default 1e-2: at T = 100 the logits must grow a hundredfold).
         batch_size: training batch size (default 128).
-        augment: train on draws of the track's distortion of its evaluation images (``ctx.augment``; default True).
 
     Usage::
 
         model = Distillation(temperature=100).train(ctx)
     """
 
-    def __init__(
-        self, temperature: float = 100.0, lr: float = 1e-2, batch_size: int = 128, augment: bool = True
-    ) -> None:
-        super().__init__(temperature=temperature, lr=lr, batch_size=batch_size, augment=augment)
+    def __init__(self, temperature: float = 100.0, lr: float = 1e-2, batch_size: int = 128) -> None:
+        super().__init__(temperature=temperature, lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train the teacher, then the student on its soft labels; return the student (read at T = 1)."""
@@ -75,7 +72,7 @@ class Distillation(Defense):
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         deadline = started + ctx.time_budget / 2
         for epoch in range(1, ctx.epochs + 1):
-            for x, y in ctx.batches(self.batch_size, self.augment):
+            for x, y in ctx.batches(self.batch_size):
                 if time.monotonic() > deadline:
                     ctx.log(f"{name}: time budget of {ctx.time_budget / 2:g} s spent in epoch {epoch}: stopping")
                     return

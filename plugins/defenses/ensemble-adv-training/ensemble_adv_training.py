@@ -64,22 +64,14 @@ class EnsembleAdvTraining(Defense):
         static_share: the static models' epochs as a share of ``ctx.epochs`` (default 0.5).
         lr: Adam's learning rate (default 1e-3).
         batch_size: training batch size (default 128).
-        augment: train on draws of the track's distortion of its evaluation images (``ctx.augment``; default True).
 
     Usage::
 
         model = EnsembleAdvTraining(alpha=0.5).train(ctx)
     """
 
-    def __init__(
-        self,
-        alpha: float = 0.5,
-        static_share: float = 0.5,
-        lr: float = 1e-3,
-        batch_size: int = 128,
-        augment: bool = True,
-    ) -> None:
-        super().__init__(alpha=alpha, static_share=static_share, lr=lr, batch_size=batch_size, augment=augment)
+    def __init__(self, alpha: float = 0.5, static_share: float = 0.5, lr: float = 1e-3, batch_size: int = 128) -> None:
+        super().__init__(alpha=alpha, static_share=static_share, lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Pre-train the static models, then train on clean and FGSM examples from each source in turn."""
@@ -98,7 +90,7 @@ class EnsembleAdvTraining(Defense):
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         turn = 0
         for epoch in range(1, ctx.epochs + 1):
-            for x, y in ctx.batches(self.batch_size, self.augment):
+            for x, y in ctx.batches(self.batch_size):
                 if time.monotonic() > deadline:
                     ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{ctx.epochs}: stopping")
                     return model.eval()
@@ -117,7 +109,7 @@ class EnsembleAdvTraining(Defense):
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         for _ in range(epochs):
-            for x, y in ctx.batches(self.batch_size, self.augment):
+            for x, y in ctx.batches(self.batch_size):
                 if time.monotonic() > deadline:
                     ctx.log(f"time budget of {ctx.time_budget:g} s spent pre-training {type(model).__name__}: stopping")
                     return False

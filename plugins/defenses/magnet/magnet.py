@@ -109,8 +109,6 @@ class MagNet(Defense):
         ae_lr: Adam's learning rate for the autoencoders (default 1e-2).
         lr: Adam's learning rate for the classifier (default 1e-3).
         batch_size: training batch size (default 128).
-        augment: train on draws of the track's distortion of its evaluation images, also the
-            thresholds' validation inputs (``ctx.augment``; default True).
 
     Usage::
 
@@ -130,7 +128,6 @@ class MagNet(Defense):
         ae_lr: float = 1e-2,
         lr: float = 1e-3,
         batch_size: int = 128,
-        augment: bool = True,
     ) -> None:
         super().__init__(
             autoencoders=autoencoders,
@@ -142,7 +139,6 @@ class MagNet(Defense):
             ae_lr=ae_lr,
             lr=lr,
             batch_size=batch_size,
-            augment=augment,
         )
 
     def train(self, ctx: TrainContext) -> nn.Module:
@@ -168,7 +164,6 @@ class MagNet(Defense):
             self._fit(fit, ae, denoising_loss, epochs, self.ae_lr, f"autoencoder {k}", deadline)
         model = MagNetModel(classifier, autoencoders, torch.zeros(self.autoencoders, 2, device=ctx.device)).eval()
         x_val = ctx.x[order[:held]].to(ctx.device)
-        x_val = ctx.augment(x_val) if self.augment else x_val
         with torch.no_grad():
             errors = model.reconstruction_errors(x_val)
         quantile = 1.0 - self.false_positive_rate / errors[0].numel()
@@ -190,7 +185,7 @@ class MagNet(Defense):
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         for epoch in range(1, epochs + 1):
-            for x, y in ctx.batches(self.batch_size, self.augment):
+            for x, y in ctx.batches(self.batch_size):
                 if time.monotonic() > deadline:
                     ctx.log(f"{name}: time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{epochs}: stopping")
                     model.eval()

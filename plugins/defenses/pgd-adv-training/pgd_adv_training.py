@@ -34,7 +34,6 @@ class PGDAdvTraining(Defense):
         warmup: share of the training steps over which eps grows from 0 to ``ctx.eps`` (default 0.3).
         lr: Adam's learning rate (default 1e-3).
         batch_size: training batch size (default 128).
-        augment: train on draws of the track's distortion of its evaluation images (``ctx.augment``; default True).
 
     Usage::
 
@@ -49,16 +48,9 @@ class PGDAdvTraining(Defense):
         clean_weight: float = 0.0,
         lr: float = 1e-3,
         batch_size: int = 128,
-        augment: bool = True,
     ) -> None:
         super().__init__(
-            steps=steps,
-            step_ratio=step_ratio,
-            warmup=warmup,
-            clean_weight=clean_weight,
-            lr=lr,
-            batch_size=batch_size,
-            augment=augment,
+            steps=steps, step_ratio=step_ratio, warmup=warmup, clean_weight=clean_weight, lr=lr, batch_size=batch_size
         )
 
     def train(self, ctx: TrainContext) -> nn.Module:
@@ -69,7 +61,7 @@ class PGDAdvTraining(Defense):
         total = ctx.epochs * math.ceil(len(ctx.x) / self.batch_size)
         done = 0
         for epoch in range(1, ctx.epochs + 1):
-            for x, y in ctx.batches(self.batch_size, self.augment):
+            for x, y in ctx.batches(self.batch_size):
                 if time.monotonic() > deadline:
                     ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{ctx.epochs}: stopping")
                     return model.eval()

@@ -25,15 +25,14 @@ class Undefended(Defense):
     Arguments:
         lr: Adam's learning rate (default 1e-3).
         batch_size: training batch size (default 128).
-        augment: train on draws of the track's distortion of its evaluation images (``ctx.augment``; default True).
 
     Usage::
 
         model = Undefended(lr=1e-3).train(ctx)
     """
 
-    def __init__(self, lr: float = 1e-3, batch_size: int = 128, augment: bool = True) -> None:
-        super().__init__(lr=lr, batch_size=batch_size, augment=augment)
+    def __init__(self, lr: float = 1e-3, batch_size: int = 128) -> None:
+        super().__init__(lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train the reference architecture on clean batches; return it in eval mode."""
@@ -41,7 +40,7 @@ class Undefended(Defense):
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         deadline = time.monotonic() + ctx.time_budget
         for epoch in range(1, ctx.epochs + 1):
-            for x, y in ctx.batches(self.batch_size, self.augment):
+            for x, y in ctx.batches(self.batch_size):
                 if time.monotonic() > deadline:
                     ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{ctx.epochs}: stopping")
                     return model.eval()
