@@ -35,8 +35,7 @@ from sqlalchemy import func, select
 from arena import jobs
 from arena.config import Settings
 from arena.executors import finish_round
-from arena.store import Database, Job
-from arena.store import Track as TrackRow
+from arena.store import Database, Job, JobInput
 from arena.tracks import Track
 
 log = logging.getLogger(__name__)
@@ -223,10 +222,11 @@ class Dispatcher:
         """
         with self.db.session() as session:
             query = select(Job).where(Job.round_id == round_id, Job.state == "queued")
+            if only is not None:  # through the index of inputs first (a query planner without statistics
+                # would read the whole queue for a subquery): the queue's length does not matter
+                waiting = session.scalars(select(JobInput.job_id).where(JobInput.key.in_(list(only)))).all()
+                query = query.where(Job.id.in_(waiting))
             queued = session.scalars(query).all()
-            if only is not None:
-                made = set(only)
-                queued = [job for job in queued if made & set(job.depends_on)]
             waiting = {job.id: jobs.missing_inputs(session, job.depends_on) for job in queued}
             seeds = {
                 job.id: jobs.training_seed(session, self.settings, job)
@@ -265,12 +265,6 @@ def queue_sizes(app: Celery) -> dict[str, int]:
         for queue in bound:
             queue.declare()  # with its exchange and binding
         return {queue.name: queue.queue_declare().message_count for queue in bound}
-
-
-def recorded_tracks(db: Database) -> dict[str, Track]:
-    """The tracks as the rounds recorded them (an instructor's ``tracks.toml`` may live on another machine)."""
-    with db.session() as session:
-        return {row.name: Track(**row.config) for row in session.scalars(select(TrackRow))}
 
 
 def queue_of(app: Celery, kind: str) -> str:

@@ -25,7 +25,19 @@ from arena.config import Settings
 from arena.evaluation import EVALUATION_VERSION
 from arena.plugins import PluginSource
 from arena.referee import REFEREE_VERSION
-from arena.store import Artifact, Database, Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team
+from arena.store import (
+    Artifact,
+    Database,
+    Job,
+    JobInput,
+    Plugin,
+    PluginVersion,
+    Result,
+    Round,
+    RoundEntry,
+    RoundMatch,
+    Team,
+)
 from arena.store import Track as TrackRow
 from arena.store.db import insert_once
 from arena.tracks import Track
@@ -350,7 +362,8 @@ def plan_matches(
             return
         if key in failed:
             cause = f"replay: the {why} failed before"
-        session.add(Job(round_id=plan.round_id, kind=kind, key=key, params=params, depends_on=depends))
+        inputs = [JobInput(key=input_key) for input_key in depends]
+        session.add(Job(round_id=plan.round_id, kind=kind, key=key, params=params, depends_on=depends, inputs=inputs))
         pending.add(key)
         plan.new_jobs[kind] += 1
         plan.reasons.append(why)

@@ -222,6 +222,18 @@ class Job(Base):
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    inputs: Mapped[list[JobInput]] = relationship(cascade="all, delete-orphan")
+
+
+class JobInput(Base):
+    """One key of a job's ``depends_on``, indexed: the jobs an artifact makes ready are found without
+    reading the queue (a finished job costs the same with 15 jobs queued or 15,000)."""
+
+    __tablename__ = "job_inputs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    key: Mapped[str] = mapped_column(String(64), index=True)
 
 
 class Artifact(Base):
