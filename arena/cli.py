@@ -183,6 +183,9 @@ def _play_round(
     wait: bool = True,
     retry_failed: bool = False,
 ) -> int:
+    if not settings.broker_url:  # distributed rounds are kept moving by the workers' leases and the scheduler
+        for unfinished, _ in executors.unfinished_rounds(db):
+            _resume(db, settings, unfinished, quiet)
     _print_sync(planner.sync(db, settings))
     round_id = planner.open_round(db, tracks, seed)
     plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks}, retry_failed)
@@ -202,6 +205,45 @@ def _play_round(
     click.echo(f"jobs: {dict(states) or 'none'} in {took:.1f} s")
     _print_results(db, round_id)
     return round_id
+
+
+@round_group.command("resume")
+@click.argument("number", type=int, required=False)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def round_resume(number: int | None, quiet: bool) -> None:
+    """Finish an interrupted round [every unfinished one]: its jobs left running by a killed process are run again.
+
+    `arena round run` does it too, before it plans a new round. With ARENA_BROKER_URL, follow the round
+    until the workers finish it.
+    """
+    settings = Settings.from_env()
+    db = _open(settings)
+    unfinished = executors.unfinished_rounds(db)
+    chosen = [round_id for round_id, n in unfinished if number is None or n == number]
+    if not chosen:
+        click.echo(f"round {number} has nothing left to run" if number is not None else "no round is unfinished")
+        return
+    for round_id in chosen:
+        _resume(db, settings, round_id, quiet)
+
+
+def _resume(db: Database, settings: Settings, round_id: int, quiet: bool) -> None:
+    """Run what is left of a round planned before, then print its rankings."""
+    tracks = executors.recorded_tracks(db)
+    with db.session() as session:
+        number = session.get(Round, round_id).number
+    click.echo(f"resuming round {number}")
+    started = time.perf_counter()
+    if settings.broker_url:
+        states = executors.run_celery(db, settings, tracks, round_id, wait=True, progress=not quiet)
+    else:
+        try:
+            states = executors.run_local(db, settings, tracks, round_id, progress=not quiet)
+        except executors.RoundBusy:
+            click.echo(f"round {number} is being run by another process of this arena: left to it")
+            return
+    click.echo(f"round {number}: jobs {dict(states) or 'none'} in {time.perf_counter() - started:.1f} s")
+    _print_results(db, round_id)
 
 
 @main.command()

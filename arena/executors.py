@@ -5,10 +5,16 @@ Both run every job through :func:`arena.jobs.execute`; the database holds the jo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
+import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -18,6 +24,7 @@ from arena import jobs
 from arena.config import Settings
 from arena.planner import JOB_ORDER
 from arena.store import Database, Job, Round, RoundMatch
+from arena.store import Track as TrackRow
 from arena.tracks import Track
 
 log = logging.getLogger(__name__)
@@ -26,10 +33,75 @@ log = logging.getLogger(__name__)
 FOLLOW_INTERVAL = 2.0
 
 
+def local_worker() -> str:
+    """The name the local executor runs jobs under: this host and process."""
+    return f"local@{socket.gethostname()}:{os.getpid()}"
+
+
+def take_back(db: Database, round_id: int) -> list[int]:
+    """Put back in the queue the round's jobs left ``running`` by a local executor of this host; return their
+    ids. Called under the round's lock (:func:`run_local`), so that executor is gone (killed, interrupted,
+    rebooted). A Celery worker's jobs are left to the dispatcher's leases (:mod:`arena.dispatch`)."""
+    prefix = f"local@{socket.gethostname()}:"
+    with db.session() as session:
+        query = select(Job.id, Job.attempts, Job.worker).where(Job.round_id == round_id, Job.state == "running")
+        running = session.execute(query).all()
+    taken = []
+    for job_id, attempts, worker in running:
+        reason = f"attempt {attempts} was lost: its process ({worker}) stopped before finishing"
+        if worker and worker.startswith(prefix) and jobs.requeue(db, job_id, attempts, reason):
+            taken.append(job_id)
+    return taken
+
+
+def unfinished_rounds(db: Database) -> list[tuple[int, int]]:
+    """The rounds planned but not done, oldest first, as ``(id, number)``."""
+    with db.session() as session:
+        query = select(Round.id, Round.number).where(Round.status == "running").order_by(Round.number)
+        return [(round_id, number) for round_id, number in session.execute(query)]
+
+
+def recorded_tracks(db: Database) -> dict[str, Track]:
+    """The tracks as the rounds recorded them (an instructor's ``tracks.toml`` may live on another machine)."""
+    with db.session() as session:
+        return {row.name: Track(**row.config) for row in session.scalars(select(TrackRow))}
+
+
 def run_local(
     db: Database, settings: Settings, tracks: dict[str, Track], round_id: int | None, progress: bool = True
 ) -> Counter[str]:
-    """Run every queued job (of ``round_id``, or without a round when None); return states by count."""
+    """Run every queued job (of ``round_id``, or without a round when None); return states by count.
+
+    Jobs of the round that a killed local executor left ``running`` are taken back first
+    (:func:`take_back`): running it again resumes an interrupted round.
+    """
+    with contextlib.ExitStack() as stack:
+        if round_id is not None:
+            stack.enter_context(_round_lock(settings.home, round_id))
+            take_back(db, round_id)
+        return _run_queued(db, settings, tracks, round_id, progress)
+
+
+class RoundBusy(RuntimeError):
+    """Another local executor of this home runs the round now."""
+
+
+@contextlib.contextmanager
+def _round_lock(home: Path, round_id: int) -> Iterator[None]:
+    """Hold the round's lock file in ``home`` while it runs (the system drops it when the process dies)."""
+    folder = home / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"round-{round_id}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RoundBusy(f"another process of this arena runs round id {round_id} now") from None
+        yield
+
+
+def _run_queued(
+    db: Database, settings: Settings, tracks: dict[str, Track], round_id: int | None, progress: bool
+) -> Counter[str]:
     with db.session() as session:
         in_round = Job.round_id.is_(None) if round_id is None else Job.round_id == round_id
         queued = session.scalars(select(Job).where(in_round, Job.state == "queued"))
@@ -55,7 +127,7 @@ def _execute_locally(db: Database, settings: Settings, job_id: int, tracks: dict
     """Run a job in-process; an error of the arena is tried again until the job's attempts run out."""
     while True:
         try:
-            return jobs.execute(db, settings, job_id, tracks, worker="local")
+            return jobs.execute(db, settings, job_id, tracks, worker=local_worker())
         except Exception as exc:  # stored with the job by execute, which fails it at its last attempt
             log.warning("job %d: %s; trying again", job_id, exc)
 
@@ -95,7 +167,7 @@ def run_celery(
                 raise TimeoutError(f"round {round_id} not done after {timeout:.0f} s: jobs {dict(states)}")
             time.sleep(interval)
             try:
-                known = dispatch.recorded_tracks(db) | tracks
+                known = recorded_tracks(db) | tracks
                 for other in blocking - {round_id, None}:  # jobs this round's matches wait for
                     dispatcher.sweep(other, known)
                 states = dispatcher.sweep(round_id, known)
@@ -109,7 +181,14 @@ def run_celery(
 
 
 def finish_round(db: Database, round_id: int) -> bool:
-    """Mark a round done once no job it waits for is open; return whether it is done."""
+    """Mark a round done once no job it waits for is open; return whether it is done.
+
+    While the round has open jobs of its own (nearly always, when a job finishes), one indexed lookup says so.
+    """
+    with db.session() as session:
+        own = select(Job.id).where(Job.round_id == round_id, Job.state.in_(("queued", "running"))).limit(1)
+        if session.scalar(own) is not None:
+            return False
     if _blocking_rounds(db, round_id):
         return False
     with db.session() as session:
