@@ -7,7 +7,7 @@ of its held-out split: which images are drawn, and how each one is distorted, de
 secret. Each image gets
 
 * an affine warp: a rotation of up to ``rotate`` degrees, a scaling by up to ``scale``, a shift of up
-  to ``shift`` of the image's side (uniform draws), resampled to the nearest pixel;
+  to ``shift`` of the image's side (uniform draws), resampled bilinearly or to the nearest pixel;
 * a smooth elastic warp: Gaussian displacements of ``elastic`` (a fraction of the side) on a
   ``grid`` x ``grid`` lattice, interpolated over the image;
 * Gaussian sensor noise of standard deviation ``noise``;
@@ -37,7 +37,7 @@ from arena.tracks import EVAL_SEED, Track, TrackError, fixed_targets
 from arena.training import derive_seed
 
 #: bump when the distortion or the drawing of images changes: evaluation sets are keyed under it
-EVALUATION_VERSION = "3"
+EVALUATION_VERSION = "2"
 
 
 @dataclass(frozen=True)
