@@ -51,6 +51,27 @@ class Host:
         return Sandbox(_setup, (self,), self.time_limit, self.defense.label, writable=(self.cache_dir,))
 
 
+class LazyHost:
+    """A host started on the first query (most attacks make none), closed with the block."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._stack = contextlib.ExitStack()
+        self._box: Sandbox | None = None
+
+    def probs(self, batch: np.ndarray) -> np.ndarray:
+        """The defense's probabilities for a query (see :func:`probs`)."""
+        if self._box is None:
+            self._box = self._stack.enter_context(self.host.sandbox())
+        return probs(self._box, batch, self.host.num_classes)
+
+    def __enter__(self) -> LazyHost:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+
 def call(host: Sandbox, request: tuple) -> Any:
     """A request to a host: its failure is the defense's (:class:`DefenseFault`)."""
     try:

@@ -16,6 +16,7 @@ pixel grid (:func:`arena.referee.quantize_within`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
@@ -37,6 +38,9 @@ from arena.tracks import Track
 from arena.training import load_model, pick_device
 
 WITHHELD = PluginSource(origin="withheld", files={})
+#: clean verdicts of deterministic defenses, by (model, evaluation set, draws) digests: see :func:`_clean_verdict`
+CLEAN_VERDICTS: dict[tuple[bytes, bytes, int], tuple[referee.Verdict, dict]] = {}
+MAX_CLEAN_VERDICTS = 256
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,8 @@ def play(spec: MatchSpec) -> MatchOutcome:
     log_tail = ""
     faults: list[str] = []  # failures of the defense's code in the attack's process, reproduced by the arena
     try:
-        with _host(spec).sandbox() as host:
-            answer = functools.partial(hosts.probs, host, num_classes=track.num_classes)
-            server = QueryServer(answer, track.input_shape, track.levels)
+        with hosts.LazyHost(_host(spec)) as host:
+            server = QueryServer(host.probs, track.input_shape, track.levels)
             train_split = functools.cache(lambda: _train_split(spec))  # made once per match, if asked for
             services = {
                 "query": server,
@@ -114,7 +117,7 @@ def play(spec: MatchSpec) -> MatchOutcome:
         attack_seconds = time.perf_counter() - started
         x_adv, moved = referee.project(torch.cat(outputs), x, track.norm, track.eps)
         x_adv = referee.quantize_within(x_adv, x, track.levels, track.norm, track.eps)
-        clean, measured = hosts.classify(_host(spec), x, draws, probe=spec.threat == "white-box")
+        clean, measured = _clean_verdict(spec, x, draws)
         adv, _ = hosts.classify(_host(spec), x_adv, draws)
     except DefenseFault as exc:
         return _forfeit(exc, log_tail, time.perf_counter() - started)
@@ -133,6 +136,25 @@ def play(spec: MatchSpec) -> MatchOutcome:
         log_tail=log_tail,
         wall_time=time.perf_counter() - started,
     )
+
+
+def _clean_verdict(spec: MatchSpec, x: torch.Tensor, draws: int) -> tuple[referee.Verdict, dict]:
+    """The defense's verdict on the clean images (in a fresh host), and the board's measures of it.
+
+    A deterministic defense answers the same images the same way in every match: its verdict is computed
+    once per trained model and evaluation set in this process (:data:`CLEAN_VERDICTS`), its input gradient
+    measured then too (shown for white-box matches only). A randomized defense gets fresh draws per match.
+    """
+    probe = spec.threat == "white-box"
+    if spec.randomized:
+        return hosts.classify(_host(spec), x, draws, probe=probe)
+    key = (hashlib.sha256(spec.defense_artifact).digest(), hashlib.sha256(spec.evaluation).digest(), draws)
+    if key not in CLEAN_VERDICTS:
+        while len(CLEAN_VERDICTS) >= MAX_CLEAN_VERDICTS:
+            CLEAN_VERDICTS.pop(next(iter(CLEAN_VERDICTS)))
+        CLEAN_VERDICTS[key] = hosts.classify(_host(spec), x, draws, probe=True)
+    verdict, measured = CLEAN_VERDICTS[key]
+    return verdict, dict(measured) if probe else {k: v for k, v in measured.items() if k != "input_gradient"}
 
 
 def _forfeit(fault: DefenseFault, log_tail: str, seconds: float) -> MatchOutcome:

@@ -15,9 +15,10 @@ import torch
 from hostile import SPY, write_attack
 from torch import nn
 
-from arena import ThreatModelError, evaluation, plugins, training
+from arena import ThreatModelError, evaluation, hosts, match, plugins, training
 from arena.match import MatchOutcome, MatchSpec, attack_view, play
 from arena.plugins import PluginSource
+from arena.records import unpack
 from arena.threats import ArenaTarget, QueryServer
 from arena.tracks import TRACKS, Track
 from arena.training import TrainSpec
@@ -347,3 +348,32 @@ def test_a_slow_attack_times_out_and_fails_only_its_own_match(arena: Arena) -> N
     assert "time-out: exceeded the limit of 3 s" in (outcome.error or "")
     assert outcome.wall_time < 15
     fine_match(arena)
+
+
+# --------------------------------------------------------------------------------------------------
+# What a match costs: the clean verdict of a deterministic defense, once
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_deterministic_defense_is_classified_clean_once_with_the_same_records(
+    arena: Arena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = arena.spec(PLUGINS / "attacks" / "fgsm", "white-box")
+    match.CLEAN_VERDICTS.clear()
+    first = play(spec)
+    hosts_started: list[int] = []
+    classify = hosts.classify
+    monkeypatch.setattr(hosts, "classify", lambda *a, **kw: hosts_started.append(1) or classify(*a, **kw))
+    second, gray = play(spec), play(arena.spec(PLUGINS / "attacks" / "fgsm", "gray-box"))
+    assert len(hosts_started) == 2, "only the adversarial inputs of each match were classified"
+    assert first.status == second.status == gray.status == "ok"
+    before, after = unpack(first.samples), unpack(second.samples)
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    assert first.metrics["input_gradient"] == second.metrics["input_gradient"]
+    assert "input_gradient" not in gray.metrics, "the measure belongs to white-box matches"
+
+
+def test_a_randomized_defense_draws_its_clean_verdict_afresh_in_every_match(arena: Arena) -> None:
+    spec = dataclasses.replace(arena.spec(PLUGINS / "attacks" / "fgsm", "white-box"), randomized=True)
+    match.CLEAN_VERDICTS.clear()
+    assert play(spec).status == "ok" and not match.CLEAN_VERDICTS
