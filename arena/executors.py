@@ -76,6 +76,7 @@ def run_local(
     (:func:`take_back`): running it again resumes an interrupted round.
     """
     with contextlib.ExitStack() as stack:
+        stack.callback(jobs.ATTACKS.close)
         if round_id is not None:
             stack.enter_context(_round_lock(settings.home, round_id))
             take_back(db, round_id)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from arena.config import Settings
-from arena.match import MatchOutcome, MatchSpec, play
+from arena.match import AttackPool, MatchOutcome, MatchSpec, play
 from arena.plugins import PluginSource, describe_error
 from arena.referee import REFEREE_VERSION
 from arena.sandbox import PluginFailure
@@ -29,6 +29,9 @@ MAX_ATTEMPTS = 3
 FINISHED = ("done", "failed")
 #: the job kinds that train from a secret seed (derived from the arena's secret, see :func:`training_seed`)
 SEEDED = {"train-defense": "defense", "train-twin": "twin"}
+#: this process's warm attack processes: consecutive matches of one attack (the planner orders a round's
+#: jobs by track, attack, defense, threat) share them; the local executor closes them when its round ends
+ATTACKS = AttackPool()
 
 
 class UnknownJob(LookupError):
@@ -207,7 +210,7 @@ def _run_match(
             targeted=bool(attack.manifest.get("declared", {}).get("targeted")),
             randomized=bool(defense.manifest.get("declared", {}).get("randomized")),
         )
-    outcome = play(spec)
+    outcome = play(spec, ATTACKS)
     with db.session() as session:
         _store_result(session, key, params, outcome)
     return ("done" if outcome.status == "ok" else "failed"), outcome.error, outcome.log_tail

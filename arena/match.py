@@ -15,9 +15,12 @@ pixel grid (:func:`arena.referee.quantize_within`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -32,12 +35,15 @@ from arena.hookspecs import Attack, Budget
 from arena.hosts import DefenseFault, Host
 from arena.plugins import PluginSource
 from arena.records import pack
-from arena.sandbox import PluginFailure, Sandbox
+from arena.sandbox import Limits, PluginFailure, Sandbox
 from arena.threats import ArenaTarget, QueryServer, image_problem
 from arena.tracks import Track
 from arena.training import load_model, pick_device
 
 WITHHELD = PluginSource(origin="withheld", files={})
+#: warm attack processes a worker keeps, and matches each serves before it is started afresh (see AttackPool)
+WARM_PROCESSES = 3
+WARM_MATCHES = 32
 #: clean verdicts of deterministic defenses, by (model, evaluation set, draws) digests: see :func:`_clean_verdict`
 CLEAN_VERDICTS: dict[tuple[bytes, bytes, int], tuple[referee.Verdict, dict]] = {}
 MAX_CLEAN_VERDICTS = 256
@@ -62,6 +68,83 @@ class MatchSpec:
     randomized: bool = False
 
 
+@dataclass(frozen=True)
+class AttackProcess:
+    """What an attack's process starts with: the attack, the track and the substitute (no defense)."""
+
+    attack: PluginSource
+    track: Track
+    threat: str
+    substitute_artifact: bytes
+    cache_dir: Path
+
+    @classmethod
+    def of(cls, spec: MatchSpec) -> AttackProcess:
+        """The process that plays ``spec``'s attack."""
+        return cls(spec.attack, spec.track, spec.threat, spec.substitute_artifact, spec.cache_dir)
+
+    def key(self) -> tuple[str, str, str, bytes]:
+        """Matches with the same key may share a process: same attack version, track and threat."""
+        track = json.dumps(self.track.config(), sort_keys=True)
+        return self.attack.content_hash, track, self.threat, hashlib.sha256(self.substitute_artifact).digest()
+
+
+class AttackPool:
+    """Warm attack processes, one per attack version, track and threat, reused from match to match.
+
+    A process never serves another threat (or track, or attack version) than it started with, and
+    each match in it starts afresh (:func:`_attack_setup`); it serves at most ``matches`` matches
+    (its CPU limit covers that many), and one that failed is discarded. At most ``size`` are kept,
+    the least recently used closed first. One match at a time: a worker plays its jobs in turn.
+    """
+
+    def __init__(self, size: int = WARM_PROCESSES, matches: int = WARM_MATCHES) -> None:
+        self.size, self.matches = size, matches
+        self._boxes: OrderedDict[tuple, tuple[Sandbox, int]] = OrderedDict()
+
+    def acquire(self, spec: MatchSpec) -> Sandbox:
+        """A started process for ``spec``'s attack (warm if one is kept), counted as one more match."""
+        process = AttackProcess.of(spec)
+        key = process.key()
+        box, served = self._boxes.pop(key, (None, 0))
+        if box is not None and served >= self.matches:
+            box.close()
+            box = None
+        if box is None:
+            while len(self._boxes) >= self.size:
+                self._boxes.popitem(last=False)[1][0].close()
+            limits = Limits.from_env()
+            box = Sandbox(
+                _attack_setup,
+                (process,),
+                time_limit=spec.track.time_limit,
+                label=spec.attack.label,
+                writable=(spec.cache_dir,),
+                limits=replace(limits, cpu=limits.cpu * self.matches),
+            )
+            box.__enter__()
+            served = 0
+        self._boxes[key] = (box, served + 1)
+        return box
+
+    def discard(self, spec: MatchSpec) -> None:
+        """Close the process of ``spec``'s attack."""
+        box, _ = self._boxes.pop(AttackProcess.of(spec).key(), (None, 0))
+        if box is not None:
+            box.close()
+
+    def close(self) -> None:
+        """Close every process."""
+        while self._boxes:
+            self._boxes.popitem()[1][0].close()
+
+    def __enter__(self) -> AttackPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 @dataclass
 class MatchOutcome:
     """What the referee decided: ``ok`` with metrics and records, or ``failed`` with the reason."""
@@ -75,8 +158,11 @@ class MatchOutcome:
     wall_time: float = 0.0
 
 
-def play(spec: MatchSpec) -> MatchOutcome:
-    """Play one match; a plugin's failure fails only this match, with its reason and log tail."""
+def play(spec: MatchSpec, pool: AttackPool | None = None) -> MatchOutcome:
+    """Play one match; a plugin's failure fails only this match, with its reason and log tail.
+
+    The attack plays in a warm process of ``pool`` (see :class:`AttackPool`), else in a fresh one.
+    """
     started = time.perf_counter()
     track = spec.track
     evaluation = EvalSet.unpack(spec.evaluation)
@@ -94,15 +180,14 @@ def play(spec: MatchSpec) -> MatchOutcome:
                 "train-data": lambda _: train_split(),
                 "defense-fault": lambda report: _confirm(spec, report, faults),
             }
-            box = Sandbox(
-                _attack_setup,
-                (attack_view(spec),),
-                time_limit=track.time_limit,
-                label=spec.attack.label,
-                writable=(spec.cache_dir,),
-            )
-            with box:
+            own = contextlib.ExitStack() if pool is None else contextlib.nullcontext()
+            with own as stack:
+                attacks = pool if stack is None else stack.enter_context(AttackPool(size=1, matches=1))
+                box = attacks.acquire(spec)
+                mark = box.log_mark()
+                box.renew()
                 try:
+                    box.call(("match", attack_view(spec)))
                     for start in range(0, len(x), track.batch_size):
                         stop = start + track.batch_size
                         server.allow(len(x[start:stop]) * track.max_queries)
@@ -110,8 +195,11 @@ def play(spec: MatchSpec) -> MatchOutcome:
                         request += (targets[start:stop].numpy() if spec.targeted else None, server.allowance)
                         output = _decode(box.call(request, services=services))
                         outputs.append(referee.check_output(output, x[start:stop]))
+                except PluginFailure:
+                    attacks.discard(spec)  # its process may be dead or in any state: the next match starts afresh
+                    raise
                 finally:
-                    log_tail = box.log_tail  # read before close() removes the log with the sandbox's directory
+                    log_tail = box.log_since(mark)
         if faults:
             raise DefenseFault(faults[0])
         attack_seconds = time.perf_counter() - started
@@ -230,43 +318,52 @@ def _encode(output: object, x: torch.Tensor) -> tuple:
     return ("tensor", output.detach().cpu().numpy())
 
 
-def _attack_setup(conn: Connection, spec: MatchSpec):  # noqa: ANN202 (a sandbox handler)
+def _attack_setup(conn: Connection, process: AttackProcess):  # noqa: ANN202 (a sandbox handler)
+    """An attack's process: its plugin and the substitute loaded once, then one match after another.
+
+    ``("match", spec)`` starts a match (``spec`` is :func:`attack_view`'s: only what its threat allows):
+    a fresh instance of the attack, the model its threat hands over, seeds from the match's seed; the
+    previous match's model and target are dropped. ``("batch", ...)`` runs the attack on a batch.
+    """
     device = pick_device()
-    track = spec.track
-    attack = plugins.load(spec.attack, spec.cache_dir).instantiate()
-    assert isinstance(attack, Attack)
-    if spec.threat == "white-box":
-        model = load_model(spec.defense_artifact, device, spec.defense, spec.cache_dir)
-    elif spec.threat == "gray-box":
-        assert spec.twin_artifact is not None
-        model = load_model(spec.twin_artifact, device, spec.defense, spec.cache_dir)
-    else:
-        model = None
-    substitute = load_model(spec.substitute_artifact, device, None, spec.cache_dir)
-    target = ArenaTarget(
-        spec.threat,
-        conn,
-        model,
-        substitute,
-        track.num_classes,
-        track.input_shape,
-        device,
-    )
-    generator = torch.Generator(device=device).manual_seed(spec.seed)
-    torch.manual_seed(spec.seed)
+    track = process.track
+    plugin = plugins.load(process.attack, process.cache_dir)
+    substitute = load_model(process.substitute_artifact, device, None, process.cache_dir)
+    match: dict[str, Any] = {}
+
+    def start(spec: MatchSpec) -> tuple:
+        match.clear()
+        if spec.threat == "white-box":
+            model = load_model(spec.defense_artifact, device, spec.defense, spec.cache_dir)
+        elif spec.threat == "gray-box":
+            assert spec.twin_artifact is not None
+            model = load_model(spec.twin_artifact, device, spec.defense, spec.cache_dir)
+        else:
+            model = None
+        torch.manual_seed(spec.seed)
+        match["attack"] = plugin.instantiate()
+        assert isinstance(match["attack"], Attack)
+        match["target"] = ArenaTarget(
+            spec.threat, conn, model, substitute, track.num_classes, track.input_shape, device
+        )
+        match["generator"] = torch.Generator(device=device).manual_seed(spec.seed)
+        return ("started",)
 
     def handle(request: tuple) -> tuple:
+        if request[0] == "match":
+            return start(request[1])
         _, x, y, targets, allowance = request
+        target = match["target"]
         target.open_call(allowance)
         budget = Budget(
             norm=track.norm,
             eps=track.eps,
             levels=track.levels,
             max_queries=track.max_queries,
-            generator=generator,
+            generator=match["generator"],
             targets=None if targets is None else torch.from_numpy(targets).to(device),
         )
         x = torch.from_numpy(x).to(device)
-        return _encode(attack.run(target, x, torch.from_numpy(y).to(device), budget), x)
+        return _encode(match["attack"].run(target, x, torch.from_numpy(y).to(device), budget), x)
 
     return handle

@@ -272,6 +272,21 @@ class Sandbox:
             self._kill()
             raise self._failure(f"protocol violation: unexpected message of type {type(message).__name__}")
 
+    def renew(self) -> None:
+        """Start the wall-clock limit afresh: a warm sandbox serves each match within its own limit."""
+        self._deadline = time.monotonic() + self.time_limit
+
+    def log_mark(self) -> int:
+        """How many bytes the child has printed so far (see :meth:`log_since`)."""
+        if self._log is None:
+            return 0
+        self._log.text()  # read what the pipe holds now
+        return self._log.total
+
+    def log_since(self, mark: int) -> str:
+        """The last characters the child printed after :meth:`log_mark` gave ``mark``."""
+        return self._log.since(mark)[-LOG_TAIL_CHARS:] if self._log is not None else ""
+
     @property
     def log_tail(self) -> str:
         """The last characters the child printed (stdout and stderr), also after the sandbox closed."""

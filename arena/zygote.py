@@ -142,6 +142,13 @@ class OutputTail:
             self._pump()
             return self._data.decode("utf-8", errors="replace")
 
+    def since(self, mark: int) -> str:
+        """What was written after the first ``mark`` bytes, as far as it is kept (also once closed)."""
+        with self._lock:
+            if self._open:
+                self._pump()
+            return self._data[max(0, len(self._data) - (self.total - mark)) :].decode("utf-8", errors="replace")
+
     def close(self) -> None:
         """Read what is left, stop the thread and close the pipe."""
         with self._lock:

@@ -377,3 +377,43 @@ def test_a_randomized_defense_draws_its_clean_verdict_afresh_in_every_match(aren
     spec = dataclasses.replace(arena.spec(PLUGINS / "attacks" / "fgsm", "white-box"), randomized=True)
     match.CLEAN_VERDICTS.clear()
     assert play(spec).status == "ok" and not match.CLEAN_VERDICTS
+
+
+def test_a_warm_attack_process_plays_every_match_as_a_fresh_one_would(arena: Arena) -> None:
+    fgsm = PLUGINS / "attacks" / "fgsm"
+    specs = [arena.spec(fgsm, "white-box", seed=0), arena.spec(fgsm, "gray-box", seed=1)]
+    specs += [arena.spec(fgsm, "white-box", seed=2), arena.spec(fgsm, "gray-box", seed=3)]
+    cold = [play(spec) for spec in specs]
+    with match.AttackPool() as pool:
+        warm = [play(spec, pool) for spec in specs]
+        assert len(pool._boxes) == 2, "one process per threat"
+    for before, after in zip(cold, warm, strict=True):
+        assert before.status == after.status == "ok"
+        a, b = unpack(before.samples), unpack(after.samples)
+        assert all(np.array_equal(a[k], b[k]) for k in a), "the same records, sample by sample"
+
+
+COUNTED = """
+CALLS[0] += 1
+print(f"call {CALLS[0]}", flush=True)
+if CALLS[0] == 5:
+    os._exit(3)
+time.sleep(1.2)
+return x.clone()
+"""
+
+
+def test_a_warm_process_gives_each_match_its_own_clock_and_log_and_a_crash_fails_only_its_match(
+    arena: Arena,
+) -> None:
+    """Two batches a match: matches 1 and 2 (2.4 s each, 4 s allowed) share a process, match 3 crashes it,
+    match 4 starts a fresh one."""
+    track = dataclasses.replace(TRACK, time_limit=4.0)
+    folder = write_attack(arena.plugins_dir, "counted", COUNTED, threats=("black-box",), helpers="CALLS = [0]")
+    with match.AttackPool() as pool:
+        outcomes = [play(arena.spec(folder, "black-box", track, seed=seed), pool) for seed in range(4)]
+    assert [o.status for o in outcomes] == ["ok", "ok", "failed", "ok"], [o.error for o in outcomes]
+    assert "exit" in (outcomes[2].error or "") and "status 3" in (outcomes[2].error or "")
+    assert "call 1" in outcomes[0].log_tail and "call 3" not in outcomes[0].log_tail
+    assert "call 3" in outcomes[1].log_tail and "call 2" not in outcomes[1].log_tail
+    assert "call 1" in outcomes[3].log_tail, "a fresh process after the crash"
