@@ -107,5 +107,6 @@ def main() -> None:
             f"overhead {seconds - plain_s:.3f} s ({seconds / plain_s:.2f}x)"
         )
 
+
 if __name__ == "__main__":
     main()
