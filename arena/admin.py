@@ -17,8 +17,9 @@ from pathlib import Path
 import click
 from sqlalchemy import func, select
 
-from arena import executors, planner, submissions
+from arena import planner, submissions
 from arena.config import Settings
+from arena.execution import follow, local
 from arena.redaction import redact
 from arena.store import Database, Round, RoundEntry, RoundMatch
 from arena.submissions import TeamSync
@@ -210,9 +211,9 @@ def round_close(due: bool, quiet: bool, wait: bool, retry_failed: bool) -> None:
         click.echo(f"  {line}")
     started = time.perf_counter()
     if settings.broker_url:
-        states = executors.run_celery(db, settings, tracks, round_id, wait, progress=not quiet)
+        states = follow.run_celery(db, settings, tracks, round_id, wait, progress=not quiet)
     else:
-        states = executors.run_local(db, settings, tracks, round_id, progress=not quiet)
+        states = local.run_local(db, settings, tracks, round_id, progress=not quiet)
     click.echo(f"jobs: {dict(states) or 'none'} in {time.perf_counter() - started:.1f} s")
     click.echo(f"rankings: `arena results --round {number}`; publish: `arena round publish {number}`")
 

@@ -11,12 +11,13 @@ import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from arena import admin, distributed, executors, planner, plugins, scaffold, scoring, validation
+from arena import admin, planner, plugins, scaffold, scoring, validation
 from arena.config import Settings, SettingsError
+from arena.execution import follow, local, rounds, workers
+from arena.sandbox import SandboxError
 from arena.store import Database, PluginVersion, Result, Round
 from arena.submissions import SubmissionError
 from arena.tracks import Track, TrackError
-from arena.zygote import SandboxError
 
 #: the demo's default: the track that plays a whole round of every built-in plugin in minutes on a CPU
 DEMO_TRACKS = ("digits",)
@@ -120,7 +121,7 @@ def plugin_check(path: Path, track_name: str) -> None:
         pairs = ([version], others) if version.plugin.kind == "attack" else (others, [version])
         planner.plan_matches(session, settings, *pairs, [track], seed=0)
         version_id = version.id
-    executors.run_local(db, settings, {track.name: track}, round_id=None)
+    local.run_local(db, settings, {track.name: track}, round_id=None)
     _print_check(db, version_id)
 
 
@@ -184,7 +185,7 @@ def _play_round(
     retry_failed: bool = False,
 ) -> int:
     if not settings.broker_url:  # distributed rounds are kept moving by the workers' leases and the scheduler
-        for unfinished, _ in executors.unfinished_rounds(db):
+        for unfinished, _ in rounds.unfinished_rounds(db):
             _resume(db, settings, unfinished, quiet)
     _print_sync(planner.sync(db, settings))
     round_id = planner.open_round(db, tracks, seed)
@@ -195,12 +196,12 @@ def _play_round(
         click.echo(f"  {line}")
     started = time.perf_counter()
     if settings.broker_url:
-        states = executors.run_celery(db, settings, {t.name: t for t in tracks}, round_id, wait, progress=not quiet)
+        states = follow.run_celery(db, settings, {t.name: t for t in tracks}, round_id, wait, progress=not quiet)
         if not wait:
             click.echo(f"sent to the workers; jobs: {dict(states)}. `arena results` ranks the round once it is done")
             return round_id
     else:
-        states = executors.run_local(db, settings, {t.name: t for t in tracks}, round_id, progress=not quiet)
+        states = local.run_local(db, settings, {t.name: t for t in tracks}, round_id, progress=not quiet)
     took = time.perf_counter() - started
     click.echo(f"jobs: {dict(states) or 'none'} in {took:.1f} s")
     _print_results(db, round_id)
@@ -218,7 +219,7 @@ def round_resume(number: int | None, quiet: bool) -> None:
     """
     settings = Settings.from_env()
     db = _open(settings)
-    unfinished = executors.unfinished_rounds(db)
+    unfinished = rounds.unfinished_rounds(db)
     chosen = [round_id for round_id, n in unfinished if number is None or n == number]
     if not chosen:
         click.echo(f"round {number} has nothing left to run" if number is not None else "no round is unfinished")
@@ -229,17 +230,17 @@ def round_resume(number: int | None, quiet: bool) -> None:
 
 def _resume(db: Database, settings: Settings, round_id: int, quiet: bool) -> None:
     """Run what is left of a round planned before, then print its rankings."""
-    tracks = executors.recorded_tracks(db)
+    tracks = rounds.recorded_tracks(db)
     with db.session() as session:
         number = session.get(Round, round_id).number
     click.echo(f"resuming round {number}")
     started = time.perf_counter()
     if settings.broker_url:
-        states = executors.run_celery(db, settings, tracks, round_id, wait=True, progress=not quiet)
+        states = follow.run_celery(db, settings, tracks, round_id, wait=True, progress=not quiet)
     else:
         try:
-            states = executors.run_local(db, settings, tracks, round_id, progress=not quiet)
-        except executors.RoundBusy:
+            states = local.run_local(db, settings, tracks, round_id, progress=not quiet)
+        except local.RoundBusy:
             click.echo(f"round {number} is being run by another process of this arena: left to it")
             return
     click.echo(f"round {number}: jobs {dict(states) or 'none'} in {time.perf_counter() - started:.1f} s")
@@ -340,6 +341,6 @@ def _serve(host: str, port: int) -> None:
     create_app().run(host=host, port=port)
 
 
-main.add_command(distributed.worker)
-main.add_command(distributed.scheduler)
+main.add_command(workers.worker)
+main.add_command(workers.scheduler)
 admin.register(main, round_group)

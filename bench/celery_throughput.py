@@ -34,8 +34,9 @@ from pathlib import Path
 import redis
 from sqlalchemy import select, text
 
-from arena import executors, planner, plugins, tasks
+from arena import planner, plugins
 from arena.config import Settings
+from arena.execution import follow, local, tasks
 from arena.store import Database, Job, PluginVersion
 from arena.tracks import load_tracks
 
@@ -123,9 +124,9 @@ class Run:
         planner.plan_round(self.db, self.settings, round_id, tracks)
         started = time.perf_counter()
         if celery:
-            executors.run_celery(self.db, self.settings, tracks, round_id, progress=False, interval=0.5)
+            follow.run_celery(self.db, self.settings, tracks, round_id, progress=False, interval=0.5)
         else:
-            executors.run_local(self.db, self.settings, tracks, round_id, progress=False)
+            local.run_local(self.db, self.settings, tracks, round_id, progress=False)
         return round_id, time.perf_counter() - started
 
     def jobs(self, round_id: int) -> list[Job]:
@@ -165,7 +166,7 @@ def redelivery(run: Run, track: str, lease_seconds: float) -> float:
     tracks = load_tracks(run.home)
     round_id = planner.open_round(run.db, [tracks[track]])
     planner.plan_round(run.db, run.settings, round_id, tracks)
-    executors.run_celery(run.db, run.settings, tracks, round_id, wait=False)
+    follow.run_celery(run.db, run.settings, tracks, round_id, wait=False)
     while True:
         with run.db.session() as session:
             running = [
@@ -179,7 +180,7 @@ def redelivery(run: Run, track: str, lease_seconds: float) -> float:
     victim = running[0]
     killed = time.time()
     os.kill(run.worker_pids()[victim.worker], signal.SIGKILL)
-    executors.run_celery(run.db, run.settings, tracks, round_id, progress=False, interval=0.5)
+    follow.run_celery(run.db, run.settings, tracks, round_id, progress=False, interval=0.5)
     (job,) = [j for j in run.jobs(round_id) if j.id == victim.id]
     assert job.attempts == 2, job.error
     return job.started_at.timestamp() - killed

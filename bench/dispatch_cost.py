@@ -24,7 +24,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from arena import dispatch, store, tasks
+from arena import store
+from arena.execution import dispatch, tasks
 from arena.store import Artifact, Database, Job, Round
 from arena.tracks import TRACKS
 

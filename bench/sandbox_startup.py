@@ -19,8 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from arena import namespaces, zygote
-from arena.sandbox import Sandbox
+from arena.sandbox import Sandbox, namespaces, zygote
 
 
 def echo_setup(_conn: Connection) -> Callable[[Any], Any]:

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from arena import executors, planner, scoring
+from arena import planner, scoring
 from arena.config import Settings
 from arena.data import load_digits
+from arena.execution import local
 from arena.store import Database
 from arena.tracks import Track
 
@@ -58,7 +59,7 @@ def play(settings: Settings, track: Track) -> dict[tuple[str, ...], dict[str, An
     planner.sync(db, settings)
     round_id = planner.open_round(db, [track])
     planner.plan_round(db, settings, round_id, tracks)
-    executors.run_local(db, settings, tracks, round_id, progress=False)
+    local.run_local(db, settings, tracks, round_id, progress=False)
     figures: dict[tuple[str, ...], dict[str, Any]] = {}
     with db.session() as session:
         for board in scoring.round_standings(session, round_id):

@@ -19,8 +19,9 @@ import pytest
 from test_rounds import RAISES_IN_RUN, TINY, write_plugin
 from werkzeug.serving import make_server
 
-from arena import executors, planner
+from arena import planner
 from arena.config import Settings
+from arena.execution import local
 from arena.store import Database
 from arena.tracks import load_tracks
 from leaderboard import create_app
@@ -52,7 +53,7 @@ def finished_round(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     planner.sync(db, settings)
     round_id = planner.open_round(db, [tracks["tiny"]])
     planner.plan_round(db, settings, round_id, tracks)
-    executors.run_local(db, settings, tracks, round_id, progress=False)
+    local.run_local(db, settings, tracks, round_id, progress=False)
     db.dispose()
     return settings
 

@@ -24,9 +24,11 @@ from services import RedisServer, fresh_postgres_database, redis_url
 from sqlalchemy import func, select
 from test_rounds import write_plugin
 
-from arena import dispatch, executors, planner, plugins, tasks
+from arena import planner, plugins
 from arena.cli import main
 from arena.config import Settings
+from arena.execution import dispatch, follow, tasks
+from arena.execution import local as local_executor
 from arena.records import unpack
 from arena.store import Database, Job, PluginVersion, Result, Round, RoundMatch
 from arena.tracks import Track, load_tracks
@@ -70,7 +72,7 @@ def arena_attacks():
     return [Slow]
 """
 
-#: attacks that crash the process that runs them: their sandbox, never the worker (see arena/sandbox.py)
+#: attacks that crash the process that runs them: their sandbox, never the worker (see arena/sandbox/)
 CRASHES = {"segfaults": "import ctypes\n        ctypes.string_at(0)", "exits": "import os\n        os._exit(3)"}
 CRASH = """
 from arena import Attack, hookimpl
@@ -176,9 +178,7 @@ class Cluster:
 
     def run(self, round_id: int, wait: bool = True) -> dict[str, int]:
         """Send the round's jobs (and follow it to its end)."""
-        return dict(
-            executors.run_celery(self.db, self.settings, self.tracks, round_id, wait, False, 1.0, ROUND_SECONDS)
-        )
+        return dict(follow.run_celery(self.db, self.settings, self.tracks, round_id, wait, False, 1.0, ROUND_SECONDS))
 
     def report(self, round_id: int) -> str:
         """The round's jobs (state, attempts, worker, error) and the end of the workers' log, for a failure."""
@@ -276,7 +276,7 @@ def test_two_workers_play_the_round_as_the_local_executor_does(
     reference = Cluster(local_settings, local, cluster.tracks, cluster.workers, cluster.plugin_dir)
     reference.record(*(REPO / "plugins" / p for p in BUILTINS))
     local_round = reference.open_round()
-    executors.run_local(local, local_settings, cluster.tracks, local_round, progress=False)
+    local_executor.run_local(local, local_settings, cluster.tracks, local_round, progress=False)
 
     cluster.workers.wait_ready(2)
     monkeypatch.setenv("ARENA_BUILTINS", ",".join(Path(p).name for p in BUILTINS))

@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 from services import redis_url
 
-from arena import dispatch, executors, jobs, tasks
 from arena.cli import main
 from arena.config import Settings
-from arena.distributed import plan_workers
+from arena.execution import dispatch, jobs, rounds, tasks
+from arena.execution.workers import plan_workers
 from arena.store import Database, Job, Plugin, PluginVersion, Round, RoundMatch, Team
 from arena.tracks import TRACKS
 
@@ -107,7 +107,7 @@ def test_requeue_leaves_a_job_that_moved_on(db: Database) -> None:
 
 HOLDER = """
 import sys, time
-from arena import dispatch
+from arena.execution import dispatch
 with dispatch.Keys(sys.argv[1]).lease(7, "gpu0@dead", seconds=1.0) as lease:
     print("held" if lease.held else "not held", flush=True)
     time.sleep(60)
@@ -188,7 +188,7 @@ def test_keys_need_a_redis_broker() -> None:
 
 OVER_LIMIT = """
 import sys, time
-from arena import tasks
+from arena.execution import tasks
 from arena.store import Database
 with tasks._hard_limit(Database(sys.argv[1]), int(sys.argv[2]), 0.5):
     time.sleep(30)
@@ -289,9 +289,9 @@ def test_a_round_waits_for_the_jobs_of_another_round_that_its_matches_need(db: D
         session.add_all([shared, cell])
         session.flush()
         first_id, second_id, shared_id = first.id, second.id, shared.id
-    assert not executors.finish_round(db, second_id), "its match is still being played by round 1"
+    assert not rounds.finish_round(db, second_id), "its match is still being played by round 1"
     with db.session() as session:
         session.get(Job, shared_id).state = "done"
-    assert executors.finish_round(db, second_id) and executors.finish_round(db, first_id)
+    assert rounds.finish_round(db, second_id) and rounds.finish_round(db, first_id)
     with db.session() as session:
         assert session.get(Round, second_id).status == "done"

@@ -23,9 +23,10 @@ from services import fresh_postgres_database
 from sqlalchemy import select
 from test_rounds import TINY, write_plugin
 
-from arena import namespaces, scoring
+from arena import scoring
 from arena.cli import main
 from arena.config import Settings
+from arena.sandbox import namespaces
 from arena.scoring import Cell
 from arena.store import Database, Result, Round
 from arena.store.db import migration_config

@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from arena import executors, planner
+from arena import planner
 from arena.cli import main
 from arena.config import Settings
+from arena.execution import local
 from arena.store import Database, Job, Result, RoundMatch
 from arena.tracks import load_tracks
 
@@ -95,7 +96,7 @@ def play(settings: Settings) -> planner.Plan:
     planner.sync(db, settings)
     round_id = planner.open_round(db, [tracks["tiny"]])
     plan = planner.plan_round(db, settings, round_id, tracks)
-    executors.run_local(db, settings, tracks, round_id, progress=False)
+    local.run_local(db, settings, tracks, round_id, progress=False)
     return plan
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from hostile import RAISE_LINE, failing_setup, gone, hostile_setup, none_running, running, started
 
-from arena import namespaces, zygote
-from arena.sandbox import KEEP_ENV, LOG_TAIL_CHARS, PluginFailure, Sandbox, isolation
+from arena.sandbox import KEEP_ENV, LOG_TAIL_CHARS, PluginFailure, Sandbox, isolation, namespaces, zygote
 
 TESTS = Path(__file__).resolve().parent
 

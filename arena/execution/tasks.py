@@ -1,6 +1,6 @@
 """Celery: the app, its settings for long jobs, the routing of jobs to queues, and the thin tasks.
 
-Each task runs one job of the database through :func:`arena.jobs.execute`, the function the local
+Each task runs one job of the database through :func:`arena.execution.jobs.execute`, the function the local
 executor runs; a task's message carries only the job's id, its track and (for a defense or its twin)
 the training seed, so a worker needs nothing but the package and the URLs (``ARENA_BROKER_URL``,
 ``ARENA_DATABASE_URL``): plugin code and artifacts come from the database.
@@ -10,10 +10,10 @@ runs in sandbox processes (:mod:`arena.sandbox`), which the daemonic children of
 pool may not start, and a thread leaves the worker's main thread free to answer heartbeats and
 ``celery inspect`` while a long job runs. Celery enforces time limits only in the prefork pool, so
 the arena enforces its own: every plugin call has its track's ``time_limit`` (the soft limit, which
-fails only that match), and a job over :func:`arena.dispatch.hard_limit` is failed and its worker
+fails only that match), and a job over :func:`arena.execution.dispatch.hard_limit` is failed and its worker
 process exits, to be restarted by ``arena worker``.
 
-    celery --app arena.tasks worker --pool threads --concurrency 1 --queues gpu,cpu
+    celery --app arena.execution.tasks worker --pool threads --concurrency 1 --queues gpu,cpu
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import click
 from celery import Celery, Task, bootsteps
 from kombu import Exchange, Queue
 
-from arena import dispatch, jobs
 from arena.config import Settings
+from arena.execution import dispatch, jobs
 from arena.planner import JOB_ORDER
 from arena.store import Database, Job
 from arena.tracks import Track
@@ -110,7 +110,7 @@ def run_job(task: Task, job_id: int, track: dict, seed: int | None) -> str:
     """Run one job under a lease and the hard time limit; then send the jobs it made ready.
 
     A duplicate delivery (another live worker holds the job's lease) does nothing. An error of the
-    arena is retried (the database counts the attempts and stops them, see :func:`arena.jobs.execute`).
+    arena is retried (the database counts the attempts and stops them, see :func:`arena.execution.jobs.execute`).
     """
     settings = Settings.from_env()
     db, keys = _database(settings.database_url), _keys(task.app.conf.broker_url)
@@ -192,5 +192,5 @@ def _kill_descendants() -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-#: the app of ``celery --app arena.tasks`` (workers, ``inspect``, Flower)
+#: the app of ``celery --app arena.execution.tasks`` (workers, ``inspect``, Flower)
 app = create_app(os.environ.get("ARENA_BROKER_URL"))

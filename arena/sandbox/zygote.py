@@ -3,7 +3,7 @@
 Starting Python and importing torch takes seconds; forking a process that did so already takes
 milliseconds. The arena starts one zygote per process (again when it dies, or when a sandbox needs
 folders its view lacks), with a minimal environment and, where bubblewrap works, inside the view of
-:mod:`arena.namespaces`. The zygote never loads a model, a database connection or a secret, and never
+:mod:`arena.sandbox.namespaces`. The zygote never loads a model, a database connection or a secret, and never
 runs plugin code.
 
 A request hands the zygote four file descriptors: the request pipe (to the sandboxed code), the log
@@ -36,17 +36,17 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
-from arena import namespaces
-from arena.namespaces import View
+from arena.sandbox import namespaces
+from arena.sandbox.child import EX_SETUP, minimal_env, serve
+from arena.sandbox.namespaces import View
 
 PRELOAD = ("torch", "numpy", "arena.match", "arena.training")
-KEEP_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
 ISOLATION_ENV = "ARENA_SANDBOX"
 #: seconds a zygote may take to import torch and the arena (a loaded machine is slow)
 START_TIMEOUT = 300.0
-#: exit status of a proxy whose sandbox could not be set up (the arena's fault, not the plugin's)
-EX_SETUP = 71
-BOOT = "import sys; sys.path[:] = {path!r}; from arena.zygote import main; main({fd}, {preload!r}, {sandboxed!r})"
+BOOT = (
+    "import sys; sys.path[:] = {path!r}; from arena.sandbox.zygote import main; main({fd}, {preload!r}, {sandboxed!r})"
+)
 
 log = logging.getLogger("arena.sandbox")
 
@@ -61,11 +61,6 @@ class Isolation:
 
     mode: str
     reason: str = ""
-
-
-def minimal_env() -> dict[str, str]:
-    """The only variables a zygote (and so every sandbox) starts with: no secret of the arena."""
-    return {key: os.environ[key] for key in KEEP_ENV if key in os.environ}
 
 
 def isolation() -> Isolation:
@@ -441,8 +436,6 @@ def _init(conn: Connection, config: dict[str, Any], report: int) -> NoReturn:
 
 
 def _serve(conn: Connection, config: dict[str, Any]) -> NoReturn:
-    from arena.sandbox import serve  # the zygote imported it already (arena.match)
-
     serve(conn, config)
 
 

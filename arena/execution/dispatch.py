@@ -9,7 +9,7 @@ arena's own, so one Redis database serves one arena:
 ``arena:lease:<job>``
     the worker running the job. It refreshes the lease while the job runs; when the worker dies, the
     lease expires and a sweep puts the job back in the queue (it counts as an attempt, see
-    :func:`arena.jobs.execute`), far sooner than the broker's visibility timeout would redeliver it.
+    :func:`arena.execution.jobs.execute`), far sooner than the broker's visibility timeout would redeliver it.
 
 A :class:`Dispatcher` sweep, run by ``arena round run --wait`` and ``arena scheduler`` every few seconds
 (and, for the jobs one job made ready, by the worker that finished it): take back the jobs of lost
@@ -32,9 +32,9 @@ from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import func, select
 
-from arena import jobs
 from arena.config import Settings
-from arena.executors import finish_round
+from arena.execution import jobs
+from arena.execution.rounds import finish_round
 from arena.store import Database, Job, JobInput
 from arena.tracks import Track
 

@@ -1,6 +1,6 @@
 """Kernel namespaces for sandboxes: the bubblewrap view a zygote runs in, and each child's own namespaces.
 
-Isolation comes in two layers (see :mod:`arena.zygote`):
+Isolation comes in two layers (see :mod:`arena.sandbox.zygote`):
 
 1. **The view** (:class:`View`), built once per zygote by bubblewrap (``bwrap``): a read-only file system
    holding only the system's libraries, the Python installation, the arena's code and the folders the

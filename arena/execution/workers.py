@@ -1,9 +1,9 @@
 """The commands of distributed mode: ``arena worker`` (Celery workers, one per GPU) and ``arena scheduler``.
 
 ``arena worker`` starts one Celery worker process per visible GPU, pinned with ``CUDA_VISIBLE_DEVICES``
-(or one CPU worker where there is none), each with a thread pool of one (see :mod:`arena.tasks`), and
+(or one CPU worker where there is none), each with a thread pool of one (see :mod:`arena.execution.tasks`), and
 restarts a worker process that dies. ``arena scheduler`` sweeps every running round: it sends the jobs
-that became ready and takes back those of lost workers (:class:`arena.dispatch.Dispatcher`).
+that became ready and takes back those of lost workers (:class:`arena.execution.dispatch.Dispatcher`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from arena.config import Settings
-from arena.executors import recorded_tracks
+from arena.execution.rounds import recorded_tracks
 from arena.store import Database, Round
 
 if TYPE_CHECKING:
-    from arena.dispatch import Dispatcher
+    from arena.execution.dispatch import Dispatcher
     from arena.tracks import Track
 
 #: seconds to wait before restarting a worker that died, doubled after each quick death, at most this
@@ -90,10 +90,10 @@ def plan_workers(
 
 
 def celery_argv(worker: WorkerProcess, loglevel: str, options: list[str]) -> list[str]:
-    """The command line of one worker process: a thread pool of one (see :mod:`arena.tasks`), without the
+    """The command line of one worker process: a thread pool of one (see :mod:`arena.execution.tasks`), without the
     working directory on its ``sys.path`` (a sandbox's view would bind it)."""
     return [
-        sys.executable, "-P", "-m", "celery", "--app", "arena.tasks", "worker",  # -P: not the working directory
+        sys.executable, "-P", "-m", "celery", "--app", "arena.execution.tasks", "worker",  # -P: not the cwd
         "--pool", "threads", "--concurrency", "1",
         "--hostname", worker.name, "--queues", ",".join(worker.queues),
         "--loglevel", loglevel, "--without-gossip", "--without-mingle", *options,
@@ -185,7 +185,7 @@ def _redacted(url: str) -> str:
 @click.option("--once", is_flag=True, help="Sweep once and exit.")
 def scheduler(interval: float, once: bool) -> None:
     """Keep running rounds moving: send ready jobs, take back those of lost workers (distributed mode)."""
-    from arena import dispatch, tasks  # Celery and Redis are optional dependencies: imported when used
+    from arena.execution import dispatch, tasks  # Celery and Redis are optional dependencies: imported when used
 
     settings = Settings.from_env()
     if not settings.broker_url:

@@ -1,0 +1,12 @@
+"""The sandbox: untrusted plugin code runs in a process of its own, isolated, limited, its output captured.
+
+Imports point one way: ``namespaces`` (bubblewrap's view, each sandbox's namespaces) and ``child`` (the
+sandboxed process's side) <- ``zygote`` (the preloaded process sandboxes are forked from) <- ``box``
+(:class:`Sandbox`, the arena's side). What the rest of the arena uses is here.
+"""
+
+from arena.sandbox.box import LOG_TAIL_CHARS, Limits, PluginFailure, Sandbox
+from arena.sandbox.child import KEEP_ENV
+from arena.sandbox.zygote import Isolation, SandboxError, isolation
+
+__all__ = ["KEEP_ENV", "LOG_TAIL_CHARS", "Isolation", "Limits", "PluginFailure", "Sandbox", "SandboxError", "isolation"]

@@ -1,0 +1,67 @@
+"""The layout docs/architecture.md draws: imports point one way, without a circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ARENA = Path(__file__).resolve().parents[1] / "arena"
+#: each package's modules in their order: a module imports only those before it
+LAYERS = {
+    "execution": ["jobs", "rounds", "local", "dispatch", "tasks", "follow", "workers"],
+    "sandbox": ["namespaces", "child", "zygote", "box"],
+}
+
+
+def module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(ARENA.parent).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def imports() -> dict[str, set[str]]:
+    """Each module of the engine and the engine's modules it imports at its top level."""
+    modules = {module_name(p): p for p in ARENA.rglob("*.py") if "migrations" not in p.parts}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "arena":
+                found |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                }
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.split(".")[0] == "arena"}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_no_module_of_the_engine_imports_itself_in_a_circle() -> None:
+    graph, state, stack, circles = imports(), {}, [], []
+
+    def visit(name: str) -> None:
+        state[name] = "open"
+        stack.append(name)
+        for other in sorted(graph[name]):
+            if state.get(other) == "open":
+                circles.append(" -> ".join([*stack[stack.index(other) :], other]))
+            elif other not in state:
+                visit(other)
+        state[name] = "done"
+        stack.pop()
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+    assert not circles
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_a_packages_modules_import_only_those_below_them(package: str) -> None:
+    graph, order = imports(), LAYERS[package]
+    assert {m.rsplit(".", 1)[1] for m in graph if m.startswith(f"arena.{package}.")} == set(order)
+    for position, name in enumerate(order):
+        inside = {m.rsplit(".", 1)[1] for m in graph[f"arena.{package}.{name}"] if m.startswith(f"arena.{package}.")}
+        assert inside <= set(order[:position]), f"arena.{package}.{name} imports {inside - set(order[:position])}"
