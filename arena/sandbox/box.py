@@ -327,7 +327,7 @@ class Sandbox:
             for path in self._readable:
                 if path.exists() and not path.stat().st_mode & (0o005 if path.is_dir() else 0o004):
                     raise SandboxError(f"{path} is handed to the sandbox but only its owner may read it: chmod o+rX")
-        package = Path(__file__).resolve().parent
+        package = Path(__file__).resolve().parents[1]  # the arena package, not only arena/sandbox
         return namespaces.build_view([package, *self._readable], hidden, self._writable)
 
     def _await_ready(self) -> None:

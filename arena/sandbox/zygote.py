@@ -85,7 +85,7 @@ def isolation() -> Isolation:
 def installed_under_tmp() -> str | None:
     """Why the sandbox cannot see this Python or the arena (None when it can): each sandbox gets a private,
     empty ``/tmp``, so an installation or a checkout under ``/tmp`` would vanish inside it."""
-    for what, path in (("Python installation", sys.prefix), ("arena package", str(Path(__file__).parent))):
+    for what, path in (("Python installation", sys.prefix), ("arena package", str(Path(__file__).parents[1]))):
         real = os.path.realpath(path)
         if real == "/tmp" or real.startswith("/tmp/"):
             return f"the {what} lies under /tmp ({real}), which each sandbox replaces: install it elsewhere"
@@ -234,8 +234,7 @@ class Zygote:
             self._process.wait()
             self._sock.close()
             raise SandboxError(f"the sandbox zygote did not start: {self.output.text()[-2000:]}") from None
-        finally:
-            self._sock.settimeout(None)
+        self._sock.settimeout(None)
 
 
 _zygotes: dict[bool, Zygote] = {}  # by whether it runs in bubblewrap
