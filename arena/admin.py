@@ -17,11 +17,11 @@ from pathlib import Path
 import click
 from sqlalchemy import func, select
 
-from arena import planner, submissions
+from arena import access, planner, submissions
 from arena.config import Settings
 from arena.execution import follow, local
 from arena.redaction import redact
-from arena.store import Database, Round, RoundEntry, RoundMatch
+from arena.store import Database, Round, RoundEntry, RoundMatch, Team
 from arena.submissions import TeamSync
 from arena.tracks import Track, load_tracks
 
@@ -70,9 +70,37 @@ def team() -> None:
 def team_add(name: str, repo: str, branch: str, folder: str | None, daily_limit: int | None) -> None:
     """Register team NAME and the repository it pushes its plugins to (again: update it)."""
     settings = Settings.from_env()
-    new = submissions.add_team(_open(settings), name, repo, branch, folder, daily_limit)
+    db = _open(settings)
+    new = submissions.add_team(db, name, repo, branch, folder, daily_limit)
     where = f"{redact(repo)} ({branch}{', ' + folder if folder else ''})"
     click.echo(f"{'added' if new else 'updated'} team {name}: {where}; `arena sync --team {name}` fetches it")
+    if new:
+        _print_token(db, name)
+
+
+@team.command("token")
+@click.argument("name", required=False)
+@click.option("--admin", is_flag=True, help="The instructor's token (sees every team's logs) instead of a team's.")
+def team_token(name: str | None, admin: bool) -> None:
+    """A new board token for team NAME (or the instructor's, with --admin); the previous one stops working."""
+    if admin == (name is not None):
+        raise click.UsageError("give a team's NAME or --admin")
+    _print_token(_open(Settings.from_env()), name)
+
+
+def _print_token(db: Database, name: str | None) -> None:
+    """Make and print a new token of team ``name`` (None: the instructor)."""
+    with db.session() as session:
+        team_id = None
+        if name is not None:
+            team_id = session.scalar(select(Team.id).where(Team.name == name))
+            if team_id is None:
+                raise click.ClickException(f"no team {name!r}: `arena team add {name} --repo URL` first")
+        token = access.issue(session, team_id)
+    who = f"team {name}" if name is not None else "the instructor"
+    sees = "its plugins' logs and tracebacks" if name is not None else "every team's logs and tracebacks"
+    click.echo(f"board token of {who} (shown once; `arena team token` makes a new one): {token}")
+    click.echo(f"  sign in on the board's /signin page with it to see {sees}")
 
 
 @team.command("list")

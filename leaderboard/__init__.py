@@ -32,11 +32,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["arena_db"] = Database(app.config["DATABASE_URL"])
     app.extensions["arena_standings"] = Standings(refresh=app.config.get("STANDINGS_REFRESH", 5.0))
 
-    from leaderboard import api, caching, filters, views
+    from leaderboard import access, api, caching, filters, views
 
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     filters.init_app(app)
+    access.init_app(app)
     caching.init_app(app)
     app.register_error_handler(HTTPException, _error)
     return app

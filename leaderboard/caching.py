@@ -11,6 +11,7 @@ says so in ``Cache-Control``:
   :data:`FROZEN_ROUND` (only the list of newer rounds in the header could go stale).
 * A match's result is written once: its page for a day, its gallery images for good.
 * Everything else is revalidated on every view (``no-cache``): the ETag still spares the body.
+* A signed-in viewer's pages (which show its logs) are ``private``, never kept in the shared cache above.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, current_app, g, render_template, request
+from flask import Flask, Response, current_app, g, render_template, request, session
 
 FROZEN_ROUND = "public, max-age=300"
 MATCH = "public, max-age=86400"
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
+PRIVATE = "private, no-cache"
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,9 @@ class Rendered:
 
 
 def html(template: str, page: Page) -> str:
-    """``template`` rendered with the page's data, once per page state."""
-    if page.state is None:
+    """``template`` rendered with the page's data, once per page state (not kept for a signed-in viewer,
+    whose pages name them)."""
+    if page.state is None or "token" in session:
         return render_template(template, **page.data)
     return _rendered().get(("html", template, page.state), lambda: render_template(template, **page.data))
 
@@ -107,6 +110,9 @@ def init_app(app: Flask) -> None:
     def conditional(response: Response) -> Response:
         if request.method not in ("GET", "HEAD") or response.status_code != 200 or response.is_streamed:
             return response
+        response.vary.add("Cookie")
+        if "token" in session:  # a signed-in viewer's page is theirs: no shared cache keeps it
+            response.headers["Cache-Control"] = PRIVATE
         response.headers.setdefault("Cache-Control", g.get("cache_control", REVALIDATE))
         if response.get_etag() == (None, None):
             response.add_etag()

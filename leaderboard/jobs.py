@@ -9,9 +9,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from arena.access import relative_paths
 from arena.planner import JOB_ORDER
 from arena.scoring import plugin_entries
 from arena.store import Job
+from leaderboard.access import private_log
 from leaderboard.lookup import database, rounds, summary
 
 STATES = ("queued", "running", "done", "failed")
@@ -64,10 +66,17 @@ def _job(job: Job, entries: dict[int, Any]) -> dict[str, Any]:
         "defense": asdict(defense) if defense else None,
         "attempts": job.attempts,
         "worker": job.worker,
-        "error": job.error,
-        "log_tail": job.log_tail if job.state == "failed" else None,
+        "error": relative_paths(job.error),
+        **private_log(job.log_tail if job.state == "failed" else None, _owners(job, attack, defense)),
         "queued_at": job.queued_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "seconds": (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else None,
     }
+
+
+def _owners(job: Job, attack: Any, defense: Any) -> set[int]:
+    """The team whose log a job's log tail is: a match's attack's, a training's defense's (the
+    substitute's is the arena's own: the instructor's)."""
+    owner = attack if job.kind == "match" else defense
+    return {owner.team_id} if owner is not None else set()

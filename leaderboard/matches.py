@@ -9,11 +9,13 @@ import numpy as np
 from flask import abort, url_for
 from sqlalchemy import select
 
+from arena.access import relative_paths
 from arena.curves import robustness_curve
 from arena.records import unpack
 from arena.scoring import plugin_entries
 from arena.store import Result, Track
 from leaderboard import gallery
+from leaderboard.access import private_log
 from leaderboard.lookup import database, get_or_404
 
 #: per-sample outcomes counted on the match page, in the order shown
@@ -52,8 +54,8 @@ def match(result_id: int) -> dict[str, Any]:
             for a in attempts
         ],
         "status": result.status,
-        "error": result.error,
-        "log_tail": result.log_tail,
+        "error": relative_paths(result.error),
+        **private_log(result.log_tail, _log_owners(entries, result)),
         "attack": asdict(entries[result.attack_version_id]),
         "defense": asdict(entries[result.defense_version_id]),
         "track": result.track,
@@ -70,6 +72,12 @@ def match(result_id: int) -> dict[str, Any]:
         "amplification": gallery.amplification(shown) if shown else None,
         "gallery": _items(result.id, shown, records) if shown else [],
     }
+
+
+def _log_owners(entries: dict[int, Any], result: Result) -> set[int]:
+    """The teams whose log a match's log tail is: the attack's (its process printed it; a defense that
+    failed reads why in the match's public reason, and its own logs on its plugin's page)."""
+    return {entries[result.attack_version_id].team_id}
 
 
 def image(result_id: int, item: int, kind: str) -> bytes:

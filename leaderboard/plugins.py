@@ -10,10 +10,12 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from arena.access import relative_paths
 from arena.curves import robustness_curve
 from arena.records import unpack
 from arena.scoring import plugin_entries
 from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry
+from leaderboard.access import private_log
 from leaderboard.lookup import database, get_or_404
 from leaderboard.teams import WAITING, iso, team_line, validation_state
 
@@ -53,6 +55,7 @@ def plugin(plugin_id: int) -> dict[str, Any]:
     """
     with database().session() as session:
         found = get_or_404(session, Plugin, plugin_id, "plugin")
+        owners = {found.team_id}  # who may see the plugin's logs (with the instructor)
         line = {
             "id": found.id,
             "name": found.name,
@@ -66,7 +69,7 @@ def plugin(plugin_id: int) -> dict[str, Any]:
         ids = [v.id for v in versions]
         results = _results(session, ids)
         rounds = _rounds(session, ids)
-        failures = _training_failures(session, set(ids)) if found.kind == "defense" else {}
+        failures = _training_failures(session, set(ids), owners) if found.kind == "defense" else {}
         curves = _curves(session, ids) if found.kind == "defense" else {}
     return {
         "plugin": line,
@@ -84,7 +87,7 @@ def plugin(plugin_id: int) -> dict[str, Any]:
                 "valid": v.valid,
                 **validation_state(v.status, v.errors, v.evaluated_at),
                 "checks": v.checks,
-                "log_tail": v.log_tail,
+                **private_log(v.log_tail, owners),
                 "created_at": v.created_at.isoformat(),
                 "rounds": rounds.get(v.id, []),
                 "results": results.get(v.id, []),
@@ -124,7 +127,7 @@ def _results(session: Session, version_ids: list[int]) -> dict[int, list[dict[st
                     "opponent": asdict(opponents[other]),
                     "status": r.status,
                     "attempt": r.attempt,
-                    "error": r.error,
+                    "error": relative_paths(r.error),
                     "robust_accuracy": metrics.get("robust_accuracy"),
                     "success_rate": metrics.get("success_rate"),
                 }
@@ -168,8 +171,9 @@ def _rounds(session: Session, version_ids: list[int]) -> dict[int, list[int]]:
     return rounds
 
 
-def _training_failures(session: Session, version_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
-    """Per defense version: its failed training jobs (defense or twin) with their error and log tail."""
+def _training_failures(session: Session, version_ids: set[int], owners: set[int]) -> dict[int, list[dict[str, Any]]]:
+    """Per defense version: its failed training jobs (defense or twin) with their error and, for ``owners``
+    (and the instructor), their log tail."""
     query = select(Job.id, Job.kind, Job.params, Job.error, Job.log_tail, Job.finished_at).where(
         Job.kind.in_(("train-defense", "train-twin")), Job.state == "failed"
     )
@@ -182,8 +186,8 @@ def _training_failures(session: Session, version_ids: set[int]) -> dict[int, lis
                     "job": job.id,
                     "kind": job.kind,
                     "track": job.params.get("track"),
-                    "error": job.error,
-                    "log_tail": job.log_tail,
+                    "error": relative_paths(job.error),
+                    **private_log(job.log_tail, owners),
                     "finished_at": iso(job.finished_at),
                 }
             )

@@ -14,12 +14,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
+from sqlalchemy import select
 from test_scoring import Rows
 
+from arena import access
 from arena.config import Settings
 from arena.hookspecs import THREATS
 from arena.scoring import round_standings
-from arena.store import Database, PluginVersion, Round
+from arena.store import Database, PluginVersion, Round, Team
 from arena.tracks import TRACKS
 from leaderboard import create_app
 
@@ -48,6 +50,23 @@ def app(tmp_path: Path) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+def sign_in(app: Flask, client: FlaskClient, team: str | None = None) -> str:
+    """Sign ``client`` in with a new token of ``team`` (None: the instructor's); return the token."""
+    with app.extensions["arena_db"].session() as session:
+        team_id = None if team is None else session.scalar(select(Team.id).where(Team.name == team))
+        token = access.issue(session, team_id)
+    assert client.post("/signin", data={"token": token}).status_code == 302
+    return token
+
+
+@pytest.fixture
+def instructor(app: Flask) -> FlaskClient:
+    """A client signed in as the instructor: it sees every team's logs."""
+    signed_in = app.test_client()
+    sign_in(app, signed_in)
+    return signed_in
 
 
 class BoardRows(Rows):
@@ -258,7 +277,7 @@ def test_names_errors_and_logs_from_plugins_are_escaped(client: FlaskClient, pla
         assert EVIL not in page and "<b>boom" not in page and "<i>out of" not in page, url
     assert ESCAPED in client.get("/").get_data(as_text=True)
     assert "&lt;b&gt;boom&lt;/b&gt;" in client.get("/matrix").get_data(as_text=True)
-    assert "log " + ESCAPED in client.get(f"/matches/{failed_id}").get_data(as_text=True)
+    assert "log " + ESCAPED not in client.get(f"/matches/{failed_id}").get_data(as_text=True), "a team's log"
     assert "&lt;i&gt;out of memory&lt;/i&gt;" in client.get("/jobs").get_data(as_text=True)
 
 
@@ -308,13 +327,18 @@ def test_gallery_images_are_pngs_and_the_perturbation_is_amplified(client: Flask
     assert (np.asarray(Image.open(io.BytesIO(held.data)).convert("RGB")) == 255).all()  # nothing changed: white
 
 
-def test_a_failed_match_shows_its_reason_and_log_tail(client: FlaskClient, played: Played) -> None:
+def test_a_failed_match_shows_its_reason_and_log_tail(
+    client: FlaskClient, instructor: FlaskClient, played: Played
+) -> None:
     failed_id = client.get("/api/matrix?round=2").json["cells"][1][0]["result_id"]
     page = client.get(f"/matches/{failed_id}").get_data(as_text=True)
     assert "Why it failed" in page and "&lt;b&gt;boom&lt;/b&gt;" in page and "Log tail" in page
+    assert "shown to the plugin's team and the instructor" in page, "the public sees the reason, not the log"
     data = client.get(f"/api/matches/{failed_id}").json
     assert data["status"] == "failed" and data["gallery"] == [] and data["outcomes"] is None
-    assert data["log_tail"] == f"log {EVIL}"
+    assert data["log_tail"] is None and data["log_hidden"]
+    assert "log " + ESCAPED in instructor.get(f"/matches/{failed_id}").get_data(as_text=True)
+    assert instructor.get(f"/api/matches/{failed_id}").json["log_tail"] == f"log {EVIL}"
     assert client.get(f"/matches/{failed_id}/gallery/0/clean.png").status_code == 404
 
 
@@ -491,7 +515,10 @@ def test_a_version_waiting_for_validation_says_why_and_is_not_called_invalid(
     assert "no version has passed validation yet" in team and "never passed validation" not in team
 
 
-def test_a_valid_version_shows_its_smoke_match_readably_with_every_field(client: FlaskClient, rows: BoardRows) -> None:
+def test_a_valid_version_shows_its_smoke_match_readably_with_every_field(
+    instructor: FlaskClient, rows: BoardRows
+) -> None:
+    client = instructor
     checks = SMOKE_OK | {"smoke": SMOKE_OK["smoke"] | {"draws": 2}, "imports": ["torch"]}
     rows.version("cyan", "pgd", "attack", checks=checks, log_tail="step 1\nstep 2")
     plugin_id = plugin_ids(client)["cyan/pgd"]
@@ -522,7 +549,10 @@ def test_a_valid_version_shows_its_smoke_match_readably_with_every_field(client:
     assert line["latest"]["status"] == "valid" and line["latest"]["evaluated_at"] == VALIDATED.isoformat()
 
 
-def test_a_failed_validation_shows_the_failed_smoke_match_and_its_errors(client: FlaskClient, rows: BoardRows) -> None:
+def test_a_failed_validation_shows_the_failed_smoke_match_and_its_errors(
+    instructor: FlaskClient, rows: BoardRows
+) -> None:
+    client = instructor
     error = "smoke match: against arena/fgsm (white-box): ZeroDivisionError"
     rows.version("cyan", "shaky", "defense", status="invalid", errors=error, checks=SMOKE_FAILED, log_tail="Trace")
     rows.version("cyan", "shaky", "defense", status="deferred", errors=DEFERRED)
@@ -577,7 +607,8 @@ def test_a_withdrawn_plugin_says_so(client: FlaskClient, rows: BoardRows) -> Non
     assert line["withdrawn_at"] == "2025-01-05T08:00:00+00:00"
 
 
-def test_a_hostile_log_tail_and_checks_are_escaped(client: FlaskClient, rows: BoardRows) -> None:
+def test_a_hostile_log_tail_and_checks_are_escaped(instructor: FlaskClient, rows: BoardRows) -> None:
+    client = instructor
     hostile = {
         "declared": {"norms": [EVIL], "threats": ["white-box"]},
         "folder": [f"plugin.toml: {EVIL}"],
@@ -811,3 +842,90 @@ def test_diagnostics_flag_a_defense_and_link_to_their_explanation(client: FlaskC
     assert 'href="/rules#vanishing-gradients"' in page and "3.3e-06 of the undefended baseline" in page
     rules = client.get("/rules").get_data(as_text=True)
     assert 'id="vanishing-gradients"' in rules and 'id="unstable-draws"' in rules
+
+
+# --------------------------------------------------------------------------------------------------
+# Team-private logs: a team's token shows its own plugins' logs, the instructor's every team's, the public none
+# --------------------------------------------------------------------------------------------------
+
+
+def failed_match(client: FlaskClient) -> int:
+    return client.get("/api/matrix?round=2").json["cells"][1][0]["result_id"]
+
+
+def plugin_id(client: FlaskClient, name: str) -> int:
+    teams = client.get("/api/teams").json["teams"]
+    return next(p["id"] for t in teams for p in t["plugins"] if p["name"] == name)
+
+
+def logs_seen(client: FlaskClient) -> dict[str, bool]:
+    """Which of the played round's logs ``client`` is shown, as page and as API."""
+    match_id, plain = failed_match(client), plugin_id(client, "plain")
+    match_page = client.get(f"/matches/{match_id}").get_data(as_text=True)
+    jobs_page = client.get("/jobs?round=2").get_data(as_text=True)
+    (version,) = client.get(f"/api/plugins/{plain}").json["versions"]
+    return {
+        "attack's match log": f"log {ESCAPED}" in match_page
+        and client.get(f"/api/matches/{match_id}").json["log_tail"] is not None,
+        "defense's training log": f"trace {ESCAPED}" in jobs_page
+        and version["training_failures"][0]["log_tail"] is not None,
+    }
+
+
+def test_each_team_sees_its_own_logs_and_no_other_teams(app: Flask, played: Played) -> None:
+    public, attacker, defender, bystander, instructor = (app.test_client() for _ in range(5))
+    sign_in(app, attacker, EVIL)  # the team of the crashy attack, whose match failed
+    sign_in(app, defender, "blue")  # the team of the defense whose training failed
+    sign_in(app, bystander, "red")
+    sign_in(app, instructor)
+    assert logs_seen(public) == {"attack's match log": False, "defense's training log": False}
+    assert logs_seen(attacker) == {"attack's match log": True, "defense's training log": False}
+    assert logs_seen(defender) == {"attack's match log": False, "defense's training log": True}
+    assert logs_seen(bystander) == {"attack's match log": False, "defense's training log": False}
+    assert logs_seen(instructor) == {"attack's match log": True, "defense's training log": True}
+    assert "signed in as blue" in defender.get("/").get_data(as_text=True)
+    assert "signed in as the instructor" in instructor.get("/rules").get_data(as_text=True)
+
+
+def test_the_public_still_sees_every_failure_reason(client: FlaskClient, played: Played) -> None:
+    page = client.get(f"/matches/{failed_match(client)}").get_data(as_text=True)
+    assert "&lt;b&gt;boom&lt;/b&gt;" in page and "sign in" in page
+    assert "&lt;i&gt;out of memory&lt;/i&gt;" in client.get("/jobs?round=2").get_data(as_text=True)
+
+
+def test_a_new_token_retires_the_old_one_and_its_sessions(app: Flask, played: Played) -> None:
+    browser = app.test_client()
+    old = sign_in(app, browser, "blue")
+    assert logs_seen(browser)["defense's training log"]
+    sign_in(app, app.test_client(), "blue")  # `arena team token blue` again
+    assert not logs_seen(browser)["defense's training log"], "the old session ends with its token"
+    again = app.test_client().post("/signin", data={"token": old})
+    assert again.status_code == 403 and "not known" in again.get_data(as_text=True)
+    assert app.test_client().post("/signin", data={"token": ""}).status_code == 403
+
+
+def test_a_signed_in_page_is_never_kept_for_others_and_no_page_shows_a_token(app: Flask, played: Played) -> None:
+    signed_in, public = app.test_client(), app.test_client()
+    token = sign_in(app, signed_in, "blue")
+    for url in ("/", "/?round=1", "/matrix?round=1", "/rounds", "/jobs", f"/matches/{failed_match(public)}"):
+        private, shared = signed_in.get(url), public.get(url)
+        assert private.headers["Cache-Control"] == "private, no-cache", url
+        assert "private" not in shared.headers["Cache-Control"] and "Cookie" in shared.headers["Vary"], url
+        assert "signed in as" not in shared.get_data(as_text=True), f"{url}: a page rendered for a team was kept"
+        for body in (private.get_data(as_text=True), shared.get_data(as_text=True)):
+            assert token not in body and access.digest(token) not in body, url
+    assert signed_in.get("/signout").status_code == 302
+    assert not logs_seen(signed_in)["defense's training log"]
+
+
+def test_a_log_shown_to_its_team_names_no_server_path() -> None:
+    log = (
+        'Traceback (most recent call last):\n  File "/srv/arena/home/plugin-cache/0123456789abcdef/attack.py", '
+        'line 3, in run\n  File "/opt/venv/lib/python3.11/site-packages/torch/nn/modules/module.py", line 9\n'
+        '  File "/usr/lib/python3.11/multiprocessing/connection.py", line 384, in _send\n'
+        '  File "/srv/arena/src/arena/match.py", line 20, in play'
+    )
+    shown = access.relative_paths(log)
+    assert "/srv" not in shown and "/opt" not in shown and "/usr" not in shown
+    assert '"attack.py", line 3' in shown and '"torch/nn/modules/module.py"' in shown
+    assert '"multiprocessing/connection.py"' in shown and '"arena/match.py"' in shown

@@ -13,6 +13,7 @@ from arena.store.models import (
     RoundEntry,
     RoundMatch,
     Team,
+    Token,
     Track,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "RoundEntry",
     "RoundMatch",
     "Team",
+    "Token",
     "Track",
 ]

@@ -236,6 +236,20 @@ class JobInput(Base):
     key: Mapped[str] = mapped_column(String(64), index=True)
 
 
+class Token(Base):
+    """A board sign-in: a team's (its logs and failures) or, with no team, the instructor's (everything).
+
+    Only the SHA-256 of the token is kept; the token itself is shown once, by the command that made it.
+    """
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Artifact(Base):
     """A trained model (defense, twin or substitute) or a track's evaluation set, which any worker can load."""
 
