@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -329,16 +330,18 @@ def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int) -> 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
-def serve(host: str, port: int) -> None:
-    """Serve the leaderboard."""
-    _serve(host, port)
+@click.option("--workers", type=click.IntRange(1), help="Server processes [2 per core, plus 1].")
+def serve(host: str, port: int, workers: int | None) -> None:
+    """Serve the leaderboard (gunicorn: several processes sharing one app and one sign-in key)."""
+    _serve(host, port, workers)
 
 
-def _serve(host: str, port: int) -> None:
-    from leaderboard import create_app
+def _serve(host: str, port: int, workers: int | None = None) -> None:
+    from leaderboard.server import serve as run_server
 
-    click.echo(f"leaderboard on http://{host}:{port} (Ctrl+C to stop)")
-    create_app().run(host=host, port=port)
+    count = workers or 2 * (os.cpu_count() or 1) + 1
+    click.echo(f"leaderboard on http://{host}:{port} ({count} server processes; Ctrl+C to stop)")
+    run_server(host, port, count)
 
 
 main.add_command(workers.worker)

@@ -40,7 +40,23 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     access.init_app(app)
     caching.init_app(app)
     app.register_error_handler(HTTPException, _error)
+    app.after_request(_security_headers)
     return app
+
+
+#: what a page may load: its own scripts, styles and images only (style attributes: the heatmap's colours)
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def _security_headers(response: Any) -> Any:
+    """No script but the board's own, no framing, no sniffing, no referrer beyond the board."""
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
 
 
 def _error(exc: HTTPException) -> tuple[Any, int]:

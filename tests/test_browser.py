@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from test_rounds import RAISES_IN_RUN, TINY, write_plugin
 from werkzeug.serving import make_server
 
-from arena import planner
+from arena import access, planner
 from arena.config import Settings
 from arena.execution import local
-from arena.store import Database
+from arena.store import Database, Team
 from arena.tracks import load_tracks
 from leaderboard import create_app
 
@@ -200,3 +201,28 @@ def test_plugin_page_shows_a_validation_error_plainly(browser: object, board: st
     browser.get(board + "/rules")
     assert "tiny" in text(browser) and "gray-box" in text(browser)
     screenshot(browser, "rules")
+
+
+def test_a_match_log_is_its_teams_and_signing_in_shows_it(
+    browser: object, board: str, finished_round: Settings
+) -> None:
+    browser.get(board + "/matrix?track=tiny&threat=white-box")
+    match = browser.find_element("css selector", "table.matrix td.failed a").get_attribute("href")
+    browser.get(match)
+    assert "shown to the plugin's team and the instructor" in text(browser) and "Traceback" not in text(browser)
+    db = Database(finished_round.database_url)
+    with db.session() as session:
+        token = access.issue(session, session.scalar(select(Team.id).where(Team.name == "students")))
+    db.dispose()
+    try:
+        browser.get(board + "/signin")
+        browser.find_element("name", "token").send_keys(token)
+        browser.find_element("css selector", "form button").click()
+        assert "signed in as students" in text(browser)
+        browser.get(match)
+        page = text(browser)
+        assert "Traceback" in page and "this attack always fails" in page and "plugin-cache" not in page
+        screenshot(browser, "signed-in-match")
+    finally:
+        browser.get(board + "/signout")
+    assert "Sign in" in text(browser)
