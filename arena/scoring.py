@@ -88,6 +88,7 @@ class DefenseStanding:
     below_floor: bool
     draws: int | None  # the most draws any of its matches was evaluated with (randomized defenses: several)
     diagnostics: list[dict[str, str]] = field(default_factory=list)  # see arena.diagnostics
+    rank: int = 0  # shared by defenses equal on floor, worst-case and clean accuracy
 
 
 @dataclass
@@ -105,6 +106,7 @@ class AttackStanding:
     failed: int  # its own failures (a failure of the defense's code is not the attack's)
     pending: int
     violations: int  # samples the referee had to project back into the budget, over its ok matches
+    rank: int = 0  # shared by attacks equal on mean success and unique breaks
 
 
 @dataclass
@@ -348,8 +350,8 @@ def _board(
         _attack(entries[a], unique.get(a, 0), [cells[p] for p in row], [metrics[p] for p in row if p in ok])
         for a, row in sorted(rows.items())
     ]
-    defenses.sort(key=lambda s: (s.below_floor, *_desc(s.worst_case_robust_accuracy), *_desc(s.clean_accuracy)))
-    attacks.sort(key=lambda s: (*_desc(s.mean_success_rate), -s.unique_breaks))
+    _rank(defenses, lambda s: (s.below_floor, *_desc(s.worst_case_robust_accuracy), *_desc(s.clean_accuracy)))
+    _rank(attacks, lambda s: (*_desc(s.mean_success_rate), -s.unique_breaks))
     matrix = [[cells.get((a.entry.version_id, d.entry.version_id)) for d in defenses] for a in attacks]
     return Board(track, threat, floor, defenses, attacks, matrix)
 
@@ -449,8 +451,19 @@ def _mean(values: Iterable[Any]) -> float | None:
 
 
 def _desc(value: float | None) -> tuple[bool, float]:
-    """Sort key part: larger values first, missing values last."""
-    return value is None, -(value or 0.0)
+    """Sort key part: larger values first, missing values last (equal to 1e-9: float sums may differ in
+    their last bits while the figures are the same)."""
+    return value is None, -round(value or 0.0, 9)
+
+
+def _rank(standings: list[Any], key: Callable[[Any], tuple]) -> None:
+    """Sort ``standings`` by ``key`` and give each its ``rank``: equal keys share one (1, 2, 2, 4), and
+    the order among them is their labels' (stated on the board, never a score)."""
+    standings.sort(key=lambda s: (key(s), s.entry.label))
+    for position, standing in enumerate(standings):
+        previous = standings[position - 1] if position else None
+        tied = previous is not None and key(previous) == key(standing)
+        standing.rank = previous.rank if tied else position + 1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -325,6 +325,21 @@ def test_defenses_below_the_clean_floor_rank_last(db: Database, rows: Rows) -> N
     assert [d.below_floor for d in board.defenses] == [False, False, False, True]
 
 
+def test_ties_share_a_rank_and_are_listed_by_name(db: Database, rows: Rows) -> None:
+    """Equal on worst-case and clean accuracy: one rank (1, 1, 3), listed by label; attacks likewise."""
+    early, late = rows.version("red", "early", "attack"), rows.version("red", "late", "attack")
+    zeta, alpha, third = (rows.version("blue", name, "defense") for name in ("zeta", "alpha", "third"))
+    r = rows.round(1)
+    for attack in (early, late):
+        rows.match(r, attack, zeta, [1, 1, 0, 0])
+        rows.match(r, attack, alpha, [1, 1, 0, 0])
+        rows.match(r, attack, third, [1, 0, 0, 0])
+    (board,) = standings(db, r)
+    assert [(d.entry.plugin, d.rank) for d in board.defenses] == [("alpha", 1), ("zeta", 1), ("third", 3)]
+    assert [(a.entry.plugin, a.rank) for a in board.attacks] == [("early", 1), ("late", 1)]
+    assert board.as_dict()["defenses"][1]["rank"] == 1
+
+
 def test_a_track_without_a_floor_flags_nobody(db: Database, rows: Rows) -> None:
     attack, d = rows.version("r", "a", "attack"), rows.version("b", "d", "defense")
     r = rows.round(1)
