@@ -12,7 +12,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from arena import admin, planner, plugins, scaffold, scoring, validation
+from arena import admin, export, planner, plugins, scaffold, scoring, validation
 from arena.config import Settings, SettingsError
 from arena.execution import follow, local, rounds, workers
 from arena.sandbox import SandboxError
@@ -269,6 +269,26 @@ def results(number: int | None, as_json: bool) -> None:
         click.echo(json.dumps(boards, indent=2, default=str))
     else:
         _print_results(db, round_id)
+
+
+@main.command("export")
+@click.option("--round", "number", type=int, help="Round number [latest].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON files instead of CSV.")
+def export_round(number: int | None, out: Path, as_json: bool) -> None:
+    """Write a round's rankings, matrices and per-sample results (round-N-TABLE.csv) into a folder."""
+    db = _open(Settings.from_env())
+    out.mkdir(parents=True, exist_ok=True)
+    with db.session() as session:
+        query = select(Round).order_by(Round.number.desc())
+        round_ = session.scalars(query if number is None else query.where(Round.number == number)).first()
+        if round_ is None:
+            raise click.ClickException("no round yet" if number is None else f"no round {number}")
+        for table in export.TABLES:
+            rows = export.rows(session, round_, table)
+            path = out / f"round-{round_.number}-{table}.{'json' if as_json else 'csv'}"
+            path.write_text(json.dumps(rows, indent=1) if as_json else export.as_csv(rows), encoding="utf-8")
+            click.echo(f"{path}: {len(rows)} rows")
 
 
 def _print_results(db: Database, round_id: int) -> None:

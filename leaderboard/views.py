@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Response, abort, render_template, request
 
-from leaderboard import boards, caching, jobs, matches, plugins, rounds, rules, teams
+from arena import export
+from leaderboard import boards, caching, jobs, matches, plugins, rules, teams
+from leaderboard import rounds as history_pages
+from leaderboard.lookup import database, rounds
 
 bp = Blueprint("board", __name__)
 
@@ -28,7 +31,7 @@ def matrix() -> str:
 @bp.route("/rounds")
 def history() -> str:
     """Every round's leaders, and one board's history: scores over rounds, who broke whom, survival."""
-    return caching.html("rounds/history.html", rounds.history(request.args))
+    return caching.html("rounds/history.html", history_pages.history(request.args))
 
 
 @bp.route("/matches/<int:result_id>")
@@ -74,3 +77,19 @@ def job_list() -> str:
 def rule_book() -> str:
     """Tracks, budgets, threat models and scoring."""
     return render_template("rules/rules.html", **rules.rules())
+
+
+@bp.route("/export/<table>.csv")
+def export_table(table: str) -> Response:
+    """A round's table as CSV (``rankings``, ``matrix``, ``samples``), of one board with ``?track=&threat=``."""
+    if table not in export.TABLES:
+        abort(404, f"no table {table}: {', '.join(export.TABLES)}")
+    with database().session() as session:
+        _, chosen = rounds(session, request.args.get("round"))
+        if chosen is None:
+            abort(404, "no round yet")
+        body = export.as_csv(export.rows(session, chosen, table, request.args.get("track"), request.args.get("threat")))
+        name = f"round-{chosen.number}-{table}.csv"
+    response = Response(body, mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
@@ -18,6 +20,7 @@ from sqlalchemy import select
 from test_scoring import Rows
 
 from arena import access
+from arena.cli import main
 from arena.config import Settings
 from arena.hookspecs import THREATS
 from arena.scoring import round_standings
@@ -929,3 +932,45 @@ def test_a_log_shown_to_its_team_names_no_server_path() -> None:
     assert "/srv" not in shown and "/opt" not in shown and "/usr" not in shown
     assert '"attack.py", line 3' in shown and '"torch/nn/modules/module.py"' in shown
     assert '"multiprocessing/connection.py"' in shown and '"arena/match.py"' in shown
+
+
+# --------------------------------------------------------------------------------------------------
+# Exports
+# --------------------------------------------------------------------------------------------------
+
+
+def csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_a_round_exports_its_rankings_matrix_and_samples_as_csv(client: FlaskClient, played: Played) -> None:
+    rankings = client.get("/export/rankings.csv?round=2")
+    assert (
+        rankings.mimetype == "text/csv" and 'filename="round-2-rankings.csv"' in rankings.headers["Content-Disposition"]
+    )
+    ranked = csv_rows(rankings.get_data(as_text=True))
+    defenses = [(r["plugin"], r["rank"], r["score"]) for r in ranked if r["kind"] == "defense"]
+    assert defenses == [("madry", "1", "0.5"), ("plain", "2", "0.25")]
+    assert {r["plugin"] for r in ranked if r["kind"] == "attack"} == {"fgsm", "crashy"}
+    matrix = csv_rows(client.get("/export/matrix.csv?round=2&track=digits&threat=white-box").get_data(as_text=True))
+    failed = next(r for r in matrix if r["status"] == "failed")
+    assert failed["attack"] == "crashy" and failed["error"] == "<b>boom</b>" and "log" not in failed
+    samples = csv_rows(client.get("/export/samples.csv?round=2").get_data(as_text=True))
+    assert len(samples) == 2 * 4 and {s["defense"] for s in samples} == {"madry", "plain"}
+    assert sum(s["survived"] == "True" for s in samples if s["defense"] == "madry") == 2
+    assert client.get("/export/secrets.csv").status_code == 404
+    assert "round-2-samples.csv" not in client.get("/?round=2").get_data(as_text=True)
+    assert "/export/samples.csv?round=2" in client.get("/?round=2").get_data(as_text=True).replace("&amp;", "&")
+
+
+def test_arena_export_writes_the_same_tables(
+    app: Flask, played: Played, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARENA_DATABASE_URL", app.config["DATABASE_URL"])
+    monkeypatch.setenv("ARENA_HOME", str(tmp_path / "home"))
+    done = CliRunner().invoke(main, ["export", "--round", "2", "--out", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    written = (tmp_path / "out" / "round-2-rankings.csv").read_text()
+    assert written == app.test_client().get("/export/rankings.csv?round=2").get_data(as_text=True)
+    assert "round-2-samples.csv: 8 rows" in done.output
+    assert CliRunner().invoke(main, ["export", "--round", "9"]).exit_code == 1
