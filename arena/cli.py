@@ -103,18 +103,29 @@ def plugin_new(kind: str, name: str, team: str, parent: Path | None) -> None:
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--track", "track_name", default="digits", show_default=True)
 def plugin_check(path: Path, track_name: str) -> None:
-    """Validate a plugin folder and play it against the built-in plugins on a track."""
-    settings = Settings.from_env()
+    """Validate a plugin folder (with the smoke match a push gets) and play it against the built-in plugins.
+
+    It plays in a scratch arena (ARENA_HOME/checks): nothing reaches the class's database or board.
+    """
+    track = admin.named_tracks(Settings.from_env(), (track_name,))[0]
+    settings = Settings.from_env().scratch()
+    settings.home.mkdir(parents=True, exist_ok=True)
     db = _open(settings)
-    track = admin.named_tracks(settings, (track_name,))[0]
     source = plugins.read_folder(path.resolve())
-    errors = validation.validate(source, settings.home / "plugin-cache").errors
-    if errors:
+    try:
+        kit = validation.smoke_kit(db, settings)
+    except validation.BaselineError as exc:
+        raise click.ClickException(str(exc)) from None
+    checked = validation.validate(source, settings.home / "plugin-cache", kit)
+    if checked.errors:
         click.secho(f"{source.label}: INVALID", fg="red")
-        for error in errors:
+        for error in checked.errors:
             click.echo(f"  {error}")
         sys.exit(1)
+    smoke = checked.smoke or {}
     click.secho(f"{source.label}: valid ({source.content_hash[:12]})", fg="green")
+    against = f"{smoke.get('against')} ({smoke.get('threat')})"
+    click.echo(f"  smoke match, as a push gets it: {smoke.get('status')} against {against}")
     planner.sync(db, settings)
     with db.session() as session:
         version, _ = planner.record_version(session, source, settings)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 #: the repository's own plugin folders (built-in attacks and defenses), when running from a checkout
@@ -53,6 +53,12 @@ class Settings:
             raise SettingsError(f"ARENA_PLUGIN_DIRS names {', '.join(missing)}, which is not a folder")
         builtin = _builtins(env.get("ARENA_BUILTINS"))
         return cls(home, database_url, data_dir, builtin + extra, env.get("ARENA_BROKER_URL") or None)
+
+    def scratch(self) -> Settings:
+        """The settings of ``arena plugin check``: a home of its own (``HOME/checks``, its own SQLite database,
+        plugin cache and secret), so that checks never reach the class's database or board."""
+        home = self.home / "checks"
+        return replace(self, home=home, database_url=f"sqlite:///{home / 'arena.db'}", broker_url=None)
 
     def secret(self) -> bytes:
         """The arena's secret (seeds of defenses and twins derive from it); created on first use."""

@@ -175,9 +175,13 @@ def test_plugin_check_plays_against_the_builtins(tmp_path: Path, student_dir: Pa
     assert runner.invoke(main, ["plugin", "new", "attack", "probe", "--dir", str(tmp_path)]).exit_code == 0
     out = runner.invoke(main, ["plugin", "check", str(tmp_path / "probe"), "--track", "tiny"])
     assert out.exit_code == 0, out.output
-    assert "valid" in out.output
+    assert "valid" in out.output and "smoke match, as a push gets it: ok against arena/undefended" in out.output
     assert "arena/undefended" in out.output and "arena/fgsm-adv-training" in out.output
     assert "violations" in out.output and "warning" not in out.output
+    home = Settings.from_env().home
+    assert not (home / "arena.db").exists(), "a check never writes into the class's database"
+    with Database(f"sqlite:///{home / 'checks' / 'arena.db'}").session() as session:
+        assert session.scalar(select(func.count()).select_from(Result)) > 0, "it played in the scratch arena"
 
     write_plugin(tmp_path / "sloppy", "sloppy", "attack", IGNORES_BUDGET)
     sloppy = runner.invoke(
