@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from leaderboard import boards, caching, jobs, matches, plugins, rounds, rules, teams
+from leaderboard import boards, caching, games, jobs, matches, plugins, rounds, rules, teams
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -75,3 +75,9 @@ def jobs_() -> dict[str, Any]:
 def rules_() -> dict[str, Any]:
     """Tracks, threat models and scoring."""
     return rules.rules()
+
+
+@bp.route("/game", endpoint="game")
+def game_() -> dict[str, Any]:
+    """A board as a zero-sum game: value, equilibrium mixes, best responses, the value over rounds."""
+    return games.game(request.args)

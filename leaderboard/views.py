@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, render_template, request
 
 from arena import export
-from leaderboard import boards, caching, jobs, matches, plugins, rules, teams
+from leaderboard import boards, caching, games, jobs, matches, plugins, rules, teams
 from leaderboard import rounds as history_pages
 from leaderboard.lookup import database, rounds
 
@@ -32,6 +32,12 @@ def matrix() -> str:
 def history() -> str:
     """Every round's leaders, and one board's history: scores over rounds, who broke whom, survival."""
     return caching.html("rounds/history.html", history_pages.history(request.args))
+
+
+@bp.route("/game")
+def game_page() -> str:
+    """A board as a zero-sum game: its value, the equilibrium mixes, best responses, the value over rounds."""
+    return render_template("game/game.html", **games.game(request.args))
 
 
 @bp.route("/matches/<int:result_id>")

@@ -974,3 +974,24 @@ def test_arena_export_writes_the_same_tables(
     assert written == app.test_client().get("/export/rankings.csv?round=2").get_data(as_text=True)
     assert "round-2-samples.csv: 8 rows" in done.output
     assert CliRunner().invoke(main, ["export", "--round", "9"]).exit_code == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The game
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_game_page_shows_the_value_mixes_and_best_responses(client: FlaskClient, played: Played) -> None:
+    """Round 2, white-box: fgsm breaks half of madry and two thirds of plain; crashy failed, one cell pending."""
+    data = client.get("/api/game?round=2&track=digits&threat=white-box").json
+    game = data["game"]
+    assert game["value"] == pytest.approx(0.5) and not game["complete"]
+    weights = {a["label"]: a["weight"] for a in game["attacks"]}
+    assert weights["red/fgsm"] == pytest.approx(1.0) and weights[next(k for k in weights if "crashy" in k)] == 0.0
+    defenses = {d["label"]: d for d in game["defenses"]}
+    assert defenses["blue/madry"]["weight"] == pytest.approx(1.0)
+    assert defenses["blue/plain"]["best_response"] == "red/fgsm"
+    assert [v["round"] for v in data["values"]] == [2]  # round 1 played gray-box only
+    page = client.get("/game?round=2&track=digits&threat=white-box").get_data(as_text=True)
+    assert "Value of the game" in page and "50.0%" in page and "still pending" in page
+    assert client.get("/game?round=2&track=mnist&threat=white-box").status_code == 404
