@@ -46,7 +46,7 @@ def jobs(args: Mapping[str, str]) -> dict[str, Any]:
     return {
         "rounds": [r.number for r in every],
         "round": summary(chosen),
-        "refresh": REFRESH_SECONDS if chosen is not None and chosen.status in ("open", "running") else None,
+        "refresh": REFRESH_SECONDS if chosen is not None and chosen.status == "running" else None,
         "states": list(STATES),
         "counts": [{"kind": k} | {s: counts[k][s] for s in STATES} for k in kinds],
         "totals": {s: sum(c[s] for c in counts.values()) for s in STATES},

@@ -56,4 +56,5 @@ def summary(round_: Round | None) -> dict[str, Any] | None:
         "tracks": round_.tracks,
         "created_at": round_.created_at.isoformat(),
         "finished_at": round_.finished_at.isoformat() if round_.finished_at else None,
+        "closes_at": round_.closes_at.isoformat() if round_.closes_at else None,
     }

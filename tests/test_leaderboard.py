@@ -995,3 +995,14 @@ def test_the_game_page_shows_the_value_mixes_and_best_responses(client: FlaskCli
     page = client.get("/game?round=2&track=digits&threat=white-box").get_data(as_text=True)
     assert "Value of the game" in page and "50.0%" in page and "still pending" in page
     assert client.get("/game?round=2&track=mnist&threat=white-box").status_code == 404
+
+
+def test_the_jobs_page_of_an_open_round_says_when_its_jobs_come(client: FlaskClient, rows: BoardRows) -> None:
+    """Before it closes a round has no jobs: the page says when they come, and does not reload for days."""
+    round_id = rows.round(1, status="open")
+    with rows.db.session() as session:
+        session.get(Round, round_id).closes_at = datetime(2026, 12, 9, 17, 0, tzinfo=UTC)
+    page = client.get("/jobs").get_data(as_text=True)
+    assert "Round 1 is open" in page and "2026-12-09 17:00 UTC" in page and "needed no new jobs" not in page
+    data = client.get("/api/jobs").json
+    assert data["refresh"] is None and data["round"]["closes_at"].startswith("2026-12-09T17:00")
