@@ -13,19 +13,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import func, select
+from test_celery import TINY
 
 from arena.store import Database, Job, Plugin, PluginVersion, Result, Round, RoundMatch
 
 ARENA = Path(sys.executable).parent / "arena"
-TINY = """
-[tracks.tiny]
-base = "digits"
-eval_size = 20
-batch_size = 20
-epochs = 1
-max_queries = 10
-time_limit = 60
-"""
 SLOW = """
 import time
 
