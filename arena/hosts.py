@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -96,14 +97,54 @@ def classify(host: Host, x: torch.Tensor, draws: int, probe: bool = False) -> tu
     there is not blamed for it (the measure is the arena's, not part of the game). Randomized defenses
     (``draws > 1``) also report how often their draws disagree.
     """
-    measured: dict[str, float] = {}
     with host.sandbox() as box:
-        preds, rejected = call(box, ("classify", x.numpy(), draws))
-        if probe:
-            with contextlib.suppress(PluginFailure):  # no measure then: the board shows no diagnosis
-                norm = box.call(("gradient", x.numpy()))
-                if isinstance(norm, float) and math.isfinite(norm):
-                    measured["input_gradient"] = norm
+        return _classify_in(box, host, x, draws, probe)
+
+
+class FreshHost:
+    """A fresh host for one :func:`classify`, started in the background (while the attack plays) and
+    closed in the background: its start and its end are off the match's critical path. It receives
+    nothing before its one request, so starting early tells the defense nothing."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._started: Future[Sandbox] = _BACKGROUND.submit(_start, host)
+
+    def classify(self, x: torch.Tensor, draws: int) -> tuple[referee.Verdict, dict]:
+        """:func:`classify` in this host (its wall-clock limit counted from now)."""
+        box = self._started.result()  # a host that could not start raises here (SandboxError)
+        box.renew()
+        return _classify_in(box, self.host, x, draws, probe=False)
+
+    def close(self) -> None:
+        """Close the host once it has started (in the background)."""
+        _BACKGROUND.submit(_close, self._started)
+
+
+#: the threads that start and close fresh hosts
+_BACKGROUND = ThreadPoolExecutor(max_workers=2, thread_name_prefix="arena-hosts")
+
+
+def _start(host: Host) -> Sandbox:
+    box = host.sandbox()
+    box.__enter__()
+    return box
+
+
+def _close(started: Future[Sandbox]) -> None:
+    if started.exception() is None:
+        started.result().close()
+
+
+def _classify_in(box: Sandbox, host: Host, x: torch.Tensor, draws: int, probe: bool) -> tuple[referee.Verdict, dict]:
+    """Classify ``x`` in the started host ``box`` and check the answer (see :func:`classify`)."""
+    measured: dict[str, float] = {}
+    preds, rejected = call(box, ("classify", x.numpy(), draws))
+    if probe:
+        with contextlib.suppress(PluginFailure):  # no measure then: the board shows no diagnosis
+            norm = box.call(("gradient", x.numpy()))
+            if isinstance(norm, float) and math.isfinite(norm):
+                measured["input_gradient"] = norm
     expected = (draws, len(x))
     for name, array in (("predictions", preds), ("rejections", rejected)):
         if not isinstance(array, np.ndarray) or array.shape != expected:

@@ -171,6 +171,7 @@ def play(spec: MatchSpec, pool: AttackPool | None = None) -> MatchOutcome:
     outputs: list[torch.Tensor] = []
     log_tail = ""
     faults: list[str] = []  # failures of the defense's code in the attack's process, reproduced by the arena
+    adversarial = hosts.FreshHost(_host(spec))  # starts while the attack plays
     try:
         with hosts.LazyHost(_host(spec)) as host:
             server = QueryServer(host.probs, track.input_shape, track.levels)
@@ -206,7 +207,7 @@ def play(spec: MatchSpec, pool: AttackPool | None = None) -> MatchOutcome:
         x_adv, moved = referee.project(torch.cat(outputs), x, track.norm, track.eps)
         x_adv = referee.quantize_within(x_adv, x, track.levels, track.norm, track.eps)
         clean, measured = _clean_verdict(spec, x, draws)
-        adv, _ = hosts.classify(_host(spec), x_adv, draws)
+        adv, _ = adversarial.classify(x_adv, draws)
     except DefenseFault as exc:
         return _forfeit(exc, log_tail, time.perf_counter() - started)
     except (PluginFailure, referee.MalformedOutput) as exc:
@@ -214,6 +215,8 @@ def play(spec: MatchSpec, pool: AttackPool | None = None) -> MatchOutcome:
         if faults:  # the attack failed after the defense's code did: the defense's failure comes first
             return _forfeit(DefenseFault(faults[0]), log, time.perf_counter() - started)
         return MatchOutcome("failed", error=str(exc), log_tail=log, wall_time=time.perf_counter() - started)
+    finally:
+        adversarial.close()
     records = referee.judge(x, y, x_adv, moved, clean, adv, targets if spec.targeted else None)
     metrics = referee.metrics(records, spec.targeted, server.total, attack_seconds, draws) | measured
     return MatchOutcome(

@@ -362,8 +362,8 @@ def test_a_deterministic_defense_is_classified_clean_once_with_the_same_records(
     match.CLEAN_VERDICTS.clear()
     first = play(spec)
     hosts_started: list[int] = []
-    classify = hosts.classify
-    monkeypatch.setattr(hosts, "classify", lambda *a, **kw: hosts_started.append(1) or classify(*a, **kw))
+    classify = hosts._classify_in
+    monkeypatch.setattr(hosts, "_classify_in", lambda *a, **kw: hosts_started.append(1) or classify(*a, **kw))
     second, gray = play(spec), play(arena.spec(PLUGINS / "attacks" / "fgsm", "gray-box"))
     assert len(hosts_started) == 2, "only the adversarial inputs of each match were classified"
     assert first.status == second.status == gray.status == "ok"
