@@ -226,3 +226,16 @@ def test_a_folder_on_sys_path_that_only_its_owner_may_enter_is_not_bound(
     monkeypatch.syspath_prepend(str(private))
     monkeypatch.syspath_prepend(str(shared))
     assert str(shared) in namespaces.search_path() and str(private) not in namespaces.search_path()
+
+
+def test_a_closed_folder_above_a_mount_point_is_masked(tmp_path: Path) -> None:
+    """A 0700 folder holding an arena home, inside a bound one (a checkout, say): a sandbox's user could not
+    pass it to reach its private mounts, so the view masks it and makes the mount points anew."""
+    closed = tmp_path / "closed"
+    (closed / "home" / "plugin-cache").mkdir(parents=True)
+    closed.chmod(0o700)
+    bound = {str(tmp_path)}
+    assert namespaces._closed_above(str(closed / "home" / "plugin-cache"), bound) == str(closed)
+    closed.chmod(0o755)
+    assert namespaces._closed_above(str(closed / "home" / "plugin-cache"), bound) is None
+    assert namespaces._closed_above(str(closed / "home" / "plugin-cache"), set()) is None, "not bound: made anew"

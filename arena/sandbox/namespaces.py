@@ -156,8 +156,11 @@ def build_view(readable: Iterable[Path], hidden: Iterable[Path], writable: Itera
         if not os.path.exists(path) or not any(_inside(path, r) for r in readable_set):
             continue  # not visible anyway
         (masked if os.path.isdir(path) else masked_files).add(path)
-    masked_files = {f for f in masked_files if not any(_inside(f, m) for m in masked)}  # hidden with their folder
     writable_set = {p for p in _forms(map(str, writable)) if not _inside(p, "/tmp")}
+    if os.getuid() == 0:  # a sandbox's own user must pass every folder above its mount points
+        masked |= {c for p in writable_set | masked if (c := _closed_above(p, readable_set)) is not None}
+        masked = {m for m in masked if not any(_inside(m, other) for other in masked)}
+    masked_files = {f for f in masked_files if not any(_inside(f, m) for m in masked)}  # hidden with their folder
     return View(
         readable=tuple(sorted(readable_set)),
         masked=tuple(sorted(masked)),
@@ -176,6 +179,17 @@ def search_path() -> list[str]:
     (an arena home, whose private mounts would then fail).
     """
     return [p for p in sys.path if p and (os.getuid() != 0 or _open_to_all(p))]
+
+
+def _closed_above(path: str, bound: set[str]) -> str | None:
+    """The outermost folder above ``path``, inside a bound one, that only its owner may enter (a 0700 folder
+    holding an arena home): masked with an empty file system, where the mount points below are made anew.
+    Its contents stay unreadable to a sandbox's user either way."""
+    for parent in reversed(Path(path).parents):
+        name = str(parent)
+        if any(_inside(name, b) for b in bound) and not _open_to_all(name):
+            return name
+    return None
 
 
 def _open_to_all(path: str) -> bool:
