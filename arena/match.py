@@ -21,6 +21,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -102,10 +103,11 @@ class AttackPool:
         self.size, self.matches = size, matches
         self._boxes: OrderedDict[tuple, tuple[Sandbox, int]] = OrderedDict()
 
-    def acquire(self, spec: MatchSpec) -> Sandbox:
-        """A started process for ``spec``'s attack (warm if one is kept), counted as one more match."""
+    def acquire(self, spec: MatchSpec, scope: Hashable = None) -> Sandbox:
+        """A started process for ``spec``'s attack in ``scope`` (a round: see :func:`play`), warm if one is
+        kept, counted as one more match."""
         process = AttackProcess.of(spec)
-        key = process.key()
+        key = (scope, *process.key())
         box, served = self._boxes.pop(key, (None, 0))
         if box is not None and served >= self.matches:
             box.close()
@@ -127,9 +129,9 @@ class AttackPool:
         self._boxes[key] = (box, served + 1)
         return box
 
-    def discard(self, spec: MatchSpec) -> None:
-        """Close the process of ``spec``'s attack."""
-        box, _ = self._boxes.pop(AttackProcess.of(spec).key(), (None, 0))
+    def discard(self, spec: MatchSpec, scope: Hashable = None) -> None:
+        """Close the process of ``spec``'s attack in ``scope``."""
+        box, _ = self._boxes.pop((scope, *AttackProcess.of(spec).key()), (None, 0))
         if box is not None:
             box.close()
 
@@ -158,10 +160,12 @@ class MatchOutcome:
     wall_time: float = 0.0
 
 
-def play(spec: MatchSpec, pool: AttackPool | None = None) -> MatchOutcome:
+def play(spec: MatchSpec, pool: AttackPool | None = None, scope: Hashable = None) -> MatchOutcome:
     """Play one match; a plugin's failure fails only this match, with its reason and log tail.
 
-    The attack plays in a warm process of ``pool`` (see :class:`AttackPool`), else in a fresh one.
+    The attack plays in a warm process of ``pool`` (see :class:`AttackPool`) that serves only matches of
+    the same ``scope`` (the round: what an attack learned in one round never reaches the next, where a
+    new version of a defense it queried may play), else in a fresh one.
     """
     started = time.perf_counter()
     track = spec.track
@@ -184,7 +188,7 @@ def play(spec: MatchSpec, pool: AttackPool | None = None) -> MatchOutcome:
             own = contextlib.ExitStack() if pool is None else contextlib.nullcontext()
             with own as stack:
                 attacks = pool if stack is None else stack.enter_context(AttackPool(size=1, matches=1))
-                box = attacks.acquire(spec)
+                box = attacks.acquire(spec, scope)
                 mark = box.log_mark()
                 box.renew()
                 try:
@@ -197,7 +201,7 @@ def play(spec: MatchSpec, pool: AttackPool | None = None) -> MatchOutcome:
                         output = _decode(box.call(request, services=services))
                         outputs.append(referee.check_output(output, x[start:stop]))
                 except PluginFailure:
-                    attacks.discard(spec)  # its process may be dead or in any state: the next match starts afresh
+                    attacks.discard(spec, scope)  # its process may be dead or in any state: the next starts afresh
                     raise
                 finally:
                     log_tail = box.log_since(mark)

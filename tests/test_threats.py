@@ -417,3 +417,18 @@ def test_a_warm_process_gives_each_match_its_own_clock_and_log_and_a_crash_fails
     assert "call 1" in outcomes[0].log_tail and "call 3" not in outcomes[0].log_tail
     assert "call 3" in outcomes[1].log_tail and "call 2" not in outcomes[1].log_tail
     assert "call 1" in outcomes[3].log_tail, "a fresh process after the crash"
+
+
+def test_a_warm_process_serves_the_matches_of_one_round_only(arena: Arena) -> None:
+    """What an attack learns in a round (a black-box attack: the answers of the defenses it queried) never
+    reaches the next round, where a new version of a defense may play."""
+    body = 'CALLS[0] += 1\nprint(f"call {CALLS[0]}", flush=True)\nreturn x.clone()'
+    folder = write_attack(arena.plugins_dir, "remembers", body, threats=("black-box",), helpers="CALLS = [0]")
+    with match.AttackPool() as pool:
+        first, same_round, next_round = (
+            play(arena.spec(folder, "black-box", seed=seed), pool, scope=round_id)
+            for seed, round_id in ((0, 1), (1, 1), (0, 2))
+        )
+    assert "call 3" in same_round.log_tail, "the same round's process, warm"
+    assert "call 1" in next_round.log_tail and "call 3" not in next_round.log_tail, "a fresh process"
+    assert first.status == same_round.status == next_round.status == "ok"

@@ -85,13 +85,14 @@ def execute(
         job.worker = worker or socket.gethostname()
         job.started_at, job.finished_at = datetime.now(UTC), None
         kind, key, params, depends = job.kind, job.key, dict(job.params), list(job.depends_on)
+        round_id = job.round_id
         if seed is None and kind in SEEDED:
             seed = training_seed(session, settings, job)
     state, error, log_tail = "done", None, None
     try:
         track = tracks[params["track"]]
         if kind == "match":
-            state, error, log_tail = _run_match(db, settings, key, params, depends, track)
+            state, error, log_tail = _run_match(db, settings, key, params, depends, track, round_id)
         else:
             try:
                 _run_training(db, settings, kind, key, params, track, seed)
@@ -186,7 +187,7 @@ def _run_training(
 
 
 def _run_match(
-    db: Database, settings: Settings, key: str, params: dict, depends: list[str], track: Track
+    db: Database, settings: Settings, key: str, params: dict, depends: list[str], track: Track, round_id: int | None
 ) -> tuple[str, str | None, str]:
     with db.session() as session:
         artifacts = session.scalars(select(Artifact).where(Artifact.key.in_(depends)))
@@ -210,7 +211,7 @@ def _run_match(
             targeted=bool(attack.manifest.get("declared", {}).get("targeted")),
             randomized=bool(defense.manifest.get("declared", {}).get("randomized")),
         )
-    outcome = play(spec, ATTACKS)
+    outcome = play(spec, ATTACKS, scope=round_id)  # warm processes never outlive their round's matches
     with db.session() as session:
         _store_result(session, key, params, outcome)
     return ("done" if outcome.status == "ok" else "failed"), outcome.error, outcome.log_tail
