@@ -84,13 +84,17 @@ def _matrix(_session: Session, number: int, board: Board) -> Iterator[dict[str, 
 
 
 def _samples(session: Session, number: int, board: Board) -> Iterator[dict[str, Any]]:
-    for attack, cells in zip(board.attacks, board.matrix, strict=True):
-        for defense, cell in zip(board.defenses, cells, strict=True):
-            if cell is None or cell.status != "ok" or cell.result_id is None:
-                continue
-            samples = session.scalar(select(Result.samples).where(Result.id == cell.result_id))
-            records = unpack(samples) if samples else {}
-            where = {"round": number, "track": board.track, "threat": board.threat}
-            names = _names("attack", attack.entry) | _names("defense", defense.entry)
-            for i in range(len(records.get("index", ()))):
-                yield where | names | {c: records[c][i].item() for c in SAMPLE_COLUMNS if c in records}
+    pairs = [
+        (attack, defense, cell.result_id)
+        for attack, cells in zip(board.attacks, board.matrix, strict=True)
+        for defense, cell in zip(board.defenses, cells, strict=True)
+        if cell is not None and cell.status == "ok" and cell.result_id is not None
+    ]
+    ids = [result_id for *_, result_id in pairs]
+    stored = dict(session.execute(select(Result.id, Result.samples).where(Result.id.in_(ids))).all())  # one query
+    where = {"round": number, "track": board.track, "threat": board.threat}
+    for attack, defense, result_id in pairs:
+        records = unpack(stored[result_id]) if stored.get(result_id) else {}
+        names = _names("attack", attack.entry) | _names("defense", defense.entry)
+        for i in range(len(records.get("index", ()))):
+            yield where | names | {c: records[c][i].item() for c in SAMPLE_COLUMNS if c in records}

@@ -26,9 +26,11 @@ def viewer() -> access.Viewer | None:
     """Who is signed in on this request (None: the public)."""
     if "viewer" not in g:
         digest = session.get("token")
+        g.viewer, g.viewer_name = None, None
+        if not digest:  # the public: no database work on its pages
+            return None
         with database().session() as db_session:
             g.viewer = access.viewer(db_session, digest)
-            g.viewer_name = None
             if g.viewer is not None:
                 g.viewer_name = "the instructor" if g.viewer.admin else db_session.get(Team, g.viewer.team_id).name
     return g.viewer
