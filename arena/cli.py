@@ -349,11 +349,15 @@ def _print_sync(report: list[planner.SyncedPlugin]) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
 def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int) -> None:
-    """A whole round of the built-in plugins (on digits unless --track says otherwise), then the board."""
+    """A whole round of the built-in plugins (on digits unless --track says otherwise), published, then the board."""
     settings = Settings.from_env()
     db = _open(settings)
     tracks = admin.usable_tracks(settings, track_names or DEMO_TRACKS)
-    _play_round(db, settings, tracks, seed=0, quiet=False)
+    round_id = _play_round(db, settings, tracks, seed=0, quiet=False)
+    try:  # the demo is the instructor: its round is public on the board
+        planner.publish_round(db, round_id)
+    except planner.RoundError as error:
+        click.echo(f"round not published: {error}")
     if not no_serve:
         _serve(host, port)
 

@@ -10,23 +10,31 @@ from collections.abc import Mapping
 from flask import abort
 
 from leaderboard.caching import Page, state
-from leaderboard.lookup import database, rounds, standings, summary
+from leaderboard.lookup import database, standings, summary
+from leaderboard.upcoming import upcoming
+from leaderboard.visibility import rounds, sees_everything, shows_results
 
 #: what a matrix cell can show, each a share in [0, 1]
 METRICS = ("robust_accuracy", "success_rate", "target_hit_rate")
 
 
 def overview(args: Mapping[str, str]) -> Page:
-    """The rounds, the chosen round (``args["round"]``, else the latest), how many of its matches are
-    done, and both rankings of each of its tracks and threats."""
+    """The rounds, the chosen round (``args["round"]``, else the newest the viewer may see scored), how
+    many of its matches are done, both rankings of each of its tracks and threats (``withheld``: not
+    for this viewer before publication), and the round in play above it (``upcoming``)."""
     with database().session() as session:
         every, chosen = rounds(session, args.get("round") or None)
         scored = standings().of(session, chosen) if chosen else None
+        withheld = chosen is not None and not shows_results(chosen)
+        in_play = upcoming(session)
     data = {
         "rounds": [r.number for r in every],
         "round": summary(chosen),
         "cells": scored.cells if scored else None,
-        "boards": scored.rankings() if scored else [],
+        "withheld": withheld,
+        "boards": scored.rankings() if scored and not withheld else [],
+        "upcoming": in_play,
+        "instructor": sees_everything(),
     }
     return Page(data, state("overview", scored.serial if scored else None, data, "boards"))
 
@@ -41,14 +49,17 @@ def matrix(args: Mapping[str, str]) -> Page:
     with database().session() as session:
         every, chosen = rounds(session, args.get("round") or None)
         scored = standings().of(session, chosen) if chosen else None
-    boards = scored.boards if scored else []
+        withheld = chosen is not None and not shows_results(chosen)
+    boards = scored.boards if scored and not withheld else []
     wanted = [i for i, b in enumerate(boards) if track in (None, b.track) and threat in (None, b.threat)]
-    if (track or threat) and not wanted:
+    if (track or threat) and not wanted and not withheld:
         abort(404, f"no board for {track or 'any track'} / {threat or 'any threat'}")
     board = scored.as_dicts()[wanted[0]] if scored and wanted else None
     data = {
         "rounds": [r.number for r in every],
         "round": summary(chosen),
+        "withheld": withheld,
+        "instructor": sees_everything(),
         "boards": [{"track": b.track, "threat": b.threat} for b in boards],
         "metric": metric,
         "metrics": list(METRICS),

@@ -1,6 +1,8 @@
-"""Template filters: shares as percentages, numbers with three significant digits, heatmap colours."""
+"""Template filters: shares as percentages, numbers with three significant digits, heatmap colours, times."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from flask import Flask
 
@@ -26,6 +28,22 @@ def heat(value: float | None, metric: str) -> str:
     return f"hsl({round(120 * holds)}, 70%, 78%)"
 
 
+def moment(iso: str | None) -> str:
+    """An ISO 8601 time as ``2026-12-04 18:00`` (UTC); a dash when there is none."""
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M") if iso else "–"
+
+
+def minutes(value: int | None) -> str:
+    """A duration in minutes as ``2 d 3 h``, ``5 h 10 min`` or ``7 min``; a dash when there is none."""
+    if value is None:
+        return "–"
+    days, rest = divmod(value, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    return f"{hours} h {mins} min" if hours else f"{mins} min"
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -35,3 +53,5 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(percent)
     app.add_template_filter(number)
     app.add_template_filter(heat)
+    app.add_template_filter(moment)
+    app.add_template_filter(minutes)

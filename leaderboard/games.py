@@ -12,23 +12,28 @@ from sqlalchemy import select
 
 from arena.game import board_game
 from arena.store import Round
-from leaderboard.lookup import database, rounds, standings, summary
+from leaderboard.lookup import database, standings, summary
+from leaderboard.visibility import rounds, sees_everything, shows_results
 
 
 def game(args: Mapping[str, str]) -> dict[str, Any]:
     """The game of ``args["track"]`` and ``args["threat"]`` (by default the round's first board) in
-    ``args["round"]`` (by default the latest), and the same board's value in every round that played it."""
+    ``args["round"]`` (by default the latest the viewer sees scored), and the same board's value in every
+    round that played it and whose scores the viewer sees."""
     track, threat = args.get("track") or None, args.get("threat") or None
     with database().session() as session:
         every, chosen = rounds(session, args.get("round") or None)
-        boards = standings().of(session, chosen).boards if chosen else []
+        withheld = chosen is not None and not shows_results(chosen)
+        boards = standings().of(session, chosen).boards if chosen and not withheld else []
         wanted = [b for b in boards if track in (None, b.track) and threat in (None, b.threat)]
-        if (track or threat) and not wanted:
+        if (track or threat) and not wanted and not withheld:
             abort(404, f"no board for {track or 'any track'} / {threat or 'any threat'}")
         board = wanted[0] if wanted else None
         values = []
         if board is not None:
             for round_ in session.scalars(select(Round).order_by(Round.number)):
+                if not shows_results(round_):
+                    continue
                 same = [
                     b
                     for b in standings().of(session, round_).boards
@@ -40,6 +45,8 @@ def game(args: Mapping[str, str]) -> dict[str, Any]:
     return {
         "rounds": [r.number for r in every],
         "round": summary(chosen),
+        "withheld": withheld,
+        "instructor": sees_everything(),
         "boards": [{"track": b.track, "threat": b.threat} for b in boards],
         "game": asdict(board_game(board)) if board is not None else None,
         "values": values,

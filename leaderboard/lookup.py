@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import abort, current_app
@@ -24,12 +25,15 @@ def standings() -> Standings:
     return current_app.extensions["arena_standings"]
 
 
-def rounds(session: Session, number: str | None) -> tuple[list[Round], Round | None]:
-    """All rounds (newest first) and the one numbered ``number``, or the latest when ``None``; 404 when
-    the round asked for does not exist."""
+def rounds(
+    session: Session, number: str | None, prefer: Callable[[Round], bool] | None = None
+) -> tuple[list[Round], Round | None]:
+    """All rounds (newest first) and the one numbered ``number``; when ``None``, the newest that ``prefer``
+    accepts, else the newest. 404 when the round asked for does not exist."""
     every = list(session.scalars(select(Round).order_by(Round.number.desc())))
     if number is None:
-        return every, every[0] if every else None
+        preferred = [r for r in every if prefer(r)] if prefer else []
+        return every, (preferred or every or [None])[0]
     chosen = next((r for r in every if str(r.number) == number), None)
     if chosen is None:
         abort(404, f"no round {number}")

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from flask import abort, url_for
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from arena.access import relative_paths
 from arena.curves import robustness_curve
@@ -17,6 +18,7 @@ from arena.store import Result, Track
 from leaderboard import gallery
 from leaderboard.access import private_log
 from leaderboard.lookup import database, get_or_404
+from leaderboard.visibility import shows_result
 
 #: per-sample outcomes counted on the match page, in the order shown
 OUTCOMES = (
@@ -33,10 +35,17 @@ NORMS = ("l0", "l2", "linf")
 
 
 def match(result_id: int) -> dict[str, Any]:
-    """Everything the arena recorded about the match whose result has id ``result_id``."""
+    """Everything the arena recorded about the match whose result has id ``result_id`` (403 before a
+    published round shows it, but for its teams and the instructor)."""
     with database().session() as session:
         result = get_or_404(session, Result, result_id, "match")
         entries = plugin_entries(session, {result.attack_version_id, result.defense_version_id})
+        _embargo(
+            session,
+            result.id,
+            result.key,
+            {entries[v].team_id for v in (result.attack_version_id, result.defense_version_id)},
+        )
         track = session.scalar(select(Track.config).where(Track.name == result.track))
         attempts = session.execute(
             select(Result.id, Result.attempt, Result.status, Result.created_at)
@@ -83,15 +92,24 @@ def _log_owners(entries: dict[int, Any], result: Result) -> set[int]:
 def image(result_id: int, item: int, kind: str) -> bytes:
     """Gallery item ``item`` of the match drawn as ``kind`` (clean, adversarial, perturbation), as PNG."""
     with database().session() as session:
-        row = session.execute(select(Result.id, Result.gallery).where(Result.id == result_id)).first()
-    if row is None:
-        abort(404, f"no match {result_id}")
+        columns = (Result.id, Result.key, Result.gallery, Result.attack_version_id, Result.defense_version_id)
+        row = session.execute(select(*columns).where(Result.id == result_id)).first()
+        if row is None:
+            abort(404, f"no match {result_id}")
+        entries = plugin_entries(session, {row.attack_version_id, row.defense_version_id})
+        _embargo(session, row.id, row.key, {entry.team_id for entry in entries.values()})
     if row.gallery is None:
         abort(404, f"match {result_id} has no gallery")
     try:
         return gallery.png(unpack(row.gallery), item, kind)
     except (ValueError, IndexError) as error:
         abort(404, str(error))
+
+
+def _embargo(session: Session, result_id: int, key: str, owners: set[int]) -> None:
+    """403 unless the viewer may see the match: a published round shows it, or the viewer owns a side of it."""
+    if not shows_result(session, key, owners):
+        abort(403, f"match {result_id} belongs to a round not published yet: its teams see it when signed in")
 
 
 def _curve(records: dict[str, np.ndarray] | None, metrics: dict[str, Any]) -> list[dict[str, float]]:

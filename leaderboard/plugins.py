@@ -15,9 +15,10 @@ from arena.curves import robustness_curve
 from arena.records import unpack
 from arena.scoring import plugin_entries
 from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry
-from leaderboard.access import private_log
+from leaderboard.access import may_see, private_log
 from leaderboard.lookup import database, get_or_404
 from leaderboard.teams import WAITING, iso, team_line, validation_state
+from leaderboard.visibility import public_keys
 
 #: what a version row shows (never its archive)
 _VERSION_COLUMNS = (
@@ -36,6 +37,7 @@ _VERSION_COLUMNS = (
 )
 _RESULT_COLUMNS = (
     Result.id,
+    Result.key,
     Result.attack_version_id,
     Result.defense_version_id,
     Result.track,
@@ -52,6 +54,8 @@ def plugin(plugin_id: int) -> dict[str, Any]:
 
     ``never_validated``: no version passed validation; ``waiting`` and ``failed`` count the versions that
     wait for validation and those that failed it, which tells "not validated yet" from "rejected".
+    Results of rounds not yet published are listed for the plugin's team and the instructor only; the
+    others read how many there are (``withheld``).
     """
     with database().session() as session:
         found = get_or_404(session, Plugin, plugin_id, "plugin")
@@ -67,10 +71,11 @@ def plugin(plugin_id: int) -> dict[str, Any]:
             select(*_VERSION_COLUMNS).where(PluginVersion.plugin_id == plugin_id).order_by(PluginVersion.id.desc())
         ).all()
         ids = [v.id for v in versions]
-        results = _results(session, ids)
+        everything = may_see(owners)
+        results, withheld = _results(session, ids, everything)
         rounds = _rounds(session, ids)
         failures = _training_failures(session, set(ids), owners) if found.kind == "defense" else {}
-        curves = _curves(session, ids) if found.kind == "defense" else {}
+        curves = _curves(session, ids, everything) if found.kind == "defense" else {}
     return {
         "plugin": line,
         "never_validated": all(v.status != "valid" for v in versions),
@@ -91,6 +96,7 @@ def plugin(plugin_id: int) -> dict[str, Any]:
                 "created_at": v.created_at.isoformat(),
                 "rounds": rounds.get(v.id, []),
                 "results": results.get(v.id, []),
+                "withheld": withheld.get(v.id, 0),
                 "training_failures": failures.get(v.id, []),
                 "curves": curves.get(v.id, []),
             }
@@ -99,14 +105,25 @@ def plugin(plugin_id: int) -> dict[str, Any]:
     }
 
 
-def _results(session: Session, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """Per version: its matches (as attack or defense), by track, threat and opponent."""
+def _results(
+    session: Session, version_ids: list[int], everything: bool
+) -> tuple[dict[int, list[dict[str, Any]]], dict[int, int]]:
+    """Per version: its matches (as attack or defense), by track, threat and opponent (those of published
+    rounds only unless ``everything``), and how many were left out."""
     mine = set(version_ids)
     rows = session.execute(
         select(*_RESULT_COLUMNS).where(
             or_(Result.attack_version_id.in_(version_ids), Result.defense_version_id.in_(version_ids))
         )
     ).all()
+    withheld: dict[int, int] = defaultdict(int)
+    if not everything:
+        public = public_keys(session, [r.key for r in rows])
+        for r in rows:
+            if r.key not in public:
+                for own in {r.attack_version_id, r.defense_version_id} & mine:
+                    withheld[own] += 1
+        rows = [r for r in rows if r.key in public]
     opponents = plugin_entries(session, {r.attack_version_id for r in rows} | {r.defense_version_id for r in rows})
     results: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -134,16 +151,21 @@ def _results(session: Session, version_ids: list[int]) -> dict[int, list[dict[st
             )
     for lines in results.values():
         lines.sort(key=lambda x: (x["track"], x["threat"], x["opponent"]["team"], x["opponent"]["plugin"]))
-    return results
+    return results, withheld
 
 
-def _curves(session: Session, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """Per defense version and board (track, threat): its worst-case robustness curve over the attacks it met."""
+def _curves(session: Session, version_ids: list[int], everything: bool) -> dict[int, list[dict[str, Any]]]:
+    """Per defense version and board (track, threat): its worst-case robustness curve over the attacks it
+    met (in published rounds only unless ``everything``)."""
+    columns = (Result.key, Result.defense_version_id, Result.track, Result.threat, Result.metrics, Result.samples)
     rows = session.execute(
-        select(Result.defense_version_id, Result.track, Result.threat, Result.metrics, Result.samples).where(
+        select(*columns).where(
             Result.defense_version_id.in_(version_ids), Result.status == "ok", Result.samples.is_not(None)
         )
     ).all()
+    if not everything:
+        public = public_keys(session, [row.key for row in rows])
+        rows = [row for row in rows if row.key in public]
     boards: dict[tuple[int, str, str], list[Any]] = defaultdict(list)
     for row in rows:
         boards[row.defense_version_id, row.track, row.threat].append(row)

@@ -10,23 +10,27 @@ from flask import abort
 from arena.scoring import BREAK_SUCCESS_RATE, Board
 from arena.store import Round
 from leaderboard.caching import Page, state
-from leaderboard.lookup import database, rounds, standings, summary
+from leaderboard.lookup import database, standings, summary
 from leaderboard.standings import Scored
+from leaderboard.visibility import rounds, sees_everything, shows_results
 
 
 def history(args: Mapping[str, str]) -> Page:
     """Every round (newest first) with its progress and leaders, and the history of one board:
-    ``args["track"]`` and ``args["threat"]`` (by default the first board played)."""
+    ``args["track"]`` and ``args["threat"]`` (by default the first board played), over the rounds whose
+    scores the viewer sees (an unpublished round's line shows its progress only)."""
     track, threat = args.get("track") or None, args.get("threat") or None
     with database().session() as session:
         every, _ = rounds(session, None)
         scored = [standings().of(session, round_) for round_ in every]
-        boards = standings().history(session, list(reversed(every)))
+        shown = [round_ for round_ in every if shows_results(round_)]
+        boards = standings().history(session, list(reversed(shown)))
     wanted = [b for b in boards if track in (None, b["track"]) and threat in (None, b["threat"])]
     if (track or threat) and not wanted:
         abort(404, f"no history for {track or 'any track'} / {threat or 'any threat'}")
     data = {
-        "rounds": [_round_line(round_, s) for round_, s in zip(every, scored, strict=True)],
+        "rounds": [_round_line(round_, s, shows_results(round_)) for round_, s in zip(every, scored, strict=True)],
+        "instructor": sees_everything(),
         "boards": [{"track": b["track"], "threat": b["threat"]} for b in boards],
         "history": wanted[0] if wanted else None,
         "break_success_rate": BREAK_SUCCESS_RATE,
@@ -35,8 +39,9 @@ def history(args: Mapping[str, str]) -> Page:
     return Page(data, state("rounds", serials, data, "history") + (repr((track, threat)),))
 
 
-def _round_line(round_: Round, scored: Scored) -> dict[str, Any]:
-    return summary(round_) | {"cells": scored.cells, "leaders": [_leaders(board) for board in scored.boards]}
+def _round_line(round_: Round, scored: Scored, shown: bool) -> dict[str, Any]:
+    leaders = [_leaders(board) for board in scored.boards] if shown else []
+    return summary(round_) | {"cells": scored.cells, "withheld": not shown, "leaders": leaders}
 
 
 def _leaders(board: Board) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from flask import Blueprint, Response, abort, render_template, request
 from arena import export
 from leaderboard import boards, caching, games, jobs, matches, plugins, rules, teams
 from leaderboard import rounds as history_pages
-from leaderboard.lookup import database, rounds
+from leaderboard.lookup import database
+from leaderboard.visibility import rounds, shows_results
 
 bp = Blueprint("board", __name__)
 
@@ -87,13 +88,16 @@ def rule_book() -> str:
 
 @bp.route("/export/<table>.csv")
 def export_table(table: str) -> Response:
-    """A round's table as CSV (``rankings``, ``matrix``, ``samples``), of one board with ``?track=&threat=``."""
+    """A round's table as CSV (``rankings``, ``matrix``, ``samples``), of one board with ``?track=&threat=``;
+    an unpublished round's for the instructor only."""
     if table not in export.TABLES:
         abort(404, f"no table {table}: {', '.join(export.TABLES)}")
     with database().session() as session:
         _, chosen = rounds(session, request.args.get("round"))
         if chosen is None:
             abort(404, "no round yet")
+        if not shows_results(chosen):
+            abort(403, f"round {chosen.number} is not published yet: its tables are the instructor's until then")
         body = export.as_csv(export.rows(session, chosen, table, request.args.get("track"), request.args.get("threat")))
         name = f"round-{chosen.number}-{table}.csv"
     response = Response(body, mimetype="text/csv")

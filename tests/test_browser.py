@@ -8,11 +8,15 @@ Debian's ``chromium`` and ``chromium-driver``.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import shutil
 import threading
+import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +27,7 @@ from werkzeug.serving import make_server
 from arena import access, planner
 from arena.config import Settings
 from arena.execution import local
-from arena.store import Database, Team
+from arena.store import Database, Round, Team
 from arena.tracks import load_tracks
 from leaderboard import create_app
 
@@ -55,6 +59,7 @@ def finished_round(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     round_id = planner.open_round(db, [tracks["tiny"]])
     planner.plan_round(db, settings, round_id, tracks)
     local.run_local(db, settings, tracks, round_id, progress=False)
+    planner.publish_round(db, round_id)  # the instructor publishes: the public sees its scores
     db.dispose()
     return settings
 
@@ -218,6 +223,9 @@ def test_a_match_log_is_its_teams_and_signing_in_shows_it(
         browser.get(board + "/signin")
         browser.find_element("name", "token").send_keys(token)
         browser.find_element("css selector", "form button").click()
+        from selenium.webdriver.support.wait import WebDriverWait  # imported where the fixture found selenium
+
+        WebDriverWait(browser, 10).until(lambda driver: "signed in as" in text(driver))  # the redirect
         assert "signed in as students" in text(browser)
         browser.get(match)
         page = text(browser)
@@ -226,3 +234,27 @@ def test_a_match_log_is_its_teams_and_signing_in_shows_it(
     finally:
         browser.get(board + "/signout")
     assert "Sign in" in text(browser)
+
+
+def test_the_open_round_sits_above_the_published_results_which_export_as_csv(
+    browser: object, board: str, finished_round: Settings
+) -> None:
+    db = Database(finished_round.database_url)
+    tracks = load_tracks(finished_round.home)
+    round_id = planner.open_round(db, [tracks["tiny"]], closes_at=datetime.now(UTC) + timedelta(hours=5))
+    try:
+        browser.get(board + "/")
+        page = text(browser)
+        assert "Round 2 · open" in page and re.search(r"\((4 h 59|5 h 0) min left\)", page)
+        assert "Validated so far" in page and "students" in page and "always-raises" in page
+        assert "Round 1: the latest published results" in page and "tiny · white-box" in page
+        screenshot(browser, "open-round")
+        link = browser.find_element("link text", "rankings").get_attribute("href")
+        with urllib.request.urlopen(link, timeout=10) as response:  # a stranger's download: no cookie
+            assert response.headers["Content-Type"].startswith("text/csv")
+            ranked = list(csv.DictReader(io.StringIO(response.read().decode())))
+        assert {r["round"] for r in ranked} == {"1"} and {"undefended", "fgsm"} <= {r["plugin"] for r in ranked}
+    finally:
+        with db.session() as session:
+            session.delete(session.get(Round, round_id))
+        db.dispose()

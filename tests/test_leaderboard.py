@@ -6,7 +6,7 @@ import csv
 import io
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from arena.cli import main
 from arena.config import Settings
 from arena.hookspecs import THREATS
 from arena.scoring import round_standings
-from arena.store import Database, PluginVersion, Round, Team
+from arena.store import Database, PluginVersion, Result, Round, RoundMatch, Team
 from arena.tracks import TRACKS
 from leaderboard import create_app
 
@@ -162,7 +162,8 @@ def test_an_empty_database_gives_friendly_pages(client: FlaskClient) -> None:
         assert b"No round has been played yet" in response.data
     assert b"No team has submitted a plugin yet" in client.get("/teams").data
     assert b"there are no jobs" in client.get("/jobs").data
-    assert client.get("/api/leaderboard").json == {"rounds": [], "round": None, "cells": None, "boards": []}
+    empty = {"rounds": [], "round": None, "cells": None, "withheld": False, "boards": [], "upcoming": None}
+    assert client.get("/api/leaderboard").json == empty | {"instructor": False}
     assert client.get("/api/matrix").json["cells"] == []
     assert client.get("/api/rounds").json["history"] is None
     assert client.get("/api/teams").json == {"teams": []}
@@ -170,24 +171,24 @@ def test_an_empty_database_gives_friendly_pages(client: FlaskClient) -> None:
     assert [t["name"] for t in client.get("/api/rules").json["tracks"]] == sorted(TRACKS)
 
 
-def test_unknown_ids_and_rounds_are_not_found(client: FlaskClient, played: Played) -> None:
-    (match_id,) = match_ids(client.get("/matrix?round=1").get_data(as_text=True))
+def test_unknown_ids_and_rounds_are_not_found(instructor: FlaskClient, played: Played) -> None:
+    (match_id,) = match_ids(instructor.get("/matrix?round=1").get_data(as_text=True))
     missing = [
         "/?round=7", "/?round=abc", "/matrix?round=7", "/matrix?track=nowhere", "/rounds?track=nowhere",
         "/jobs?round=9", "/matches/999", "/matches/999/gallery/0/clean.png", "/teams/999", "/plugins/999", "/nowhere",
         f"/matches/{match_id}/gallery/99/clean.png", f"/matches/{match_id}/gallery/0/bogus.png",
     ]  # fmt: skip
     for url in missing:
-        response = client.get(url)
+        response = instructor.get(url)
         assert response.status_code == 404, url
         assert b"Arena" in response.data and b"Not Found" in response.data, url  # the board's own page
     for url in ("/api/leaderboard?round=7", "/api/matches/999", "/api/plugins/999", "/api/teams/999", "/api/nowhere"):
-        response = client.get(url)
+        response = instructor.get(url)
         assert response.status_code == 404 and response.json["status"] == 404, url
-    assert "no round 7" in client.get("/api/leaderboard?round=7").json["error"]
-    assert client.get("/api/matrix?round=2&threat=black-box").status_code == 404
-    assert client.get("/matrix?metric=queries").status_code == 400
-    assert "metric must be one of" in client.get("/api/matrix?metric=queries").json["error"]
+    assert "no round 7" in instructor.get("/api/leaderboard?round=7").json["error"]
+    assert instructor.get("/api/matrix?round=2&threat=black-box").status_code == 404
+    assert instructor.get("/matrix?metric=queries").status_code == 400
+    assert "metric must be one of" in instructor.get("/api/matrix?metric=queries").json["error"]
 
 
 def test_the_board_is_read_only(client: FlaskClient, played: Played) -> None:
@@ -209,32 +210,32 @@ def test_every_page_and_api_answers(client: FlaskClient, played: Played) -> None
 # --------------------------------------------------------------------------------------------------
 
 
-def test_overview_shows_the_latest_round_or_the_one_asked_for(client: FlaskClient, played: Played) -> None:
-    page = client.get("/").get_data(as_text=True)
+def test_overview_shows_the_latest_round_or_the_one_asked_for(instructor: FlaskClient, played: Played) -> None:
+    page = instructor.get("/").get_data(as_text=True)
     assert "digits · white-box" in page and "madry" in page and "plain" in page
     assert "50.0%" in page  # madry's worst-case robust accuracy in round 2
     assert "below floor" in page  # plain: clean 0.75 < 0.8
     assert "0123456789ab"[:8] in page  # fgsm's commit
-    older = client.get("/?round=1").get_data(as_text=True)
+    older = instructor.get("/?round=1").get_data(as_text=True)
     assert "digits · gray-box" in older and "75.0%" in older and "white-box" not in older
 
 
-def test_a_running_round_says_so_with_its_progress(client: FlaskClient, played: Played) -> None:
-    page = client.get("/").get_data(as_text=True)
+def test_a_running_round_says_so_with_its_progress(instructor: FlaskClient, played: Played) -> None:
+    page = instructor.get("/").get_data(as_text=True)
     assert "Round 2 is still running" in page and "3 of 4 matches played" in page and "(1 failed)" in page
-    assert "still running" not in client.get("/?round=1").get_data(as_text=True)
-    assert client.get("/api/leaderboard").json["cells"] == {"ok": 2, "failed": 1, "pending": 1}
+    assert "still running" not in instructor.get("/?round=1").get_data(as_text=True)
+    assert instructor.get("/api/leaderboard").json["cells"] == {"ok": 2, "failed": 1, "pending": 1}
 
 
-def test_randomized_defenses_are_flagged_with_their_draws(client: FlaskClient, rows: Rows) -> None:
+def test_randomized_defenses_are_flagged_with_their_draws(instructor: FlaskClient, rows: Rows) -> None:
     attack, magnet = rows.version("red", "pgd", "attack"), rows.version("blue", "magnet", "defense")
     rows.match(rows.round(1), attack, magnet, [1, 0], metrics={"draws": 5})
-    assert "5 draws" in client.get("/").get_data(as_text=True)
-    assert client.get("/api/leaderboard").json["boards"][0]["defenses"][0]["draws"] == 5
+    assert "5 draws" in instructor.get("/").get_data(as_text=True)
+    assert instructor.get("/api/leaderboard").json["boards"][0]["defenses"][0]["draws"] == 5
 
 
-def test_api_gives_the_overviews_data(app: Flask, client: FlaskClient, played: Played) -> None:
-    data = client.get("/api/leaderboard").json
+def test_api_gives_the_overviews_data(app: Flask, instructor: FlaskClient, played: Played) -> None:
+    data = instructor.get("/api/leaderboard").json
     assert data["rounds"] == [2, 1]
     assert data["round"]["number"] == 2 and data["round"]["status"] == "running" and not data["round"]["frozen"]
     with app.extensions["arena_db"].session() as s:
@@ -247,21 +248,21 @@ def test_api_gives_the_overviews_data(app: Flask, client: FlaskClient, played: P
     assert board["defenses"][1]["below_floor"]
 
 
-def test_matrix_colours_each_cell_shows_its_number_and_links_its_match(client: FlaskClient, played: Played) -> None:
-    page = client.get("/matrix").get_data(as_text=True)
+def test_matrix_colours_each_cell_shows_its_number_and_links_its_match(instructor: FlaskClient, played: Played) -> None:
+    page = instructor.get("/matrix").get_data(as_text=True)
     cell = r'<td style="background: hsl\({hue}, 70%, 78%\)"><a href="/matches/(\d+)">{value}</a></td>'
     assert re.search(cell.format(hue=60, value="50.0%"), page)  # fgsm vs madry: robust 0.5
     assert re.search(cell.format(hue=30, value="25.0%"), page)  # fgsm vs plain: robust 0.25
     assert ">failed</a>" in page and ">pending<" in page
     assert 'class="legend"' in page and "the attack wins" in page
-    success = client.get("/matrix?round=2&track=digits&threat=white-box&metric=success_rate").get_data(as_text=True)
+    success = instructor.get("/matrix?round=2&track=digits&threat=white-box&metric=success_rate").get_data(as_text=True)
     assert re.search(cell.format(hue=40, value=r"66\.7%"), success)  # fgsm vs plain: 2 breaks of 3 clean
     for match_id in match_ids(page):
-        assert client.get(f"/matches/{match_id}").status_code == 200
+        assert instructor.get(f"/matches/{match_id}").status_code == 200
 
 
-def test_api_matrix_gives_the_pages_data(client: FlaskClient, played: Played) -> None:
-    data = client.get("/api/matrix?round=2&metric=success_rate").json
+def test_api_matrix_gives_the_pages_data(instructor: FlaskClient, played: Played) -> None:
+    data = instructor.get("/api/matrix?round=2&metric=success_rate").json
     assert (data["track"], data["threat"], data["metric"]) == ("digits", "white-box", "success_rate")
     assert data["boards"] == [{"track": "digits", "threat": "white-box"}]
     assert [a["plugin"] for a in data["attacks"]] == ["fgsm", "crashy"]
@@ -271,17 +272,17 @@ def test_api_matrix_gives_the_pages_data(client: FlaskClient, played: Played) ->
     assert pending["result_id"] is None and failed["result_id"] is not None
 
 
-def test_names_errors_and_logs_from_plugins_are_escaped(client: FlaskClient, played: Played) -> None:
-    failed_id = client.get("/api/matrix?round=2").json["cells"][1][0]["result_id"]
-    crashy_plugin = client.get("/api/matrix?round=2").json["attacks"][1]["plugin_id"]
+def test_names_errors_and_logs_from_plugins_are_escaped(instructor: FlaskClient, played: Played) -> None:
+    failed_id = instructor.get("/api/matrix?round=2").json["cells"][1][0]["result_id"]
+    crashy_plugin = instructor.get("/api/matrix?round=2").json["attacks"][1]["plugin_id"]
     urls = ["/", "/matrix", "/teams", "/jobs", f"/matches/{failed_id}", f"/plugins/{crashy_plugin}", "/rounds"]
     for url in urls:
-        page = client.get(url).get_data(as_text=True)
+        page = instructor.get(url).get_data(as_text=True)
         assert EVIL not in page and "<b>boom" not in page and "<i>out of" not in page, url
-    assert ESCAPED in client.get("/").get_data(as_text=True)
-    assert "&lt;b&gt;boom&lt;/b&gt;" in client.get("/matrix").get_data(as_text=True)
-    assert "log " + ESCAPED not in client.get(f"/matches/{failed_id}").get_data(as_text=True), "a team's log"
-    assert "&lt;i&gt;out of memory&lt;/i&gt;" in client.get("/jobs").get_data(as_text=True)
+    assert ESCAPED in instructor.get("/").get_data(as_text=True)
+    assert "&lt;b&gt;boom&lt;/b&gt;" in instructor.get("/matrix").get_data(as_text=True)
+    assert "log " + ESCAPED in instructor.get(f"/matches/{failed_id}").get_data(as_text=True), "a team's log"
+    assert "&lt;i&gt;out of memory&lt;/i&gt;" in instructor.get("/jobs").get_data(as_text=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,14 +290,14 @@ def test_names_errors_and_logs_from_plugins_are_escaped(client: FlaskClient, pla
 # --------------------------------------------------------------------------------------------------
 
 
-def test_match_page_shows_metrics_outcomes_norms_and_gallery(client: FlaskClient, played: Played) -> None:
-    match_id = client.get("/api/matrix?round=2").json["cells"][0][1]["result_id"]  # fgsm vs plain
-    page = client.get(f"/matches/{match_id}").get_data(as_text=True)
+def test_match_page_shows_metrics_outcomes_norms_and_gallery(instructor: FlaskClient, played: Played) -> None:
+    match_id = instructor.get("/api/matrix?round=2").json["cells"][0][1]["result_id"]  # fgsm vs plain
+    page = instructor.get(f"/matches/{match_id}").get_data(as_text=True)
     assert "fgsm" in page and "plain" in page and "white-box" in page
     assert "Robust accuracy" in page and "25.0%" in page and "66.7%" in page  # robust, success
     assert "broken by the attack" in page and "projected onto the budget" in page
     assert "Perturbation norms" in page
-    data = client.get(f"/api/matches/{match_id}").json
+    data = instructor.get(f"/api/matches/{match_id}").json
     assert data["outcomes"] == {
         "n": 4, "clean_correct": 3, "clean_rejected": 0, "adv_correct": 1, "adv_rejected": 0,
         "survived": 1, "success": 2, "violated": 0,
@@ -310,13 +311,13 @@ def test_match_page_shows_metrics_outcomes_norms_and_gallery(client: FlaskClient
         assert url in page
 
 
-def test_gallery_images_are_pngs_and_the_perturbation_is_amplified(client: FlaskClient, played: Played) -> None:
-    match_id = client.get("/api/matrix?round=2").json["cells"][0][1]["result_id"]
-    data = client.get(f"/api/matches/{match_id}").json
+def test_gallery_images_are_pngs_and_the_perturbation_is_amplified(instructor: FlaskClient, played: Played) -> None:
+    match_id = instructor.get("/api/matrix?round=2").json["cells"][0][1]["result_id"]
+    data = instructor.get(f"/api/matches/{match_id}").json
     broken = data["gallery"][1]  # sample 1 was broken: one pixel brightened by 50
     images = {}
     for kind, url in broken["images"].items():
-        response = client.get(url)
+        response = instructor.get(url)
         assert response.status_code == 200 and response.mimetype == "image/png"
         images[kind] = Image.open(io.BytesIO(response.data))
     clean, adversarial, perturbation = images["clean"], images["adversarial"], images["perturbation"].convert("RGB")
@@ -326,23 +327,23 @@ def test_gallery_images_are_pngs_and_the_perturbation_is_amplified(client: Flask
     assert adversarial.getpixel((x, y)) - clean.getpixel((x, y)) == 50
     assert perturbation.getpixel((x, y)) == (255, 0, 0)  # brightened at full contrast: red
     assert perturbation.getpixel((0, 0)) == (255, 255, 255)  # unchanged: white
-    held = client.get(data["gallery"][0]["images"]["perturbation"])
+    held = instructor.get(data["gallery"][0]["images"]["perturbation"])
     assert (np.asarray(Image.open(io.BytesIO(held.data)).convert("RGB")) == 255).all()  # nothing changed: white
 
 
-def test_a_failed_match_shows_its_reason_and_log_tail(
-    client: FlaskClient, instructor: FlaskClient, played: Played
-) -> None:
-    failed_id = client.get("/api/matrix?round=2").json["cells"][1][0]["result_id"]
-    page = client.get(f"/matches/{failed_id}").get_data(as_text=True)
+def test_a_failed_match_shows_its_reason_and_log_tail(app: Flask, instructor: FlaskClient, played: Played) -> None:
+    failed_id = failed_match(app)
+    defender = app.test_client()
+    sign_in(app, defender, "blue")  # the defense's team: the match is its own, the attack's log is not
+    page = defender.get(f"/matches/{failed_id}").get_data(as_text=True)
     assert "Why it failed" in page and "&lt;b&gt;boom&lt;/b&gt;" in page and "Log tail" in page
-    assert "shown to the plugin's team and the instructor" in page, "the public sees the reason, not the log"
-    data = client.get(f"/api/matches/{failed_id}").json
+    assert "shown to the plugin's team and the instructor" in page, "the defense sees the reason, not the log"
+    data = defender.get(f"/api/matches/{failed_id}").json
     assert data["status"] == "failed" and data["gallery"] == [] and data["outcomes"] is None
     assert data["log_tail"] is None and data["log_hidden"]
     assert "log " + ESCAPED in instructor.get(f"/matches/{failed_id}").get_data(as_text=True)
     assert instructor.get(f"/api/matches/{failed_id}").json["log_tail"] == f"log {EVIL}"
-    assert client.get(f"/matches/{failed_id}/gallery/0/clean.png").status_code == 404
+    assert defender.get(f"/matches/{failed_id}/gallery/0/clean.png").status_code == 404
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,17 +351,17 @@ def test_a_failed_match_shows_its_reason_and_log_tail(
 # --------------------------------------------------------------------------------------------------
 
 
-def test_rounds_page_lists_every_round_with_its_leaders(client: FlaskClient, played: Played) -> None:
-    page = client.get("/rounds").get_data(as_text=True)
+def test_rounds_page_lists_every_round_with_its_leaders(instructor: FlaskClient, played: Played) -> None:
+    page = instructor.get("/rounds").get_data(as_text=True)
     assert "Round 1" in page and "Round 2" in page and "published" in page
-    data = client.get("/api/rounds").json
+    data = instructor.get("/api/rounds").json
     assert [r["number"] for r in data["rounds"]] == [2, 1]
     (leaders,) = data["rounds"][0]["leaders"]
     assert (leaders["defense"], leaders["attack"]) == ("blue/madry", "red/fgsm")
     assert data["rounds"][0]["cells"] == {"ok": 2, "failed": 1, "pending": 1}
 
 
-def test_history_shows_scores_over_rounds_who_broke_whom_and_survival(client: FlaskClient, rows: Rows) -> None:
+def test_history_shows_scores_over_rounds_who_broke_whom_and_survival(instructor: FlaskClient, rows: Rows) -> None:
     rows.track("digits", clean_floor=0.5)
     pgd, madry = rows.version("red", "pgd", "attack"), rows.version("blue", "madry", "defense")
     weak = rows.version("green", "weak", "attack")
@@ -372,7 +373,7 @@ def test_history_shows_scores_over_rounds_who_broke_whom_and_survival(client: Fl
     rows.cell(second, weak, madry)
     rows.match(second, pgd2, madry, [0, 0, 0, 1])
 
-    data = client.get("/api/rounds?track=digits&threat=white-box").json
+    data = instructor.get("/api/rounds?track=digits&threat=white-box").json
     history = data["history"]
     assert history["rounds"] == [1, 2]
     assert {s["label"]: s["values"] for s in history["defenses"]} == {"blue/madry": [0.75, 0.0]}
@@ -381,15 +382,15 @@ def test_history_shows_scores_over_rounds_who_broke_whom_and_survival(client: Fl
     assert (event["round"], event["attack"]["version_id"], event["defense"]["plugin"]) == (2, pgd2, "madry")
     (survival,) = history["survival"]
     assert (survival["rounds_survived"], survival["broken_in"], survival["standing"]) == (1, 2, False)
-    page = client.get("/rounds").get_data(as_text=True)
+    page = instructor.get("/rounds").get_data(as_text=True)
     assert "Who broke whom" in page and "How long each defense survived" in page
     assert 'id="defense-chart"' in page and "vendor/chart.umd.min.js" in page
     embedded = re.search(r'<script id="history-data" type="application/json">(.*?)</script>', page, re.S)
     assert embedded and '"blue/madry"' in embedded.group(1)
 
 
-def test_history_data_cannot_close_its_script_tag(client: FlaskClient, played: Played) -> None:
-    page = client.get("/rounds").get_data(as_text=True)
+def test_history_data_cannot_close_its_script_tag(instructor: FlaskClient, played: Played) -> None:
+    page = instructor.get("/rounds").get_data(as_text=True)
     embedded = re.search(r'<script id="history-data" type="application/json">(.*?)</script>', page, re.S).group(1)
     assert "crashy" in embedded and "<script>" not in embedded and "\\u003cscript\\u003e" in embedded
 
@@ -416,16 +417,16 @@ def test_teams_list_their_plugins(client: FlaskClient, played: Played) -> None:
     assert client.get(f"/api/teams/{blue['id']}").json["plugins"] == blue["plugins"]
 
 
-def test_plugin_page_shows_versions_commits_hashes_and_results(client: FlaskClient, played: Played) -> None:
-    fgsm = client.get("/api/matrix?round=2").json["attacks"][0]["plugin_id"]
-    data = client.get(f"/api/plugins/{fgsm}").json
+def test_plugin_page_shows_versions_commits_hashes_and_results(instructor: FlaskClient, played: Played) -> None:
+    fgsm = instructor.get("/api/matrix?round=2").json["attacks"][0]["plugin_id"]
+    data = instructor.get(f"/api/plugins/{fgsm}").json
     (version,) = data["versions"]
     assert version["commit"] == "0123456789abcdef" and len(version["content_hash"]) == 64
     assert version["rounds"] == [1, 2] and version["valid"] and not data["never_validated"]
     assert sorted((r["threat"], r["opponent"]["plugin"]) for r in version["results"]) == [
         ("gray-box", "madry"), ("white-box", "madry"), ("white-box", "plain"),
     ]  # fmt: skip
-    page = client.get(f"/plugins/{fgsm}").get_data(as_text=True)
+    page = instructor.get(f"/plugins/{fgsm}").get_data(as_text=True)
     assert version["content_hash"] in page and "0123456789abcdef" in page and "Results" in page
 
 
@@ -442,12 +443,12 @@ def test_a_plugin_that_never_validated_shows_its_errors_plainly(client: FlaskCli
     assert "never passed validation" in client.get("/teams").get_data(as_text=True)
 
 
-def test_a_defenses_failed_training_is_shown_on_its_page(client: FlaskClient, played: Played) -> None:
-    plain = client.get("/api/matrix?round=2").json["defenses"][1]["plugin_id"]
-    (version,) = client.get(f"/api/plugins/{plain}").json["versions"]
+def test_a_defenses_failed_training_is_shown_on_its_page(instructor: FlaskClient, played: Played) -> None:
+    plain = instructor.get("/api/matrix?round=2").json["defenses"][1]["plugin_id"]
+    (version,) = instructor.get(f"/api/plugins/{plain}").json["versions"]
     (failure,) = version["training_failures"]
     assert (failure["kind"], failure["error"]) == ("train-defense", "<i>out of memory</i>")
-    assert "Training failed" in client.get(f"/plugins/{plain}").get_data(as_text=True)
+    assert "Training failed" in instructor.get(f"/plugins/{plain}").get_data(as_text=True)
 
 
 DEFERRED = (
@@ -703,17 +704,19 @@ def test_only_frozen_data_is_cached_for_long(client: FlaskClient, played: Played
     assert client.get("/api/matrix?round=1").headers["Cache-Control"] == "public, max-age=300"
     for url in ("/", "/?round=2", "/api/leaderboard", "/matrix", "/jobs", "/rounds"):
         assert client.get(url).headers["Cache-Control"] == "no-cache", url  # may change
-    match_id = client.get("/api/matrix?round=2").json["cells"][0][0]["result_id"]
+    (match_id,) = match_ids(client.get("/matrix?round=1").get_data(as_text=True))  # a published match
     assert client.get(f"/matches/{match_id}").headers["Cache-Control"] == "public, max-age=86400"
     image = client.get(f"/matches/{match_id}/gallery/0/clean.png")
     assert image.headers["Cache-Control"] == "public, max-age=31536000, immutable"
 
 
-def test_pages_follow_new_results_of_a_running_round(client: FlaskClient, played: Played, rows: Rows) -> None:
-    before = client.get("/api/leaderboard").json
+def test_pages_follow_new_results_of_a_running_round(
+    client: FlaskClient, instructor: FlaskClient, played: Played, rows: Rows
+) -> None:
+    before = instructor.get("/api/leaderboard").json
     ids = {"attack_version_id": played.crashy, "defense_version_id": played.plain}
     rows.result(played.pending, [1, 1, 1, 1], **ids, track="digits", threat="white-box")
-    after = client.get("/api/leaderboard").json
+    after = instructor.get("/api/leaderboard").json
     assert before["cells"]["pending"] == 1 and after["cells"] == {"ok": 3, "failed": 1, "pending": 0}
     with rows.db.session() as s:  # the admin publishes the finished round
         round_ = s.get(Round, played.second)
@@ -725,6 +728,7 @@ def test_pages_follow_new_results_of_a_running_round(client: FlaskClient, played
 
 def test_a_running_round_is_checked_again_only_after_the_refresh_time(app: Flask, played: Played, rows: Rows) -> None:
     client = app.test_client()
+    sign_in(app, client)  # the instructor: the running round's scores are not public
     standings = app.extensions["arena_standings"]
     standings.refresh = 3600.0
     assert client.get("/api/leaderboard").json["cells"]["pending"] == 1
@@ -852,8 +856,10 @@ def test_diagnostics_flag_a_defense_and_link_to_their_explanation(client: FlaskC
 # --------------------------------------------------------------------------------------------------
 
 
-def failed_match(client: FlaskClient) -> int:
-    return client.get("/api/matrix?round=2").json["cells"][1][0]["result_id"]
+def failed_match(app: Flask) -> int:
+    """The id of the played round's failed match (crashy against madry, round 2)."""
+    with app.extensions["arena_db"].session() as session:
+        return session.scalar(select(Result.id).where(Result.status == "failed"))
 
 
 def plugin_id(client: FlaskClient, name: str) -> int:
@@ -861,15 +867,15 @@ def plugin_id(client: FlaskClient, name: str) -> int:
     return next(p["id"] for t in teams for p in t["plugins"] if p["name"] == name)
 
 
-def logs_seen(client: FlaskClient) -> dict[str, bool]:
+def logs_seen(app: Flask, client: FlaskClient) -> dict[str, bool]:
     """Which of the played round's logs ``client`` is shown, as page and as API."""
-    match_id, plain = failed_match(client), plugin_id(client, "plain")
+    match_id, plain = failed_match(app), plugin_id(client, "plain")
     match_page = client.get(f"/matches/{match_id}").get_data(as_text=True)
     jobs_page = client.get("/jobs?round=2").get_data(as_text=True)
     (version,) = client.get(f"/api/plugins/{plain}").json["versions"]
     return {
         "attack's match log": f"log {ESCAPED}" in match_page
-        and client.get(f"/api/matches/{match_id}").json["log_tail"] is not None,
+        and client.get(f"/api/matches/{match_id}").json.get("log_tail") is not None,
         "defense's training log": f"trace {ESCAPED}" in jobs_page
         and version["training_failures"][0]["log_tail"] is not None,
     }
@@ -881,27 +887,31 @@ def test_each_team_sees_its_own_logs_and_no_other_teams(app: Flask, played: Play
     sign_in(app, defender, "blue")  # the team of the defense whose training failed
     sign_in(app, bystander, "red")
     sign_in(app, instructor)
-    assert logs_seen(public) == {"attack's match log": False, "defense's training log": False}
-    assert logs_seen(attacker) == {"attack's match log": True, "defense's training log": False}
-    assert logs_seen(defender) == {"attack's match log": False, "defense's training log": True}
-    assert logs_seen(bystander) == {"attack's match log": False, "defense's training log": False}
-    assert logs_seen(instructor) == {"attack's match log": True, "defense's training log": True}
+    assert logs_seen(app, public) == {"attack's match log": False, "defense's training log": False}
+    assert logs_seen(app, attacker) == {"attack's match log": True, "defense's training log": False}
+    assert logs_seen(app, defender) == {"attack's match log": False, "defense's training log": True}
+    assert logs_seen(app, bystander) == {"attack's match log": False, "defense's training log": False}
+    assert logs_seen(app, instructor) == {"attack's match log": True, "defense's training log": True}
     assert "signed in as blue" in defender.get("/").get_data(as_text=True)
     assert "signed in as the instructor" in instructor.get("/rules").get_data(as_text=True)
 
 
-def test_the_public_still_sees_every_failure_reason(client: FlaskClient, played: Played) -> None:
-    page = client.get(f"/matches/{failed_match(client)}").get_data(as_text=True)
-    assert "&lt;b&gt;boom&lt;/b&gt;" in page and "sign in" in page
-    assert "&lt;i&gt;out of memory&lt;/i&gt;" in client.get("/jobs?round=2").get_data(as_text=True)
+def test_the_public_sees_every_failure_reason_once_published(client: FlaskClient, played: Played, rows: Rows) -> None:
+    assert "&lt;i&gt;out of memory&lt;/i&gt;" in client.get("/jobs?round=2").get_data(as_text=True)  # progress
+    assert client.get(f"/matches/{failed_match(client.application)}").status_code == 403  # not published yet
+    with rows.db.session() as s:
+        round_ = s.get(Round, played.second)
+        round_.status, round_.published = "done", True
+    page = client.get(f"/matches/{failed_match(client.application)}").get_data(as_text=True)
+    assert "&lt;b&gt;boom&lt;/b&gt;" in page and "sign in" in page and "log " + ESCAPED not in page
 
 
 def test_a_new_token_retires_the_old_one_and_its_sessions(app: Flask, played: Played) -> None:
     browser = app.test_client()
     old = sign_in(app, browser, "blue")
-    assert logs_seen(browser)["defense's training log"]
+    assert logs_seen(app, browser)["defense's training log"]
     sign_in(app, app.test_client(), "blue")  # `arena team token blue` again
-    assert not logs_seen(browser)["defense's training log"], "the old session ends with its token"
+    assert not logs_seen(app, browser)["defense's training log"], "the old session ends with its token"
     again = app.test_client().post("/signin", data={"token": old})
     assert again.status_code == 403 and "not known" in again.get_data(as_text=True)
     assert app.test_client().post("/signin", data={"token": ""}).status_code == 403
@@ -910,7 +920,8 @@ def test_a_new_token_retires_the_old_one_and_its_sessions(app: Flask, played: Pl
 def test_a_signed_in_page_is_never_kept_for_others_and_no_page_shows_a_token(app: Flask, played: Played) -> None:
     signed_in, public = app.test_client(), app.test_client()
     token = sign_in(app, signed_in, "blue")
-    for url in ("/", "/?round=1", "/matrix?round=1", "/rounds", "/jobs", f"/matches/{failed_match(public)}"):
+    (published,) = match_ids(public.get("/matrix?round=1").get_data(as_text=True))
+    for url in ("/", "/?round=1", "/matrix?round=1", "/rounds", "/jobs", f"/matches/{published}"):
         private, shared = signed_in.get(url), public.get(url)
         assert private.headers["Cache-Control"] == "private, no-cache", url
         assert "private" not in shared.headers["Cache-Control"] and "Cookie" in shared.headers["Vary"], url
@@ -918,7 +929,7 @@ def test_a_signed_in_page_is_never_kept_for_others_and_no_page_shows_a_token(app
         for body in (private.get_data(as_text=True), shared.get_data(as_text=True)):
             assert token not in body and access.digest(token) not in body, url
     assert signed_in.get("/signout").status_code == 302
-    assert not logs_seen(signed_in)["defense's training log"]
+    assert not logs_seen(app, signed_in)["defense's training log"]
 
 
 def test_a_log_shown_to_its_team_names_no_server_path() -> None:
@@ -943,8 +954,8 @@ def csv_rows(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def test_a_round_exports_its_rankings_matrix_and_samples_as_csv(client: FlaskClient, played: Played) -> None:
-    rankings = client.get("/export/rankings.csv?round=2")
+def test_a_round_exports_its_rankings_matrix_and_samples_as_csv(instructor: FlaskClient, played: Played) -> None:
+    rankings = instructor.get("/export/rankings.csv?round=2")
     assert (
         rankings.mimetype == "text/csv" and 'filename="round-2-rankings.csv"' in rankings.headers["Content-Disposition"]
     )
@@ -952,15 +963,15 @@ def test_a_round_exports_its_rankings_matrix_and_samples_as_csv(client: FlaskCli
     defenses = [(r["plugin"], r["rank"], r["score"]) for r in ranked if r["kind"] == "defense"]
     assert defenses == [("madry", "1", "0.5"), ("plain", "2", "0.25")]
     assert {r["plugin"] for r in ranked if r["kind"] == "attack"} == {"fgsm", "crashy"}
-    matrix = csv_rows(client.get("/export/matrix.csv?round=2&track=digits&threat=white-box").get_data(as_text=True))
+    matrix = csv_rows(instructor.get("/export/matrix.csv?round=2&track=digits&threat=white-box").get_data(as_text=True))
     failed = next(r for r in matrix if r["status"] == "failed")
     assert failed["attack"] == "crashy" and failed["error"] == "<b>boom</b>" and "log" not in failed
-    samples = csv_rows(client.get("/export/samples.csv?round=2").get_data(as_text=True))
+    samples = csv_rows(instructor.get("/export/samples.csv?round=2").get_data(as_text=True))
     assert len(samples) == 2 * 4 and {s["defense"] for s in samples} == {"madry", "plain"}
     assert sum(s["survived"] == "True" for s in samples if s["defense"] == "madry") == 2
-    assert client.get("/export/secrets.csv").status_code == 404
-    assert "round-2-samples.csv" not in client.get("/?round=2").get_data(as_text=True)
-    assert "/export/samples.csv?round=2" in client.get("/?round=2").get_data(as_text=True).replace("&amp;", "&")
+    assert instructor.get("/export/secrets.csv").status_code == 404
+    assert "round-2-samples.csv" not in instructor.get("/?round=2").get_data(as_text=True)
+    assert "/export/samples.csv?round=2" in instructor.get("/?round=2").get_data(as_text=True).replace("&amp;", "&")
 
 
 def test_arena_export_writes_the_same_tables(
@@ -971,7 +982,9 @@ def test_arena_export_writes_the_same_tables(
     done = CliRunner().invoke(main, ["export", "--round", "2", "--out", str(tmp_path / "out")])
     assert done.exit_code == 0, done.output
     written = (tmp_path / "out" / "round-2-rankings.csv").read_text()
-    assert written == app.test_client().get("/export/rankings.csv?round=2").get_data(as_text=True)
+    instructor = app.test_client()
+    sign_in(app, instructor)  # round 2 is not published: its tables are the instructor's
+    assert written == instructor.get("/export/rankings.csv?round=2").get_data(as_text=True)
     assert "round-2-samples.csv: 8 rows" in done.output
     assert CliRunner().invoke(main, ["export", "--round", "9"]).exit_code == 1
 
@@ -981,9 +994,9 @@ def test_arena_export_writes_the_same_tables(
 # --------------------------------------------------------------------------------------------------
 
 
-def test_the_game_page_shows_the_value_mixes_and_best_responses(client: FlaskClient, played: Played) -> None:
+def test_the_game_page_shows_the_value_mixes_and_best_responses(instructor: FlaskClient, played: Played) -> None:
     """Round 2, white-box: fgsm breaks half of madry and two thirds of plain; crashy failed, one cell pending."""
-    data = client.get("/api/game?round=2&track=digits&threat=white-box").json
+    data = instructor.get("/api/game?round=2&track=digits&threat=white-box").json
     game = data["game"]
     assert game["value"] == pytest.approx(0.5) and not game["complete"]
     weights = {a["label"]: a["weight"] for a in game["attacks"]}
@@ -992,9 +1005,9 @@ def test_the_game_page_shows_the_value_mixes_and_best_responses(client: FlaskCli
     assert defenses["blue/madry"]["weight"] == pytest.approx(1.0)
     assert defenses["blue/plain"]["best_response"] == "red/fgsm"
     assert [v["round"] for v in data["values"]] == [2]  # round 1 played gray-box only
-    page = client.get("/game?round=2&track=digits&threat=white-box").get_data(as_text=True)
+    page = instructor.get("/game?round=2&track=digits&threat=white-box").get_data(as_text=True)
     assert "Value of the game" in page and "50.0%" in page and "still pending" in page
-    assert client.get("/game?round=2&track=mnist&threat=white-box").status_code == 404
+    assert instructor.get("/game?round=2&track=mnist&threat=white-box").status_code == 404
 
 
 def test_the_jobs_page_of_an_open_round_says_when_its_jobs_come(client: FlaskClient, rows: BoardRows) -> None:
@@ -1006,3 +1019,106 @@ def test_the_jobs_page_of_an_open_round_says_when_its_jobs_come(client: FlaskCli
     assert "Round 1 is open" in page and "2026-12-09 17:00 UTC" in page and "needed no new jobs" not in page
     data = client.get("/api/jobs").json
     assert data["refresh"] is None and data["round"]["closes_at"].startswith("2026-12-09T17:00")
+
+
+# --------------------------------------------------------------------------------------------------
+# Embargo: an unpublished round's scores are the instructor's, and each team's own matches its team's
+# --------------------------------------------------------------------------------------------------
+
+
+def result_ids(app: Flask, round_number: int) -> set[int]:
+    """The ids of the results a round's matrix shows."""
+    with app.extensions["arena_db"].session() as session:
+        query = select(Result.id).join(RoundMatch, RoundMatch.result_key == Result.key).join(Round)
+        return set(session.scalars(query.where(Round.number == round_number)))
+
+
+def test_the_public_sees_no_score_of_an_unpublished_round_anywhere(
+    app: Flask, client: FlaskClient, played: Played
+) -> None:
+    front = client.get("/").get_data(as_text=True)
+    assert "Round 1: the latest published results" in front and "75.0%" in front  # round 1, published
+    assert "Round 2 · running" in front and "3 of 4 matches played" in front and "(1 failed)" in front
+    assert "50.0%" not in front  # madry's round-2 score
+    data = client.get("/api/leaderboard").json
+    assert (
+        data["round"]["number"] == 1 and data["upcoming"]["number"] == 2 and data["upcoming"]["cells"]["pending"] == 1
+    )
+    assert {t["team"] for t in data["upcoming"]["teams"]} == {"red", "blue", EVIL}
+    withheld = client.get("/api/leaderboard?round=2").json
+    assert withheld["withheld"] and withheld["boards"] == [] and withheld["cells"]["ok"] == 2  # progress only
+    assert "scores appear once it is done and published" in client.get("/?round=2").get_data(as_text=True)
+    assert "scores are shown once the instructor publishes it" in client.get("/matrix?round=2").get_data(as_text=True)
+    assert client.get("/api/matrix?round=2").json["cells"] == []
+    assert client.get("/api/matrix?round=2&track=digits&threat=white-box").status_code == 200
+    assert client.get("/api/game?round=2").json["game"] is None
+    history = client.get("/api/rounds").json
+    assert [(r["number"], r["withheld"], r["leaders"] == []) for r in history["rounds"]] == [
+        (2, True, True),
+        (1, False, False),
+    ]
+    assert history["history"]["rounds"] == [1]
+    for table in ("rankings", "matrix", "samples"):
+        assert client.get(f"/export/{table}.csv?round=2").status_code == 403
+    fgsm = plugin_id(client, "fgsm")
+    (version,) = client.get(f"/api/plugins/{fgsm}").json["versions"]
+    assert [r["threat"] for r in version["results"]] == ["gray-box"] and version["withheld"] == 2
+    assert "2 more results in rounds not yet published" in client.get(f"/plugins/{fgsm}").get_data(as_text=True)
+    hidden = result_ids(app, 2) - result_ids(app, 1)
+    assert len(hidden) == 3
+    for result_id in hidden:
+        assert client.get(f"/matches/{result_id}").status_code == 403
+        assert client.get(f"/api/matches/{result_id}").status_code == 403
+        assert client.get(f"/matches/{result_id}/gallery/0/clean.png").status_code == 403
+    pages = ["/", "/?round=2", "/matrix?round=2", "/rounds", "/game?round=2", "/jobs?round=2", f"/plugins/{fgsm}"]
+    for url in pages + [u.replace("/", "/api/", 1) for u in pages[2:]]:
+        body = client.get(url).get_data(as_text=True)
+        assert not any(f"/matches/{i}" in body for i in hidden), url
+
+
+def test_a_team_sees_its_own_matches_of_an_unpublished_round_and_the_instructor_all(
+    app: Flask, instructor: FlaskClient, played: Played
+) -> None:
+    red = app.test_client()
+    sign_in(app, red, "red")  # fgsm's team: fgsm played madry and plain in round 2; crashy (not red's) played madry
+    fgsm = plugin_id(red, "fgsm")
+    (version,) = red.get(f"/api/plugins/{fgsm}").json["versions"]
+    assert sorted(r["threat"] for r in version["results"]) == ["gray-box", "white-box", "white-box"]
+    assert version["withheld"] == 0
+    with app.extensions["arena_db"].session() as session:
+        crashy_madry = session.scalar(select(Result.id).where(Result.attack_version_id == played.crashy))
+    for r in version["results"]:
+        assert red.get(f"/matches/{r['id']}").status_code == 200
+    assert red.get(f"/matches/{crashy_madry}").status_code == 403  # another team's match
+    assert red.get("/api/leaderboard?round=2").json["withheld"]  # the board waits for publication, for teams too
+    assert red.get("/export/rankings.csv?round=2").status_code == 403
+    assert not instructor.get("/api/leaderboard?round=2").json["withheld"]
+    assert instructor.get("/api/leaderboard").json["round"]["number"] == 2  # the newest round, published or not
+    assert instructor.get(f"/matches/{crashy_madry}").status_code == 200
+    assert instructor.get("/export/rankings.csv?round=2").status_code == 200
+
+
+def test_the_front_page_shows_the_open_round_its_close_time_and_validated_versions(
+    client: FlaskClient, played: Played, rows: BoardRows
+) -> None:
+    with rows.db.session() as s:  # round 2 ends and is published; round 3 opens for two days
+        round_ = s.get(Round, played.second)
+        round_.status, round_.published = "done", True
+    third = rows.round(3, status="open")
+    closes = datetime.now(UTC) + timedelta(days=2, minutes=1)
+    with rows.db.session() as s:
+        s.get(Round, third).closes_at = closes
+    newer = rows.version("red", "fgsm", "attack", commit="fedcba9876543210")  # red pushed a new fgsm
+    rows.version("green", "broken", "defense", valid=False, errors="SyntaxError")
+    data = client.get("/api/leaderboard").json
+    assert data["round"]["number"] == 2 and data["upcoming"]["number"] == 3
+    assert data["upcoming"]["minutes_left"] in (2 * 24 * 60, 2 * 24 * 60 + 1)
+    teams = {t["team"]: t["plugins"] for t in data["upcoming"]["teams"]}
+    assert "green" not in teams  # nothing valid yet
+    (fgsm,) = [p for p in teams["red"] if p["plugin"] == "fgsm"]
+    with rows.db.session() as s:
+        assert fgsm["version"] == s.get(PluginVersion, newer).content_hash[:12]
+    assert [p["plugin"] for p in teams["blue"]] == ["madry", "plain"]
+    page = client.get("/").get_data(as_text=True)
+    assert "Round 3 · open" in page and closes.strftime("%Y-%m-%d %H:%M") in page and "2 d 0 h left" in page
+    assert "Round 2: the latest published results" in page and "Validated so far" in page

@@ -1,0 +1,57 @@
+"""The round in play, for the front page: when it closes, which versions each team has in it so far,
+and how far its matches have come; scores stay embargoed until it is published (:mod:`leaderboard.visibility`)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from arena.store import Plugin, PluginVersion, Round, RoundEntry, Team
+from leaderboard.lookup import standings, summary
+
+
+def upcoming(session: Session) -> dict[str, Any] | None:
+    """The newest round when it is not published yet: its summary, ``minutes_left`` before it closes (an
+    open round with a closing time), its ``teams`` with the versions it holds (an open round: each
+    plugin's current valid version, which closing would freeze), and its matches' ``cells`` by status."""
+    newest = session.scalars(select(Round).order_by(Round.number.desc()).limit(1)).first()
+    if newest is None or newest.published:
+        return None
+    left = None
+    if newest.status == "open" and newest.closes_at is not None:
+        left = max(0, int((newest.closes_at - datetime.now(UTC)).total_seconds() // 60))
+    cells = None if newest.status == "open" else standings().of(session, newest).cells
+    return summary(newest) | {"minutes_left": left, "teams": _versions(session, newest), "cells": cells}
+
+
+def _versions(session: Session, round_: Round) -> list[dict[str, Any]]:
+    """Per team (by name): its plugins' versions in the round, or, while it is open, their current valid ones."""
+    columns = (Team.id, Team.name, Plugin.id.label("plugin_id"), Plugin.name.label("plugin"), Plugin.kind)
+    query = select(*columns, PluginVersion.content_hash).join(Plugin, PluginVersion.plugin_id == Plugin.id)
+    query = query.join(Team, Plugin.team_id == Team.id)
+    if round_.status == "open":  # as arena.planner.latest_valid_versions chooses them, without the archives
+        newest = func.coalesce(PluginVersion.seen_at, PluginVersion.created_at)
+        rank = func.row_number().over(
+            partition_by=PluginVersion.plugin_id, order_by=(newest.desc(), PluginVersion.id.desc())
+        )
+        valid = (
+            select(PluginVersion.id.label("id"), rank.label("rank"))
+            .join(Plugin, PluginVersion.plugin_id == Plugin.id)
+            .where(PluginVersion.valid.is_(True), Plugin.withdrawn_at.is_(None))
+            .subquery()
+        )
+        query = query.join(valid, valid.c.id == PluginVersion.id).where(valid.c.rank == 1)
+    else:
+        query = query.join(RoundEntry, RoundEntry.plugin_version_id == PluginVersion.id).where(
+            RoundEntry.round_id == round_.id
+        )
+    teams: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in session.execute(query.order_by(Team.name, Plugin.kind, Plugin.name)):
+        teams[row.name, row.id].append(
+            {"plugin_id": row.plugin_id, "plugin": row.plugin, "kind": row.kind, "version": row.content_hash[:12]}
+        )
+    return [{"team": name, "team_id": team_id, "plugins": plugins} for (name, team_id), plugins in teams.items()]
