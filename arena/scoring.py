@@ -483,13 +483,14 @@ class Series:
 
 @dataclass
 class BreakEvent:
-    """An attack that first broke a defense version: no attack had broken it in an earlier round."""
+    """An attack that broke a defense version in a round; ``first``: no attack had broken it in an earlier round."""
 
     round: int
     attack: Entry
     defense: Entry
     success_rate: float
     result_id: int | None
+    first: bool = True
 
 
 @dataclass
@@ -498,8 +499,8 @@ class Survival:
 
     defense: Entry
     first_round: int
-    last_round: int  # the last round it played unbroken, or the round it was broken in
-    rounds_played: int  # rounds played up to and including the one it was broken in
+    last_round: int  # the last round it played
+    rounds_played: int  # every round it played (with at least one ok match), broken or not
     rounds_survived: int  # rounds played before the one it was broken in (all of them if never broken)
     broken_in: int | None
     broken_by: list[Entry] = field(default_factory=list)
@@ -520,7 +521,8 @@ class BoardHistory:
     rounds: list[int]
     defenses: list[Series]  # worst-case robust accuracy
     attacks: list[Series]  # mean success rate
-    breaks: list[BreakEvent]  # newest first
+    breaks: list[BreakEvent]  # the first breaks of each defense version, newest first
+    every_break: list[BreakEvent]  # every break in every round, newest first
     survival: list[Survival]  # standing defenses first, then the longest-lived
 
     def as_dict(self) -> dict[str, Any]:
@@ -556,28 +558,29 @@ def _board_history(track: str, threat: str, timeline: list[tuple[int, Board]]) -
             line = survival.get(standing.entry.version_id)
             if line is None:
                 line = survival[standing.entry.version_id] = Survival(standing.entry, number, number, 0, 0, None)
-            if line.broken_in is not None:
-                continue
             line.last_round, line.rounds_played = number, line.rounds_played + 1
-            first = [
+            events = [
                 BreakEvent(
                     number,
                     board.attacks[row].entry,
                     standing.entry,
                     cells[column].success_rate,
                     cells[column].result_id,
+                    first=line.standing,
                 )
                 for row, cells in enumerate(board.matrix)
                 if _breaks(cells[column])
             ]
-            if first:
-                line.broken_in, line.broken_by = number, [event.attack for event in first]
-                breaks += first
+            breaks += events
+            if not line.standing:
+                continue
+            if events:
+                line.broken_in, line.broken_by = number, [event.attack for event in events]
             else:
                 line.rounds_survived += 1
     breaks.sort(key=lambda e: (-e.round, -e.success_rate, e.defense.label, e.attack.label))
     held = sorted(survival.values(), key=lambda s: (not s.standing, -s.rounds_survived, s.defense.label))
-    return BoardHistory(track, threat, numbers, defenses, attacks, breaks, held)
+    return BoardHistory(track, threat, numbers, defenses, attacks, [e for e in breaks if e.first], breaks, held)
 
 
 def _breaks(cell: Cell | None) -> bool:

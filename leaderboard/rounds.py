@@ -18,7 +18,8 @@ from leaderboard.visibility import rounds, sees_everything, shows_results
 def history(args: Mapping[str, str]) -> Page:
     """Every round (newest first) with its progress and leaders, and the history of one board:
     ``args["track"]`` and ``args["threat"]`` (by default the first board played), over the rounds whose
-    scores the viewer sees (an unpublished round's line shows its progress only)."""
+    scores the viewer sees (an unpublished round's line shows its progress only); ``args["breaks"] ==
+    "all"`` lists every break of every round on the page, not only the first of each defense version."""
     track, threat = args.get("track") or None, args.get("threat") or None
     with database().session() as session:
         every, _ = rounds(session, None)
@@ -34,6 +35,7 @@ def history(args: Mapping[str, str]) -> Page:
         "boards": [{"track": b["track"], "threat": b["threat"]} for b in boards],
         "history": wanted[0] if wanted else None,
         "break_success_rate": BREAK_SUCCESS_RATE,
+        "all_breaks": args.get("breaks") == "all",
     }
     serials = [s.serial for s in scored]
     return Page(data, state("rounds", serials, data, "history") + (repr((track, threat)),))

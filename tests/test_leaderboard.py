@@ -382,6 +382,9 @@ def test_history_shows_scores_over_rounds_who_broke_whom_and_survival(instructor
     assert (event["round"], event["attack"]["version_id"], event["defense"]["plugin"]) == (2, pgd2, "madry")
     (survival,) = history["survival"]
     assert (survival["rounds_survived"], survival["broken_in"], survival["standing"]) == (1, 2, False)
+    assert [(e["round"], e["first"]) for e in history["every_break"]] == [(2, True)]
+    every = instructor.get("/rounds?track=digits&threat=white-box&breaks=all").get_data(as_text=True)
+    assert "every break, every round</strong>" in every and "first broke" in every
     page = instructor.get("/rounds").get_data(as_text=True)
     assert "Who broke whom" in page and "How long each defense survived" in page
     assert 'id="defense-chart"' in page and "vendor/chart.umd.min.js" in page

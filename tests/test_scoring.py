@@ -467,6 +467,12 @@ def test_history_follows_scores_breaks_and_survival_over_rounds(db: Database, ro
     assert (survival[d1v1].broken_in, survival[d1v1].rounds_survived, survival[d1v1].rounds_played) == (2, 1, 2)
     assert [e.version_id for e in survival[d1v1].broken_by] == [a2v2]
     assert (survival[d2].broken_in, survival[d2].rounds_survived) == (1, 0)
+    assert (survival[d2].rounds_played, survival[d2].last_round) == (3, 3)  # broken in round 1, played on
+    every = [(e.round, e.attack.version_id, e.defense.version_id, e.first) for e in board.every_break]
+    assert every == [
+        (3, a2v2, d2, False), (3, a1, d2, False), (2, a2v2, d2, False), (2, a2v2, d1v1, True), (2, a1, d2, False),
+        (1, a2v1, d2, True), (1, a1, d2, True),
+    ]  # fmt: skip
     assert {e.version_id for e in survival[d2].broken_by} == {a1, a2v1}
     assert board.as_dict()["survival"][0]["standing"] is True
     assert BREAK_SUCCESS_RATE == 0.5
