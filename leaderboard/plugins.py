@@ -17,8 +17,9 @@ from arena.scoring import plugin_entries
 from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry
 from leaderboard.access import may_see, private_log
 from leaderboard.lookup import database, get_or_404
+from leaderboard.standing import plugin_standing
 from leaderboard.teams import WAITING, iso, team_line, validation_state
-from leaderboard.visibility import public_keys
+from leaderboard.visibility import public_keys, sees_everything
 
 #: what a version row shows (never its archive)
 _VERSION_COLUMNS = (
@@ -76,8 +77,11 @@ def plugin(plugin_id: int) -> dict[str, Any]:
         rounds = _rounds(session, ids)
         failures = _training_failures(session, set(ids), owners) if found.kind == "defense" else {}
         curves = _curves(session, ids, everything) if found.kind == "defense" else {}
+        standing = plugin_standing(session, plugin_id, found.kind, {n for numbers in rounds.values() for n in numbers})
     return {
         "plugin": line,
+        "standing": standing,
+        "instructor": sees_everything(),
         "never_validated": all(v.status != "valid" for v in versions),
         "waiting": sum(v.status in WAITING for v in versions),
         "failed": sum(v.status == "invalid" for v in versions),

@@ -10,8 +10,10 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from arena.redaction import redact
-from arena.store import Plugin, PluginVersion, Team
+from arena.store import Plugin, PluginVersion, Round, RoundEntry, Team
 from leaderboard.lookup import database, get_or_404
+from leaderboard.standing import plugin_standing
+from leaderboard.visibility import sees_everything
 
 #: validation statuses with no verdict yet: a later sync validates the version
 WAITING = ("pending", "deferred", "error")
@@ -33,11 +35,28 @@ def teams() -> dict[str, Any]:
 
 
 def team(team_id: int) -> dict[str, Any]:
-    """One team and its plugins."""
+    """One team and its plugins, each with its standing per board (see :mod:`leaderboard.standing`)."""
     with database().session() as session:
         row = get_or_404(session, Team, team_id, "team")
-        plugins = _plugin_lines(session, team_id)
-    return {"team": team_line(row), "plugins": plugins.get(team_id, [])}
+        plugins = _plugin_lines(session, team_id).get(team_id, [])
+        played = _rounds_played(session, [p["id"] for p in plugins])
+        for line in plugins:
+            line["standing"] = plugin_standing(session, line["id"], line["kind"], played.get(line["id"], set()))
+    return {"team": team_line(row), "plugins": plugins, "instructor": sees_everything()}
+
+
+def _rounds_played(session: Session, plugin_ids: list[int]) -> dict[int, set[int]]:
+    """Per plugin: the numbers of the rounds that froze one of its versions."""
+    query = (
+        select(PluginVersion.plugin_id, Round.number)
+        .join(RoundEntry, RoundEntry.plugin_version_id == PluginVersion.id)
+        .join(Round, Round.id == RoundEntry.round_id)
+        .where(PluginVersion.plugin_id.in_(plugin_ids))
+    )
+    played: dict[int, set[int]] = defaultdict(set)
+    for plugin_id, number in session.execute(query):
+        played[plugin_id].add(number)
+    return played
 
 
 def team_line(row: Any) -> dict[str, Any]:

@@ -417,7 +417,8 @@ def test_teams_list_their_plugins(client: FlaskClient, played: Played) -> None:
     assert [p["name"] for p in blue["plugins"]] == ["madry", "plain"]
     page = client.get(f"/teams/{blue['id']}").get_data(as_text=True)
     assert "Team blue" in page and "madry" in page and "valid" in page
-    assert client.get(f"/api/teams/{blue['id']}").json["plugins"] == blue["plugins"]
+    shown = client.get(f"/api/teams/{blue['id']}").json["plugins"]
+    assert [{k: v for k, v in p.items() if k != "standing"} for p in shown] == blue["plugins"]
 
 
 def test_plugin_page_shows_versions_commits_hashes_and_results(instructor: FlaskClient, played: Played) -> None:
@@ -1125,3 +1126,57 @@ def test_the_front_page_shows_the_open_round_its_close_time_and_validated_versio
     page = client.get("/").get_data(as_text=True)
     assert "Round 3 · open" in page and closes.strftime("%Y-%m-%d %H:%M") in page and "2 d 0 h left" in page
     assert "Round 2: the latest published results" in page and "Validated so far" in page
+
+
+# --------------------------------------------------------------------------------------------------
+# A student's own standing
+# --------------------------------------------------------------------------------------------------
+
+
+def test_plugin_and_team_pages_show_rank_score_and_change_since_the_round_before(
+    client: FlaskClient, rows: BoardRows
+) -> None:
+    rows.track("digits", clean_floor=0.5)
+    pgd, madry, plain = (
+        rows.version("red", "pgd", "attack"),
+        rows.version("blue", "madry", "defense"),
+        rows.version("blue", "plain", "defense"),
+    )
+    first = rows.round(1, status="done", published=True)
+    rows.match(first, pgd, madry, [1, 1, 1, 0])  # madry 0.75: first
+    rows.match(first, pgd, plain, [0, 0, 1, 1])  # plain 0.5
+    pgd2 = rows.version("red", "pgd", "attack")  # red improves its attack
+    second = rows.round(2, status="done", published=True)
+    rows.match(second, pgd2, madry, [0, 0, 0, 1])  # madry falls to 0.25
+    rows.match(second, pgd2, plain, [1, 1, 0, 1])  # plain holds 0.75: first now
+    rows.round(3)  # running, unpublished: not counted for the public
+    teams = {t["name"]: t for t in client.get("/api/teams").json["teams"]}
+    ids = {p["name"]: p["id"] for t in teams.values() for p in t["plugins"]}
+
+    (line,) = client.get(f"/api/plugins/{ids['madry']}").json["standing"]
+    assert (line["track"], line["threat"], line["round"], line["rank"], line["of"]) == ("digits", "white-box", 2, 2, 2)
+    assert line["score"] == pytest.approx(0.25) and line["change"]["score"] == pytest.approx(-0.5)
+    assert line["change"]["rank"] == -1 and (line["previous"]["round"], line["previous"]["rank"]) == (1, 1)
+    assert line["clean_accuracy"] == 1.0 and line["mean_robust_accuracy"] == pytest.approx(0.25)
+    assert [(w["attack"], w["robust_accuracy"]) for w in line["weakest"]] == [("red/pgd", 0.25)]
+    (attack,) = client.get(f"/api/plugins/{ids['pgd']}").json["standing"]  # across its versions
+    assert (attack["rank"], attack["of"], attack["round"]) == (1, 1, 2)
+    assert attack["score"] == pytest.approx(0.5) and attack["change"]["score"] == pytest.approx(0.125)
+    page = client.get(f"/plugins/{ids['madry']}").get_data(as_text=True)
+    assert "Standing" in page and "2 of 2" in page and "-50.0 points" in page and "down 1" in page
+
+    blue = client.get(f"/api/teams/{teams['blue']['id']}").json
+    standing = {p["name"]: p["standing"][0] for p in blue["plugins"]}
+    assert (standing["plain"]["rank"], standing["plain"]["change"]["rank"]) == (1, 1)
+    team_page = client.get(f"/teams/{teams['blue']['id']}").get_data(as_text=True)
+    assert "Standing of its defenses" in team_page and "up 1" in team_page and "+25.0 points" in team_page
+
+
+def test_a_standing_counts_only_rounds_the_viewer_sees_scored(
+    client: FlaskClient, instructor: FlaskClient, played: Played
+) -> None:
+    madry = plugin_id(client, "madry")
+    public = client.get(f"/api/plugins/{madry}").json["standing"]
+    assert [(s["threat"], s["round"], s["score"]) for s in public] == [("gray-box", 1, 0.75)]
+    everything = instructor.get(f"/api/plugins/{madry}").json["standing"]
+    assert [(s["threat"], s["round"]) for s in everything] == [("gray-box", 1), ("white-box", 2)]
