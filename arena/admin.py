@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 from sqlalchemy import func, select
 
-from arena import access, planner, submissions
+from arena import access, planner, roster, submissions
 from arena.config import Settings
 from arena.execution import follow, local
 from arena.redaction import redact
@@ -106,19 +106,30 @@ def _print_token(db: Database, name: str | None) -> None:
 @team.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def team_list(as_json: bool) -> None:
-    """The teams with a repository, and the commit each was last synced at."""
-    rows = submissions.teams(_open(Settings.from_env()))
+    """Every team: repository, daily limit, last sync, last push, versions valid, invalid and waiting, and
+    its last failure (see arena/roster.py)."""
+    db = _open(Settings.from_env())
+    with db.session() as session:
+        limits = {t.name: submissions.daily_limit(t) for t in session.scalars(select(Team))}
+        rows = [line.as_dict() | {"daily_limit": limits[line.name]} for line in roster.class_status(session)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no teams yet: `arena team add NAME --repo URL`")
     for row in rows:
-        synced = f"{str(row['synced_commit'])[:12]} at {row['synced_at']}" if row["synced_commit"] else "never synced"
-        folder = f" ({row['path']})" if row["path"] else ""
-        click.echo(
-            f"{row['name']:<20} {row['repo']}{folder} [{row['branch']}]  limit {row['daily_limit']}/day  {synced}"
+        synced = (
+            f"synced {str(row['synced_commit'])[:12]} at {row['synced_at']}" if row["synced_at"] else "never synced"
         )
+        folder = f" ({row['path']})" if row["path"] else ""
+        where = f"{row['repo']}{folder} [{row['branch']}]" if row["repo"] else "no repository"
+        click.echo(f"{row['name']:<20} {where}  limit {row['daily_limit']}/day  {synced}")
+        versions = f"{row['valid']} valid, {row['invalid']} invalid, {row['waiting']} waiting"
+        click.echo(f"{'':<20} last push {row['last_push'] or 'none'}; versions: {versions}")
+        failure = row["last_failure"]
+        if failure:
+            what = f"{failure['kind']} of {failure['plugin']} at {failure['at']}"
+            click.echo(f"{'':<20} last failure: {what}: {failure['reason']}")
 
 
 @click.command()

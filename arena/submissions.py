@@ -108,24 +108,6 @@ def add_team(
     return new
 
 
-def teams(db: Database) -> list[dict[str, object]]:
-    """The teams with a repository, as plain data: name, repository, branch, folder, limit, last sync."""
-    with db.session() as session:
-        rows = session.scalars(select(Team).where(Team.repo_url.is_not(None)).order_by(Team.name))
-        return [
-            {
-                "name": t.name,
-                "repo": redact(t.repo_url),
-                "branch": t.branch,
-                "path": t.path,
-                "daily_limit": daily_limit(t),
-                "synced_commit": t.synced_commit,
-                "synced_at": t.synced_at.isoformat() if t.synced_at else None,
-            }
-            for t in rows
-        ]
-
-
 def daily_limit(team: Team) -> int:
     """How many versions of ``team`` may be evaluated per 24 hours (its own limit, else ``ARENA_DAILY_LIMIT``)."""
     if team.daily_limit is not None:

@@ -53,6 +53,12 @@ def teams_() -> dict[str, Any]:
     return teams.teams()
 
 
+@bp.route("/status", endpoint="status")
+def status_() -> dict[str, Any]:
+    """One line per team: last sync and push, versions valid, invalid and waiting, last failure."""
+    return teams.status()
+
+
 @bp.route("/teams/<int:team_id>")
 def team(team_id: int) -> dict[str, Any]:
     """One team's plugins."""

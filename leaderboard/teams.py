@@ -10,10 +10,11 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from arena.redaction import redact
+from arena.roster import class_status
 from arena.store import Plugin, PluginVersion, Round, RoundEntry, Team
 from leaderboard.lookup import database, get_or_404
 from leaderboard.standing import plugin_standing
-from leaderboard.visibility import sees_everything
+from leaderboard.visibility import public_keys, sees_everything
 
 #: validation statuses with no verdict yet: a later sync validates the version
 WAITING = ("pending", "deferred", "error")
@@ -57,6 +58,15 @@ def _rounds_played(session: Session, plugin_ids: list[int]) -> dict[int, set[int
     for plugin_id, number in session.execute(query):
         played[plugin_id].add(number)
     return played
+
+
+def status() -> dict[str, Any]:
+    """The class at a glance (see :mod:`arena.roster`): one line per team; failed matches of rounds not yet
+    published count for the instructor only."""
+    with database().session() as session:
+        everything = sees_everything()
+        lines = class_status(session, None if everything else lambda keys: public_keys(session, keys))
+    return {"teams": [line.as_dict() for line in lines], "instructor": everything}
 
 
 def team_line(row: Any) -> dict[str, Any]:

@@ -62,6 +62,12 @@ def team_list() -> str:
     return render_template("teams/teams.html", **teams.teams())
 
 
+@bp.route("/status")
+def class_status() -> str:
+    """One line per team: last sync and push, versions valid, invalid and waiting, last failure."""
+    return render_template("teams/status.html", **teams.status())
+
+
 @bp.route("/teams/<int:team_id>")
 def team(team_id: int) -> str:
     """One team's plugins."""

@@ -32,8 +32,17 @@ EVIL = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 
 #: every page, and its twin under /api/ (the API's names differ only for the overview)
-PAGES = ["/", "/matrix", "/rounds", "/teams", "/jobs", "/rules"]
-APIS = ["/api/", "/api/leaderboard", "/api/matrix", "/api/rounds", "/api/teams", "/api/jobs", "/api/rules"]
+PAGES = ["/", "/matrix", "/rounds", "/teams", "/status", "/jobs", "/rules"]
+APIS = [
+    "/api/",
+    "/api/leaderboard",
+    "/api/matrix",
+    "/api/rounds",
+    "/api/teams",
+    "/api/status",
+    "/api/jobs",
+    "/api/rules",
+]
 #: when the test's verdicts were reached
 VALIDATED = datetime(2025, 1, 2, 9, 30, tzinfo=UTC)
 
@@ -1180,3 +1189,29 @@ def test_a_standing_counts_only_rounds_the_viewer_sees_scored(
     assert [(s["threat"], s["round"], s["score"]) for s in public] == [("gray-box", 1, 0.75)]
     everything = instructor.get(f"/api/plugins/{madry}").json["standing"]
     assert [(s["threat"], s["round"]) for s in everything] == [("gray-box", 1), ("white-box", 2)]
+
+
+def test_the_class_status_page_gives_each_teams_sync_versions_and_last_failure(
+    client: FlaskClient, instructor: FlaskClient, played: Played, rows: BoardRows
+) -> None:
+    rows.version("green", "broken", "attack", valid=False, errors="manifest: no name\nline two")
+    public = {t["name"]: t for t in client.get("/api/status").json["teams"]}
+    assert set(public) == {"red", "blue", "green", EVIL}
+    assert (public["blue"]["plugins"], public["blue"]["valid"], public["blue"]["invalid"]) == (2, 2, 0)
+    assert public["blue"]["last_push"] and public["blue"]["synced_at"] is None  # no repository: never synced
+    training = public["blue"]["last_failure"]
+    assert (training["kind"], training["plugin"], training["reason"]) == ("training", "plain", "<i>out of memory</i>")
+    validation = public["green"]["last_failure"]
+    assert (validation["kind"], validation["reason"], public["green"]["invalid"]) == (
+        "validation",
+        "manifest: no name",
+        1,
+    )
+    assert public[EVIL]["last_failure"] is None  # its failed match is in round 2, not published
+    assert public["red"]["last_failure"] is None
+    everything = {t["name"]: t for t in instructor.get("/api/status").json["teams"]}
+    match = everything[EVIL]["last_failure"]
+    assert (match["kind"], match["plugin"], match["reason"]) == ("match", "crashy", "<b>boom</b>")
+    page = instructor.get("/status").get_data(as_text=True)
+    assert "&lt;b&gt;boom&lt;/b&gt;" in page and EVIL not in page and "log " not in page
+    assert "Class status" in client.get("/status").get_data(as_text=True)

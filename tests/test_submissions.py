@@ -166,6 +166,9 @@ def test_a_broken_push_is_rejected_and_the_previous_version_stays_in_the_round(h
     with db.session() as session:
         current = [v.id for v in planner.latest_valid_versions(session) if v.plugin.team.name == "yellow"]
     assert current == [good.id]
+    listed = CliRunner().invoke(main, ["team", "list"]).output  # the instructor's view of the class
+    assert f"synced {report.commit[:12]}" in listed and "versions: 1 valid, 1 invalid, 0 waiting" in listed
+    assert "last failure: validation of fragile at" in listed and "SyntaxError" in listed
 
 
 def test_a_plugin_that_fails_its_smoke_match_is_rejected_with_the_reason(home: Path, db: Database) -> None:
@@ -305,6 +308,8 @@ def test_team_commands_and_hook_errors(home: Path, db: Database, tmp_path: Path)
     assert added.exit_code == 0 and "added team magenta" in added.output
     listed = runner.invoke(main, ["team", "list"])
     assert "magenta" in listed.output and "limit 3/day" in listed.output and "never synced" in listed.output
+    assert "last push none; versions: 0 valid, 0 invalid, 0 waiting" in listed.output
+    assert "/srv/git/magenta.git" in listed.output
     assert runner.invoke(main, ["team", "add", "bad name", "--repo", "r"]).exit_code != 0
 
     work = tmp_path / "not-bare"
