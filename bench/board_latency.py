@@ -6,12 +6,13 @@ defense, 15,000 results for 50 teams. Each result carries per-sample records and
 referee's own functions (``arena.referee.metrics`` and ``gallery``) from synthetic but realistic outcomes
 (defenses of varied strength and clean accuracy, attacks of varied power, harder and easier samples).
 Round 1 is done and published; in round 2 one team pushed a new attack, so round 2 reuses every result but
-that attack's 300 (a push costs one row per board).
+that attack's 300 (a push costs one row per board). Round 2 is done, not published: the public's front page
+shows round 1 with round 2's progress above it.
 
-Then it serves the board with a real WSGI server (werkzeug's threaded server, as ``arena serve``) on
-127.0.0.1 in a child process, times the first view (scoring from the stored records), and measures the
-median and 95th-percentile latency of each page under ``--clients`` concurrent clients (default 32),
-``--requests`` requests each.
+Then it serves the board as ``arena serve`` does (gunicorn, ``--workers`` processes forked from one loaded
+app) on 127.0.0.1 in a child process, times the first view of each page after the start (scoring from the
+stored records), warms every process, and measures the median and 95th-percentile latency of each page
+under ``--clients`` concurrent clients (default 32), ``--requests`` requests each.
 
     python bench/board_latency.py                 # 50 teams, 32 clients
     python bench/board_latency.py --teams 10      # a quick run
@@ -215,16 +216,15 @@ def _now() -> datetime:
 # --------------------------------------------------------------------------------------------------
 
 
-def serve(database_url: str, port: int) -> None:
-    """Serve the board on 127.0.0.1:``port`` (the child process)."""
-    from werkzeug.serving import make_server
-
+def serve(database_url: str, port: int, workers: int) -> None:
+    """Serve the board on 127.0.0.1:``port`` with ``workers`` gunicorn processes (the child process)."""
     from leaderboard import create_app
+    from leaderboard.server import serve as run_server
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    logging.getLogger("gunicorn.error").setLevel(logging.WARNING)
     home = tempfile.mkdtemp(prefix="board-bench-home-")
     app = create_app({"DATABASE_URL": database_url, "ARENA_HOME": home})
-    make_server("127.0.0.1", port, app, threaded=True).serve_forever()
+    run_server("127.0.0.1", port, workers, app, access_log=False)
 
 
 def get(port: int, path: str) -> tuple[int, int, float]:
@@ -271,9 +271,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _started(database_url: str) -> Iterator[tuple[int, subprocess.Popen]]:
+def _started(database_url: str, workers: int) -> Iterator[tuple[int, subprocess.Popen]]:
     port = _free_port()
-    child = subprocess.Popen([sys.executable, __file__, "--serve", database_url, str(port)])
+    child = subprocess.Popen([sys.executable, __file__, "--serve", database_url, str(port), str(workers)])
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -291,10 +291,14 @@ def _started(database_url: str) -> Iterator[tuple[int, subprocess.Popen]]:
 
 
 def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The resident memory of process ``pid`` and its children (gunicorn's processes), in MiB."""
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for each in [pid, *(int(c) for c in children.read_text().split())]:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def main() -> None:
@@ -305,10 +309,11 @@ def main() -> None:
     parser.add_argument("--database-url", help="an empty database to fill (default: SQLite in a temp folder)")
     parser.add_argument("--reuse", action="store_true", help="measure --database-url as it is, already filled")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--serve", nargs=2, metavar=("URL", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1, help="server processes")
+    parser.add_argument("--serve", nargs=3, metavar=("URL", "PORT", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve[0], int(args.serve[1]))
+        serve(args.serve[0], int(args.serve[1]), int(args.serve[2]))
         return
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="board-bench-") as folder:
@@ -325,26 +330,35 @@ def main() -> None:
         figures = {"database": built, "clients": args.clients, "requests_per_client": args.requests, "pages": {}}
         matrix = "track=mnist-linf&threat=white-box"
         pages = {
-            "overview (round 2, latest)": "/",
+            "front page (round 1, round 2 above)": "/",
             "overview (round 1, published)": "/?round=1",
-            f"matrix ({built['teams']}x{built['teams']})": f"/matrix?{matrix}",
-            "api/leaderboard": "/api/leaderboard",
-            "api/matrix": f"/api/matrix?{matrix}",
+            "overview (round 2, unpublished)": "/?round=2",
+            f"matrix ({built['teams']}x{built['teams']})": f"/matrix?{matrix}&round=1",
+            "rounds and history": "/rounds",
+            "defense page (standing)": "/plugins/2",
+            "team page (standing)": "/teams/1",
+            "class status": "/status",
+            "api/leaderboard": "/api/leaderboard?round=1",
+            "api/matrix": f"/api/matrix?{matrix}&round=1",
         }
-        with _started(url) as (port, child):
+        figures["workers"] = args.workers
+        with _started(url, args.workers) as (port, child):
             for name, path in pages.items():
                 status, size, seconds = get(port, path)
                 print(f"first view of {name}: {seconds * 1000:.0f} ms, {size / 1024:.0f} KiB (HTTP {status})")
                 figures["pages"][name] = {"path": path, "first_ms": seconds * 1000, "kib": size / 1024}
-            print(f"\n{args.clients} concurrent clients, {args.requests} requests each, per page:")
-            print(f"{'page':<32} {'median ms':>10} {'p95 ms':>10} {'req/s':>8}")
+            for path in pages.values():  # every server process scores and renders each page once
+                load(port, path, args.workers, 2)
+            load_line = f"{args.clients} concurrent clients, {args.requests} requests each"
+            print(f"\n{args.workers} server processes, warm; {load_line}:")
+            print(f"{'page':<36} {'median ms':>10} {'p95 ms':>10} {'req/s':>8}")
             for name, path in pages.items():
                 started = time.perf_counter()
                 latencies = sorted(load(port, path, args.clients, args.requests))
                 took = time.perf_counter() - started
                 median = statistics.median(latencies) * 1000
                 p95 = latencies[min(len(latencies) - 1, round(0.95 * len(latencies)) - 1)] * 1000
-                print(f"{name:<32} {median:>10.1f} {p95:>10.1f} {len(latencies) / took:>8.1f}")
+                print(f"{name:<36} {median:>10.1f} {p95:>10.1f} {len(latencies) / took:>8.1f}")
                 figures["pages"][name] |= {"median_ms": median, "p95_ms": p95, "per_second": len(latencies) / took}
             figures["server_rss_mib"] = _rss_mib(child.pid)
             print(f"\nserver memory (RSS): {figures['server_rss_mib']:.0f} MiB")

@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from flask import Flask, Response, current_app, g, render_template, request, session
 
@@ -47,16 +47,20 @@ def state(name: str, serials: object, data: Mapping[str, Any], *made_from_serial
     return name, repr(serials), json.dumps(rest, sort_keys=True, default=str)
 
 
-class Rendered:
-    """Rendered bodies by key, the ``capacity`` most recently used, safe to share between threads."""
+T = TypeVar("T")
+
+
+class Kept(Generic[T]):
+    """Values made once per key (rendered bodies, figures of results written once), the ``capacity`` most
+    recently used, safe to share between threads."""
 
     def __init__(self, capacity: int = 128) -> None:
         self.capacity = capacity
-        self._bodies: OrderedDict[Hashable, str] = OrderedDict()
+        self._bodies: OrderedDict[Hashable, T] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, make: Callable[[], str]) -> str:
-        """The body kept under ``key``, else ``make()``, kept."""
+    def get(self, key: Hashable, make: Callable[[], T]) -> T:
+        """The value kept under ``key``, else ``make()``, kept."""
         with self._lock:
             if key in self._bodies:
                 self._bodies.move_to_end(key)
@@ -87,8 +91,13 @@ def as_json(page: Page) -> Response:
     return current_app.response_class(body, mimetype=current_app.json.mimetype)
 
 
-def _rendered() -> Rendered:
+def _rendered() -> Kept[str]:
     return current_app.extensions["arena_rendered"]
+
+
+def kept(name: str) -> Kept[Any]:
+    """The app's store of values made once per key, by name (see :func:`init_app`)."""
+    return current_app.extensions[f"arena_kept_{name}"]
 
 
 def cache(policy: str) -> None:
@@ -103,8 +112,10 @@ def cache_round(data: Mapping[str, Any], args: Mapping[str, str]) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Keep rendered pages; add caching headers and conditional answers (304) to successful GET responses."""
-    app.extensions["arena_rendered"] = Rendered()
+    """Keep rendered pages and robustness curves; add caching headers and conditional answers (304) to
+    successful GET responses."""
+    app.extensions["arena_rendered"] = Kept[str]()
+    app.extensions["arena_kept_curves"] = Kept[list](capacity=4096)
 
     @app.after_request
     def conditional(response: Response) -> Response:

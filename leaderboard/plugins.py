@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -16,6 +17,7 @@ from arena.records import unpack
 from arena.scoring import plugin_entries
 from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry
 from leaderboard.access import may_see, private_log
+from leaderboard.caching import kept
 from leaderboard.lookup import database, get_or_404
 from leaderboard.standing import plugin_standing
 from leaderboard.teams import WAITING, iso, team_line, validation_state
@@ -160,8 +162,9 @@ def _results(
 
 def _curves(session: Session, version_ids: list[int], everything: bool) -> dict[int, list[dict[str, Any]]]:
     """Per defense version and board (track, threat): its worst-case robustness curve over the attacks it
-    met (in published rounds only unless ``everything``)."""
-    columns = (Result.key, Result.defense_version_id, Result.track, Result.threat, Result.metrics, Result.samples)
+    met (in published rounds only unless ``everything``). Results are written once, so a curve is made
+    once per set of results and kept."""
+    columns = (Result.key, Result.defense_version_id, Result.track, Result.threat, Result.metrics)
     rows = session.execute(
         select(*columns).where(
             Result.defense_version_id.in_(version_ids), Result.status == "ok", Result.samples.is_not(None)
@@ -176,11 +179,21 @@ def _curves(session: Session, version_ids: list[int], everything: bool) -> dict[
     curves: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for (version_id, track, threat), group in sorted(boards.items()):
         metrics = group[0].metrics or {}
-        records = [unpack(row.samples) for row in group]
-        if metrics.get("norm") in ("l0", "l2", "linf") and len({len(r["index"]) for r in records}) == 1:
-            curve = robustness_curve(records, metrics["norm"], float(metrics["eps"]))
+        if metrics.get("norm") not in ("l0", "l2", "linf"):
+            continue
+        keys = tuple(sorted(row.key for row in group))
+        curve = kept("curves").get(keys, partial(_curve, session, keys, metrics["norm"], float(metrics["eps"])))
+        if curve:
             curves[version_id].append({"track": track, "threat": threat, "attacks": len(group), "curve": curve})
     return curves
+
+
+def _curve(session: Session, keys: tuple[str, ...], norm: str, eps: float) -> list[dict[str, float]]:
+    """The worst-case robustness curve over the results ``keys`` (empty unless their samples align)."""
+    records = [unpack(samples) for samples in session.scalars(select(Result.samples).where(Result.key.in_(keys)))]
+    if len({len(r["index"]) for r in records}) != 1:
+        return []
+    return robustness_curve(records, norm, eps)
 
 
 def _rounds(session: Session, version_ids: list[int]) -> dict[int, list[int]]:

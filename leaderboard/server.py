@@ -30,14 +30,15 @@ class Server(BaseApplication):
         return self.app
 
 
-def serve(host: str, port: int, workers: int) -> None:
-    """Serve the board on ``host:port`` with ``workers`` processes until stopped."""
+def serve(host: str, port: int, workers: int, app: Flask | None = None, access_log: bool = True) -> None:
+    """Serve the board (``app``, else the one the environment configures) on ``host:port`` with ``workers``
+    processes until stopped; each request is logged on stdout unless ``access_log`` is false."""
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,
         "preload_app": True,
         "timeout": 60,
-        "accesslog": "-",
+        "accesslog": "-" if access_log else None,
         "proc_name": "arena-board",
     }
-    Server(create_app(), options).run()
+    Server(app or create_app(), options).run()

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena.store import Plugin, PluginVersion, Round, RoundEntry, Team
-from leaderboard.lookup import standings, summary
+from arena.store import Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team
+from leaderboard.lookup import summary
 
 
 def upcoming(session: Session) -> dict[str, Any] | None:
@@ -24,8 +24,23 @@ def upcoming(session: Session) -> dict[str, Any] | None:
     left = None
     if newest.status == "open" and newest.closes_at is not None:
         left = max(0, int((newest.closes_at - datetime.now(UTC)).total_seconds() // 60))
-    cells = None if newest.status == "open" else standings().of(session, newest).cells
+    cells = None if newest.status == "open" else _progress(session, newest.id)
     return summary(newest) | {"minutes_left": left, "teams": _versions(session, newest), "cells": cells}
+
+
+def _progress(session: Session, round_id: int) -> dict[str, int]:
+    """The round's matrix cells by status (ok, failed, pending: no result yet), counted without scoring it."""
+    query = (
+        select(Result.status, func.count())
+        .select_from(RoundMatch)
+        .outerjoin(Result, Result.key == RoundMatch.result_key)
+        .where(RoundMatch.round_id == round_id)
+        .group_by(Result.status)
+    )
+    counts = {"ok": 0, "failed": 0, "pending": 0}
+    for status, n in session.execute(query):
+        counts[status or "pending"] += n
+    return counts
 
 
 def _versions(session: Session, round_: Round) -> list[dict[str, Any]]:
