@@ -36,6 +36,12 @@ def viewer() -> access.Viewer | None:
     return g.viewer
 
 
+def team_name() -> str | None:
+    """The name of the team signed in (None: the public or the instructor)."""
+    found = viewer()
+    return None if found is None or found.admin else g.viewer_name
+
+
 def may_see(team_ids: set[int]) -> bool:
     """Whether the viewer may see what these teams own: their plugins' logs and tracebacks."""
     found = viewer()

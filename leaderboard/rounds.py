@@ -9,10 +9,14 @@ from flask import abort
 
 from arena.scoring import BREAK_SUCCESS_RATE, Board
 from arena.store import Round
+from leaderboard.access import team_name
 from leaderboard.caching import Page, state
 from leaderboard.lookup import database, standings, summary
 from leaderboard.standings import Scored
 from leaderboard.visibility import rounds, sees_everything, shows_results
+
+#: series a history chart draws: the best by their last score, and the signed-in team's (its table lists all)
+TOP_SERIES = 8
 
 
 def history(args: Mapping[str, str]) -> Page:
@@ -36,6 +40,8 @@ def history(args: Mapping[str, str]) -> Page:
         "history": wanted[0] if wanted else None,
         "break_success_rate": BREAK_SUCCESS_RATE,
         "all_breaks": args.get("breaks") == "all",
+        "top": TOP_SERIES,
+        "own_team": team_name(),
     }
     serials = [s.serial for s in scored]
     return Page(data, state("rounds", serials, data, "history") + (repr((track, threat)),))

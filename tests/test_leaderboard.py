@@ -1215,3 +1215,23 @@ def test_the_class_status_page_gives_each_teams_sync_versions_and_last_failure(
     page = instructor.get("/status").get_data(as_text=True)
     assert "&lt;b&gt;boom&lt;/b&gt;" in page and EVIL not in page and "log " not in page
     assert "Class status" in client.get("/status").get_data(as_text=True)
+
+
+def test_history_charts_draw_the_best_and_the_viewers_team_with_every_figure_in_a_table(
+    app: Flask, rows: BoardRows
+) -> None:
+    attack = rows.version("red", "pgd", "attack")
+    defenses = [rows.version(f"team-{i:02d}", "shield", "defense") for i in range(10)]
+    first = rows.round(1, status="done", published=True)
+    for i, defense in enumerate(defenses):  # team-00 holds best, team-09 worst
+        rows.match(first, attack, defense, [1] * (10 - i) + [0] * i)
+    viewer = app.test_client()
+    sign_in(app, viewer, "team-09")
+    page = viewer.get("/rounds").get_data(as_text=True)
+    assert "the 8 best by the last round, and team-09's" in page
+    table = page[page.index('<table class="series">') : page.index("</table>", page.index('<table class="series">'))]
+    assert table.count("<tr") == 11 and table.count('class="own"') == 1  # a head and every defense
+    view = re.search(r'<script id="history-view" type="application/json">(.*?)</script>', page, re.S).group(1)
+    assert '"own_team": "team-09"' in view and '"top": 8' in view
+    public = app.test_client().get("/rounds").get_data(as_text=True)
+    assert "the 8 best by the last round;" in public and 'class="own"' not in public

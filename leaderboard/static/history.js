@@ -1,7 +1,9 @@
-// Draws the history page's two charts (Chart.js, vendored) from the JSON the page embeds.
+// Draws the history page's two charts (Chart.js, vendored) from the JSON the page embeds: the best series by
+// their last score and the signed-in team's, drawn thicker (the table under each chart lists every series).
 (function () {
   "use strict";
   const data = JSON.parse(document.getElementById("history-data").textContent);
+  const view = JSON.parse(document.getElementById("history-view").textContent);
   const labels = data.rounds.map((n) => "round " + n);
   const percent = (value) => (value === null || value === undefined ? "–" : (100 * value).toFixed(1) + "%");
 
@@ -12,7 +14,8 @@
   function draw(canvasId, all) {
     const canvas = document.getElementById(canvasId);
     if (!canvas) return;
-    const series = all.filter((s) => s.values.some((v) => v !== null)); // plugins that never scored draw nothing
+    const scored = all.filter((s) => s.values.some((v) => v !== null)); // plugins that never scored draw nothing
+    const series = scored.filter((s, i) => i < view.top || s.team === view.own_team); // best first (the server sorts)
     new Chart(canvas, {
       type: "line",
       data: {
@@ -22,7 +25,8 @@
           data: s.values,
           borderColor: colour(i, 1),
           backgroundColor: colour(i, 0.6),
-          pointRadius: 3,
+          pointRadius: s.team === view.own_team ? 5 : 3,
+          borderWidth: s.team === view.own_team ? 4 : 2,
           spanGaps: false,
         })),
       },
