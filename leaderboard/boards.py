@@ -6,33 +6,51 @@ The HTML pages and the JSON API render the same dictionaries, so they never disa
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from flask import abort
 
-from leaderboard.caching import Page, state
+from leaderboard.caching import Page, public, state
 from leaderboard.lookup import database, standings, summary
 from leaderboard.upcoming import upcoming
 from leaderboard.visibility import rounds, sees_everything, shows_results
 
 #: what a matrix cell can show, each a share in [0, 1]
 METRICS = ("robust_accuracy", "success_rate", "target_hit_rate")
+#: the columns each ranking may be sorted by (``?dsort=`` and ``?asort=``, ``-`` first for descending)
+SORTS = {
+    "defenses": ("rank", "worst_case_robust_accuracy", "clean_accuracy", "mean_robust_accuracy", "attacks", "failed"),
+    "attacks": (
+        "rank", "mean_success_rate", "unique_breaks", "mean_l0", "mean_l2", "mean_linf", "mean_queries_per_sample",
+        "defenses", "failed",
+    ),
+}  # fmt: skip
 
 
 def overview(args: Mapping[str, str]) -> Page:
     """The rounds, the chosen round (``args["round"]``, else the newest the viewer may see scored), how
     many of its matches are done, both rankings of each of its tracks and threats (``withheld``: not
-    for this viewer before publication), and the round in play above it (``upcoming``)."""
+    for this viewer before publication), and the round in play above it (``upcoming``). ``args["q"]`` keeps
+    the lines whose team or plugin contains it; ``args["dsort"]`` and ``args["asort"]`` sort the rankings by
+    a column of :data:`SORTS` (ranks stay those of the whole board)."""
+    q, dsort, asort = (args.get("q") or "").strip(), args.get("dsort") or "rank", args.get("asort") or "rank"
+    for how, table in ((dsort, "defenses"), (asort, "attacks")):
+        if how.lstrip("-") not in SORTS[table]:
+            abort(400, f"{table} sort by one of {', '.join(SORTS[table])} (- first: descending), not {how!r}")
     with database().session() as session:
         every, chosen = rounds(session, args.get("round") or None)
         scored = standings().of(session, chosen) if chosen else None
         withheld = chosen is not None and not shows_results(chosen)
-        in_play = upcoming(session)
+        in_play = public(("upcoming",), lambda: upcoming(session))
     data = {
         "rounds": [r.number for r in every],
         "round": summary(chosen),
         "cells": scored.cells if scored else None,
         "withheld": withheld,
-        "boards": scored.rankings() if scored and not withheld else [],
+        "boards": _arrange(scored.rankings(), q, dsort, asort) if scored and not withheld else [],
+        "q": q,
+        "dsort": dsort,
+        "asort": asort,
         "upcoming": in_play,
         "instructor": sees_everything(),
     }
@@ -70,3 +88,19 @@ def matrix(args: Mapping[str, str]) -> Page:
         "cells": board["matrix"] if board else [],
     }
     return Page(data, state("matrix", scored.serial if scored else None, data, "attacks", "defenses", "cells"))
+
+
+def _arrange(boards: list[dict[str, Any]], q: str, dsort: str, asort: str) -> list[dict[str, Any]]:
+    """The boards with only the lines matching ``q`` (team/plugin, any case), each ranking sorted as asked;
+    a line without the figure sorts last."""
+    needle = q.lower()
+
+    def arranged(lines: list[dict[str, Any]], how: str) -> list[dict[str, Any]]:
+        kept = [line for line in lines if needle in f"{line['entry']['team']}/{line['entry']['plugin']}".lower()]
+        field, descending = how.lstrip("-"), how.startswith("-")
+        present = sorted((x for x in kept if x[field] is not None), key=lambda x: x[field], reverse=descending)
+        return present + [x for x in kept if x[field] is None]
+
+    if not needle and dsort == asort == "rank":
+        return boards
+    return [b | {"defenses": arranged(b["defenses"], dsort), "attacks": arranged(b["attacks"], asort)} for b in boards]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -73,6 +74,39 @@ class Kept(Generic[T]):
         return body
 
 
+class Recent(Generic[T]):
+    """Values by key, made again once they are ``ttl`` seconds old (the ``capacity`` most recently made),
+    safe to share between threads: pages whose data has no cheap state to compare (a plugin's page, the
+    class status) lag the database by at most ``ttl``, like a running round's standings."""
+
+    def __init__(self, ttl: float, capacity: int = 1024) -> None:
+        self.ttl, self.capacity = ttl, capacity
+        self._values: OrderedDict[Hashable, tuple[float, T]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], T]) -> T:
+        """The value made for ``key`` less than ``ttl`` seconds ago, else ``make()``, kept."""
+        with self._lock:
+            found = self._values.get(key)
+            if found is not None and time.monotonic() - found[0] < self.ttl:
+                return found[1]
+        value = make()
+        with self._lock:
+            self._values[key] = (time.monotonic(), value)
+            self._values.move_to_end(key)
+            while len(self._values) > self.capacity:
+                self._values.popitem(last=False)
+        return value
+
+
+def public(key: Hashable, make: Callable[[], T]) -> T:
+    """``make()``, shared between the public's requests for up to the board's refresh time (a signed-in
+    viewer's data, which shows its own, is made for it every time)."""
+    if "token" in session:
+        return make()
+    return current_app.extensions["arena_recent"].get(key, make)
+
+
 def html(template: str, page: Page) -> str:
     """``template`` rendered with the page's data, once per page state (not kept for a signed-in viewer,
     whose pages name them)."""
@@ -116,6 +150,7 @@ def init_app(app: Flask) -> None:
     successful GET responses."""
     app.extensions["arena_rendered"] = Kept[str]()
     app.extensions["arena_kept_curves"] = Kept[list](capacity=4096)
+    app.extensions["arena_recent"] = Recent[Any](ttl=app.config.get("STANDINGS_REFRESH", 5.0))
 
     @app.after_request
     def conditional(response: Response) -> Response:

@@ -17,7 +17,7 @@ from arena.records import unpack
 from arena.scoring import plugin_entries
 from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry
 from leaderboard.access import may_see, private_log
-from leaderboard.caching import kept
+from leaderboard.caching import kept, public
 from leaderboard.lookup import database, get_or_404
 from leaderboard.standing import plugin_standing
 from leaderboard.teams import WAITING, iso, team_line, validation_state
@@ -53,6 +53,11 @@ _RESULT_COLUMNS = (
 
 
 def plugin(plugin_id: int) -> dict[str, Any]:
+    """One plugin's page data (see :func:`_plugin`), shared between the public's views for the board's refresh time."""
+    return public(("plugin", plugin_id), partial(_plugin, plugin_id))
+
+
+def _plugin(plugin_id: int) -> dict[str, Any]:
     """One plugin: its versions (newest first), each with its validation, rounds, results and failures.
 
     ``never_validated``: no version passed validation; ``waiting`` and ``failed`` count the versions that

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 from arena.redaction import redact
 from arena.roster import class_status
 from arena.store import Plugin, PluginVersion, Round, RoundEntry, Team
+from leaderboard.caching import public
 from leaderboard.lookup import database, get_or_404
 from leaderboard.standing import plugin_standing
 from leaderboard.visibility import public_keys, sees_everything
@@ -36,7 +38,12 @@ def teams() -> dict[str, Any]:
 
 
 def team(team_id: int) -> dict[str, Any]:
-    """One team and its plugins, each with its standing per board (see :mod:`leaderboard.standing`)."""
+    """One team and its plugins, each with its standing per board (see :mod:`leaderboard.standing`); shared
+    between the public's views for the board's refresh time."""
+    return public(("team", team_id), partial(_team, team_id))
+
+
+def _team(team_id: int) -> dict[str, Any]:
     with database().session() as session:
         row = get_or_404(session, Team, team_id, "team")
         plugins = _plugin_lines(session, team_id).get(team_id, [])
@@ -62,7 +69,11 @@ def _rounds_played(session: Session, plugin_ids: list[int]) -> dict[int, set[int
 
 def status() -> dict[str, Any]:
     """The class at a glance (see :mod:`arena.roster`): one line per team; failed matches of rounds not yet
-    published count for the instructor only."""
+    published count for the instructor only. Shared between the public's views for the board's refresh time."""
+    return public(("status",), _status)
+
+
+def _status() -> dict[str, Any]:
     with database().session() as session:
         everything = sees_everything()
         lines = class_status(session, None if everything else lambda keys: public_keys(session, keys))

@@ -172,7 +172,8 @@ def test_an_empty_database_gives_friendly_pages(client: FlaskClient) -> None:
     assert b"No team has submitted a plugin yet" in client.get("/teams").data
     assert b"there are no jobs" in client.get("/jobs").data
     empty = {"rounds": [], "round": None, "cells": None, "withheld": False, "boards": [], "upcoming": None}
-    assert client.get("/api/leaderboard").json == empty | {"instructor": False}
+    sorting = {"q": "", "dsort": "rank", "asort": "rank"}
+    assert client.get("/api/leaderboard").json == empty | sorting | {"instructor": False}
     assert client.get("/api/matrix").json["cells"] == []
     assert client.get("/api/rounds").json["history"] is None
     assert client.get("/api/teams").json == {"teams": []}
@@ -1235,3 +1236,29 @@ def test_history_charts_draw_the_best_and_the_viewers_team_with_every_figure_in_
     assert '"own_team": "team-09"' in view and '"top": 8' in view
     public = app.test_client().get("/rounds").get_data(as_text=True)
     assert "the 8 best by the last round;" in public and 'class="own"' not in public
+
+
+def test_rankings_filter_and_sort_on_the_server_without_javascript(client: FlaskClient, rows: BoardRows) -> None:
+    rows.track("digits", clean_floor=0.5)
+    attack = rows.version("red", "pgd", "attack")
+    strong, weak = rows.version("blue", "strong", "defense"), rows.version("gold", "weak", "defense")
+    first = rows.round(1, status="done", published=True)
+    rows.match(first, attack, strong, [1, 1, 1, 0], clean=[1, 1, 1, 0])  # worst 0.75, clean 0.75
+    rows.match(first, attack, weak, [1, 0, 0, 0])  # worst 0.25, clean 1.0
+
+    def defenses(url: str) -> list[tuple[str, int]]:
+        (board,) = client.get(url).json["boards"]
+        return [(d["entry"]["plugin"], d["rank"]) for d in board["defenses"]]
+
+    assert defenses("/api/leaderboard") == [("strong", 1), ("weak", 2)]
+    assert defenses("/api/leaderboard?dsort=-clean_accuracy") == [("weak", 2), ("strong", 1)]  # ranks stay
+    assert defenses("/api/leaderboard?dsort=clean_accuracy") == [("strong", 1), ("weak", 2)]
+    assert defenses("/api/leaderboard?q=GOLD") == [("weak", 2)]
+    page = client.get("/?q=nobody").get_data(as_text=True)
+    assert "No defense here matches “nobody”" in page and "No attack here matches" in page
+    sortable = client.get("/").get_data(as_text=True).replace("&amp;", "&")
+    assert 'href="/?round=1&dsort=-clean_accuracy#digits-white-box"' in sortable  # a header is a plain link
+    assert '<form class="filter" method="get" action="/">' in sortable
+    again = client.get("/?dsort=-clean_accuracy").get_data(as_text=True).replace("&amp;", "&")
+    assert "Clean ▼" in again and 'href="/?round=1&dsort=clean_accuracy#digits-white-box"' in again
+    assert client.get("/api/leaderboard?dsort=secret").status_code == 400
