@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena import evaluation, plugins, validation
+from arena import evaluation, plugins, snapshots, validation
 from arena.config import Settings
 from arena.evaluation import EVALUATION_VERSION
 from arena.plugins import PluginSource
@@ -316,13 +316,15 @@ def plan_round(
 
 
 def publish_round(db: Database, round_id: int) -> None:
-    """Publish a finished round (the board then treats it as final)."""
+    """Publish a finished round: the board then shows its scores to everyone, read from the standings kept
+    here (:mod:`arena.snapshots`; publishing a published round again scores it anew)."""
     with db.session() as session:
         round_ = session.get(Round, round_id)
         if round_ is None:
             raise LookupError(f"no round with id {round_id}")
         if round_.status != "done":
             raise RoundError(f"round {round_.number} is {round_.status}: publish it once it is done")
+        snapshots.store(session, round_id)
         round_.published, round_.published_at = True, datetime.now(UTC)
 
 

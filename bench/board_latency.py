@@ -5,7 +5,7 @@ tracks (digits, 300 samples; mnist-linf, 1000 samples) under three threats: ever
 defense, 15,000 results for 50 teams. Each result carries per-sample records and a gallery made by the
 referee's own functions (``arena.referee.metrics`` and ``gallery``) from synthetic but realistic outcomes
 (defenses of varied strength and clean accuracy, attacks of varied power, harder and easier samples).
-Round 1 is done and published; in round 2 one team pushed a new attack, so round 2 reuses every result but
+Round 1 is done and published (`arena.planner.publish_round`: scored once, its standings kept); in round 2 one team pushed a new attack, so round 2 reuses every result but
 that attack's 300 (a push costs one row per board). Round 2 is done, not published: the public's front page
 shows round 1 with round 2's progress above it.
 
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from sqlalchemy import insert
 
-from arena import referee
+from arena import planner, referee
 from arena.hookspecs import THREATS
 from arena.records import pack
 from arena.store import Database, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, Track
@@ -70,13 +70,14 @@ def build(db: Database, teams: int, seed: int = 0) -> dict[str, float]:
     clean = {d: rng.uniform(0.85, 0.995) for d in defenses}
     with db.session() as s:
         s.add_all(Track(name=name, config=TRACKS[name].config()) for name in BENCH_TRACKS)
-        first = Round(number=1, tracks=list(BENCH_TRACKS), status="done", published=True, finished_at=_now())
+        first = Round(number=1, tracks=list(BENCH_TRACKS), status="done", finished_at=_now())
         second = Round(number=2, tracks=list(BENCH_TRACKS), status="done", finished_at=_now())
         s.add_all([first, second])
         s.flush()
         s.add_all(RoundEntry(round_id=first.id, plugin_version_id=v) for v in [*attacks, *defenses])
         s.add_all(RoundEntry(round_id=second.id, plugin_version_id=v) for v in [improved, *attacks[1:], *defenses])
         rounds = {first.id: attacks, second.id: [improved, *attacks[1:]]}
+        first_id = first.id
     results = 0
     for name in BENCH_TRACKS:
         track = TRACKS[name]
@@ -94,7 +95,14 @@ def build(db: Database, teams: int, seed: int = 0) -> dict[str, float]:
                     rows.append(_result(rng, track, threat, attack, defense, index, labels, x, clean_ok, broken))
                 _insert(db, rows, rounds, name, threat)
                 results += len(rows)
-    return {"teams": teams, "results": results, "seconds": time.perf_counter() - started}
+    built = time.perf_counter()
+    planner.publish_round(db, first_id)  # as `arena round publish 1`: scored once, its standings kept
+    return {
+        "teams": teams,
+        "results": results,
+        "seconds": built - started,
+        "publish_seconds": time.perf_counter() - built,
+    }
 
 
 def _plugins(db: Database, teams: int) -> tuple[list[int], list[int]]:
@@ -327,6 +335,8 @@ def main() -> None:
             built = build(db, args.teams)
         db.dispose()
         print(f"{built['results']} results of {built['teams']} teams, built in {built['seconds']:.0f} s ({url})")
+        if "publish_seconds" in built:
+            print(f"publishing round 1 (scored once, its standings kept): {built['publish_seconds']:.1f} s")
         figures = {"database": built, "clients": args.clients, "requests_per_client": args.requests, "pages": {}}
         matrix = "track=mnist-linf&threat=white-box"
         pages = {

@@ -12,7 +12,7 @@ from flask import abort
 
 from leaderboard.caching import Page, public, state
 from leaderboard.lookup import database, standings, summary
-from leaderboard.upcoming import upcoming
+from leaderboard.upcoming import progress, upcoming
 from leaderboard.visibility import rounds, sees_everything, shows_results
 
 #: what a matrix cell can show, each a share in [0, 1]
@@ -39,13 +39,14 @@ def overview(args: Mapping[str, str]) -> Page:
             abort(400, f"{table} sort by one of {', '.join(SORTS[table])} (- first: descending), not {how!r}")
     with database().session() as session:
         every, chosen = rounds(session, args.get("round") or None)
-        scored = standings().of(session, chosen) if chosen else None
         withheld = chosen is not None and not shows_results(chosen)
+        scored = standings().of(session, chosen) if chosen and not withheld else None
+        cells = progress(session, chosen.id) if chosen and withheld else scored.cells if scored else None
         in_play = public(("upcoming",), lambda: upcoming(session))
     data = {
         "rounds": [r.number for r in every],
         "round": summary(chosen),
-        "cells": scored.cells if scored else None,
+        "cells": cells,
         "withheld": withheld,
         "boards": _arrange(scored.rankings(), q, dsort, asort) if scored and not withheld else [],
         "q": q,
@@ -66,9 +67,9 @@ def matrix(args: Mapping[str, str]) -> Page:
         abort(400, f"metric must be one of {', '.join(METRICS)}")
     with database().session() as session:
         every, chosen = rounds(session, args.get("round") or None)
-        scored = standings().of(session, chosen) if chosen else None
         withheld = chosen is not None and not shows_results(chosen)
-    boards = scored.boards if scored and not withheld else []
+        scored = standings().of(session, chosen) if chosen and not withheld else None
+    boards = scored.boards if scored else []
     wanted = [i for i, b in enumerate(boards) if track in (None, b.track) and threat in (None, b.threat)]
     if (track or threat) and not wanted and not withheld:
         abort(404, f"no board for {track or 'any track'} / {threat or 'any threat'}")

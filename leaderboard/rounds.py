@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import abort
+from sqlalchemy.orm import Session
 
 from arena.scoring import BREAK_SUCCESS_RATE, Board
 from arena.store import Round
@@ -13,6 +14,7 @@ from leaderboard.access import team_name
 from leaderboard.caching import Page, state
 from leaderboard.lookup import database, standings, summary
 from leaderboard.standings import Scored
+from leaderboard.upcoming import progress
 from leaderboard.visibility import rounds, sees_everything, shows_results
 
 #: series a history chart draws: the best by their last score, and the signed-in team's (its table lists all)
@@ -27,14 +29,15 @@ def history(args: Mapping[str, str]) -> Page:
     track, threat = args.get("track") or None, args.get("threat") or None
     with database().session() as session:
         every, _ = rounds(session, None)
-        scored = [standings().of(session, round_) for round_ in every]
         shown = [round_ for round_ in every if shows_results(round_)]
+        scored = {round_.id: standings().of(session, round_) for round_ in shown}
+        lines = [_round_line(session, round_, scored.get(round_.id)) for round_ in every]
         boards = standings().history(session, list(reversed(shown)))
     wanted = [b for b in boards if track in (None, b["track"]) and threat in (None, b["threat"])]
     if (track or threat) and not wanted:
         abort(404, f"no history for {track or 'any track'} / {threat or 'any threat'}")
     data = {
-        "rounds": [_round_line(round_, s, shows_results(round_)) for round_, s in zip(every, scored, strict=True)],
+        "rounds": lines,
         "instructor": sees_everything(),
         "boards": [{"track": b["track"], "threat": b["threat"]} for b in boards],
         "history": wanted[0] if wanted else None,
@@ -43,13 +46,16 @@ def history(args: Mapping[str, str]) -> Page:
         "top": TOP_SERIES,
         "own_team": team_name(),
     }
-    serials = [s.serial for s in scored]
+    serials = [s.serial for s in scored.values()]
     return Page(data, state("rounds", serials, data, "history") + (repr((track, threat)),))
 
 
-def _round_line(round_: Round, scored: Scored, shown: bool) -> dict[str, Any]:
-    leaders = [_leaders(board) for board in scored.boards] if shown else []
-    return summary(round_) | {"cells": scored.cells, "withheld": not shown, "leaders": leaders}
+def _round_line(session: Session, round_: Round, scored: Scored | None) -> dict[str, Any]:
+    """A round's line: its progress, and its leaders where the viewer sees its scores (``scored``)."""
+    if scored is None:  # withheld: counted without scoring it
+        return summary(round_) | {"cells": progress(session, round_.id), "withheld": True, "leaders": []}
+    leaders = [_leaders(board) for board in scored.boards]
+    return summary(round_) | {"cells": scored.cells, "withheld": False, "leaders": leaders}
 
 
 def _leaders(board: Board) -> dict[str, Any]:

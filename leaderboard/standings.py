@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from arena import snapshots
 from arena.scoring import Board, OutcomeCache, history, round_standings, round_token
 from arena.store import Round
 
@@ -89,7 +90,8 @@ class Standings:
         try:
             scored = self._cached(round_.id, token)
             if scored is None:
-                boards = round_standings(session, round_.id, outcomes=self.outcomes)
+                kept = snapshots.load(session, round_.id) if frozen else None  # scored at publication
+                boards = kept if kept is not None else round_standings(session, round_.id, outcomes=self.outcomes)
                 scored = Scored(next(self._serials), token, boards, _cell_counts(boards), time.monotonic())
                 with self._lock:
                     self._scored[round_.id] = scored

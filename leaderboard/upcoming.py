@@ -24,11 +24,11 @@ def upcoming(session: Session) -> dict[str, Any] | None:
     left = None
     if newest.status == "open" and newest.closes_at is not None:
         left = max(0, int((newest.closes_at - datetime.now(UTC)).total_seconds() // 60))
-    cells = None if newest.status == "open" else _progress(session, newest.id)
+    cells = None if newest.status == "open" else progress(session, newest.id)
     return summary(newest) | {"minutes_left": left, "teams": _versions(session, newest), "cells": cells}
 
 
-def _progress(session: Session, round_id: int) -> dict[str, int]:
+def progress(session: Session, round_id: int) -> dict[str, int]:
     """The round's matrix cells by status (ok, failed, pending: no result yet), counted without scoring it."""
     query = (
         select(Result.status, func.count())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from flask import Blueprint, Response, abort, render_template, request
 
 from arena import export
@@ -65,19 +67,21 @@ def team_list() -> str:
 @bp.route("/status")
 def class_status() -> str:
     """One line per team: last sync and push, versions valid, invalid and waiting, last failure."""
-    return render_template("teams/status.html", **teams.status())
+    return caching.public(("status-page",), lambda: render_template("teams/status.html", **teams.status()))
 
 
 @bp.route("/teams/<int:team_id>")
 def team(team_id: int) -> str:
-    """One team's plugins."""
-    return render_template("teams/team.html", **teams.team(team_id))
+    """One team's plugins and their standing."""
+    page = partial(render_template, "teams/team.html")
+    return caching.public(("team-page", team_id), lambda: page(**teams.team(team_id)))
 
 
 @bp.route("/plugins/<int:plugin_id>")
 def plugin(plugin_id: int) -> str:
-    """One plugin's versions, validation errors and results."""
-    return render_template("teams/plugin.html", **plugins.plugin(plugin_id))
+    """One plugin's standing, versions, validation errors and results."""
+    page = partial(render_template, "teams/plugin.html")
+    return caching.public(("plugin-page", plugin_id), lambda: page(**plugins.plugin(plugin_id)))
 
 
 @bp.route("/jobs")

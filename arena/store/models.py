@@ -198,6 +198,19 @@ class RoundMatch(Base):
     defense_version: Mapped[PluginVersion] = relationship(foreign_keys=[defense_version_id])
 
 
+class RoundStandings(Base):
+    """A published round's scored boards (compressed JSON of ``arena.scoring.Board``), written when it is
+    published: a published round never changes, so no board process scores it again."""
+
+    __tablename__ = "round_standings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), unique=True)
+    scoring_version: Mapped[str] = mapped_column(String(20))  # boards scored by other rules are scored again
+    boards: Mapped[bytes]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     """A unit of work: train a defense, a twin or a substitute, or play a match.
 
