@@ -5,8 +5,9 @@ tracks (digits, 300 samples; mnist-linf, 1000 samples) under three threats: ever
 defense, 15,000 results for 50 teams. Each result carries per-sample records and a gallery made by the
 referee's own functions (``arena.referee.metrics`` and ``gallery``) from synthetic but realistic outcomes
 (defenses of varied strength and clean accuracy, attacks of varied power, harder and easier samples).
-Round 1 is done and published (`arena.planner.publish_round`: scored once, its standings kept); in round 2 one team pushed a new attack, so round 2 reuses every result but
-that attack's 300 (a push costs one row per board). Round 2 is done, not published: the public's front page
+Round 1 is done and published (``arena.planner.publish_round``: scored once, its standings kept); in round 2
+one team pushed a new attack, so round 2 reuses every result but that attack's 300 (a push costs one row per
+board). Round 2 is done, not published: the public's front page
 shows round 1 with round 2's progress above it.
 
 Then it serves the board as ``arena serve`` does (gunicorn, ``--workers`` processes forked from one loaded
