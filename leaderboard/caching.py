@@ -26,6 +26,8 @@ from typing import Any, Generic, TypeVar
 
 from flask import Flask, Response, current_app, g, render_template, request, session
 
+from leaderboard.lookup import data_state, database
+
 FROZEN_ROUND = "public, max-age=300"
 MATCH = "public, max-age=86400"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -75,24 +77,27 @@ class Kept(Generic[T]):
 
 
 class Recent(Generic[T]):
-    """Values by key, made again once they are ``ttl`` seconds old (the ``capacity`` most recently made),
-    safe to share between threads: pages whose data has no cheap state to compare (a plugin's page, the
-    class status) lag the database by at most ``ttl``, like a running round's standings."""
+    """Values by key with the state of the data they were made from (the ``capacity`` most recently made),
+    safe to share between threads, for pages without a state of their own (a plugin's page, the class
+    status): a value less than ``ttl`` seconds old is served as it is; an older one is made again only if
+    the state changed meanwhile, so such a page lags the database by at most ``ttl`` while a round runs and
+    is never made twice while nothing changes."""
 
     def __init__(self, ttl: float, capacity: int = 1024) -> None:
         self.ttl, self.capacity = ttl, capacity
-        self._values: OrderedDict[Hashable, tuple[float, T]] = OrderedDict()
+        self._values: OrderedDict[Hashable, tuple[float, Hashable, T]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, make: Callable[[], T]) -> T:
-        """The value made for ``key`` less than ``ttl`` seconds ago, else ``make()``, kept."""
+    def get(self, key: Hashable, make: Callable[[], T], state: Callable[[], Hashable]) -> T:
+        """The value kept for ``key`` if it is recent or ``state()`` has not changed since; else ``make()``, kept."""
         with self._lock:
             found = self._values.get(key)
-            if found is not None and time.monotonic() - found[0] < self.ttl:
-                return found[1]
-        value = make()
+        if found is not None and time.monotonic() - found[0] < self.ttl:
+            return found[2]
+        now = state()
+        value = found[2] if found is not None and found[1] == now else make()
         with self._lock:
-            self._values[key] = (time.monotonic(), value)
+            self._values[key] = (time.monotonic(), now, value)
             self._values.move_to_end(key)
             while len(self._values) > self.capacity:
                 self._values.popitem(last=False)
@@ -100,11 +105,17 @@ class Recent(Generic[T]):
 
 
 def public(key: Hashable, make: Callable[[], T]) -> T:
-    """``make()``, shared between the public's requests for up to the board's refresh time (a signed-in
-    viewer's data, which shows its own, is made for it every time)."""
+    """``make()``, shared between the public's requests while the board's data stays the same (checked at
+    most every refresh time: :class:`Recent`); a signed-in viewer's data, which shows its own, is made for
+    it every time."""
     if "token" in session:
         return make()
-    return current_app.extensions["arena_recent"].get(key, make)
+
+    def state() -> Hashable:
+        with database().session() as db_session:
+            return data_state(db_session)
+
+    return current_app.extensions["arena_recent"].get(key, make, state)
 
 
 def html(template: str, page: Page) -> str:

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import abort, current_app
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena.store import Base, Database, Round
+from arena.store import Base, Database, Job, Plugin, PluginVersion, Result, Round, Team
 from leaderboard.standings import Standings, is_frozen
 
 RowT = TypeVar("RowT", bound=Base)
@@ -46,6 +46,30 @@ def get_or_404(session: Session, model: type[RowT], row_id: int, what: str) -> R
     if row is None:
         abort(404, f"no {what} {row_id}")
     return row
+
+
+def data_state(session: Session) -> tuple[Any, ...]:
+    """A fingerprint of what the board shows beyond a round's standings: it changes when a result, a job, a
+    failure, a plugin version, a verdict, a withdrawal, a sync, a round or a publication is written."""
+    stamps = (
+        select(func.max(Result.id)),
+        select(func.max(Job.id)),
+        select(func.count()).select_from(Job).where(Job.state == "failed"),
+        select(func.max(PluginVersion.id)),
+        select(func.max(PluginVersion.evaluated_at)),
+        select(func.count()).select_from(PluginVersion).where(PluginVersion.valid.is_(True)),
+        select(func.max(Plugin.withdrawn_at)),
+        select(func.count()).select_from(Plugin).where(Plugin.withdrawn_at.is_not(None)),
+        select(func.max(Team.id)),
+        select(func.max(Team.synced_at)),
+        select(func.max(Round.id)),
+        select(func.max(Round.finished_at)),
+        select(func.max(Round.published_at)),
+        select(func.count()).select_from(Round).where(Round.status == "open"),
+        select(func.count()).select_from(Round).where(Round.status == "done"),
+        select(func.count()).select_from(Round).where(Round.published.is_(True)),
+    )
+    return tuple(session.execute(select(*(stamp.scalar_subquery() for stamp in stamps))).one())
 
 
 def summary(round_: Round | None) -> dict[str, Any] | None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from arena.store import Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team
+from leaderboard.caching import public
 from leaderboard.lookup import summary
 
 
@@ -29,7 +31,12 @@ def upcoming(session: Session) -> dict[str, Any] | None:
 
 
 def progress(session: Session, round_id: int) -> dict[str, int]:
-    """The round's matrix cells by status (ok, failed, pending: no result yet), counted without scoring it."""
+    """The round's matrix cells by status (ok, failed, pending: no result yet), counted without scoring it
+    (and shared between the public's views while no result arrives: :func:`leaderboard.caching.public`)."""
+    return public(("progress", round_id), partial(_count, session, round_id))
+
+
+def _count(session: Session, round_id: int) -> dict[str, int]:
     query = (
         select(Result.status, func.count())
         .select_from(RoundMatch)

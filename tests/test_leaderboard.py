@@ -27,6 +27,7 @@ from arena.scoring import round_standings
 from arena.store import Database, PluginVersion, Result, Round, RoundMatch, Team
 from arena.tracks import TRACKS
 from leaderboard import create_app
+from leaderboard.caching import Recent
 
 EVIL = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -1262,3 +1263,20 @@ def test_rankings_filter_and_sort_on_the_server_without_javascript(client: Flask
     again = client.get("/?dsort=-clean_accuracy").get_data(as_text=True).replace("&amp;", "&")
     assert "Clean ▼" in again and 'href="/?round=1&dsort=clean_accuracy#digits-white-box"' in again
     assert client.get("/api/leaderboard?dsort=secret").status_code == 400
+
+
+def test_a_kept_value_is_made_again_only_when_its_data_changed_and_no_sooner_than_the_refresh_time() -> None:
+    made, state = [], ["a"]
+    recent = Recent[int](ttl=3600.0)
+
+    def make() -> int:
+        made.append(1)
+        return len(made)
+
+    assert recent.get("page", make, lambda: state[0]) == 1
+    state[0] = "b"
+    assert recent.get("page", make, lambda: state[0]) == 1  # recent: served as it is
+    recent.ttl = 0.0
+    assert recent.get("page", make, lambda: state[0]) == 2  # old, and the data changed: made again
+    assert recent.get("page", make, lambda: state[0]) == 2  # old, the data unchanged: kept
+    assert len(made) == 2
