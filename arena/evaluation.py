@@ -24,7 +24,7 @@ artifact; workers and sandboxes never see the secret, the data folder or the dis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +43,22 @@ EVALUATION_VERSION = "2"
 @dataclass(frozen=True)
 class EvalSet:
     """Evaluation samples: images ``x`` on the track's grid, labels ``y``, their ``index`` in the
-    source split and a fixed target label per sample for targeted attacks (never the true one)."""
+    source split and a fixed target label per sample for targeted attacks (never the true one); on a
+    physical track, ``photo_seed``, the secret seed of its print-and-photo draws (:mod:`arena.physical`)."""
 
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor
     targets: torch.Tensor
+    photo_seed: int = 0
 
     def pack(self, levels: int) -> bytes:
         """The set as bytes: images as grey levels (exact, since they lie on the grid)."""
         codes = torch.round(self.x * (levels - 1)).to(torch.int32).numpy()
         dtype = np.uint8 if levels <= 256 else np.uint16 if levels <= 65536 else np.int32
         arrays = {"codes": codes.astype(dtype), "y": self.y.numpy(), "index": self.index.numpy()}
-        return pack(arrays | {"targets": self.targets.numpy(), "levels": np.array(levels)})
+        extra = {"photo_seed": np.array(self.photo_seed, dtype=np.int64)} if self.photo_seed else {}
+        return pack(arrays | {"targets": self.targets.numpy(), "levels": np.array(levels)} | extra)
 
     @classmethod
     def unpack(cls, data: bytes) -> EvalSet:
@@ -63,11 +66,21 @@ class EvalSet:
         arrays = unpack(data)
         levels = int(arrays["levels"])
         x = torch.from_numpy(arrays["codes"].astype(np.float32)) / (levels - 1)
-        return cls(x, *(torch.from_numpy(arrays[k]).long() for k in ("y", "index", "targets")))
+        photo_seed = int(arrays["photo_seed"]) if "photo_seed" in arrays else 0
+        return cls(x, *(torch.from_numpy(arrays[k]).long() for k in ("y", "index", "targets")), photo_seed)
 
 
 def build(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
-    """The evaluation set of ``track`` under the arena's ``secret`` (see the module's docstring)."""
+    """The evaluation set of ``track`` under the arena's ``secret`` (see the module's docstring), with the
+    secret seed of its print-and-photo draws on a physical track."""
+    made = _images(track, data_dir, secret)
+    if track.transform == "none":
+        return made
+    return replace(made, photo_seed=derive_seed(secret, "photo", track.name, EVALUATION_VERSION) or 1)
+
+
+def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
+    """The images, labels and targets of ``track``'s evaluation set."""
     if track.evaluation == "public":
         x, y, index, targets = track.eval_set(data_dir)
         return EvalSet(quantize(x, track.levels), y, index, targets)

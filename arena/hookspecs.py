@@ -25,6 +25,7 @@ from torch import nn
 
 from arena import referee
 from arena.distortions import Distortion, distort, min_move
+from arena.physical import PrintAndPhoto
 
 PROJECT = "arena"
 
@@ -70,7 +71,10 @@ class Budget:
     randomness from it and the attack is reproducible. The images lie on a grid of ``levels`` grey
     levels (``k / (levels - 1)``); the referee rounds what the attack returns onto that grid, towards
     the clean value where rounding to the nearest level would leave the budget, and so does
-    :meth:`Target.query`: :meth:`snap` shows exactly what the defense will see.
+    :meth:`Target.query`: :meth:`snap` shows exactly what the defense will see. On a physical track,
+    ``photo`` holds the published ranges of the print-and-photo step that every judged image and every
+    query goes through before the defense sees it, each under its own secret draw;
+    ``arena.physical.photograph(x, seed, budget.photo, budget.levels)`` makes draws of your own (for EOT).
     """
 
     norm: str
@@ -79,6 +83,7 @@ class Budget:
     generator: torch.Generator
     targets: torch.Tensor | None = None
     levels: int = 256
+    photo: PrintAndPhoto | None = None
 
     def snap(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """What the referee makes of ``x_adv`` for clean ``x``: clipped, projected onto the budget, on the grid."""

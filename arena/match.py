@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from arena import hosts, plugins, referee
+from arena import hosts, physical, plugins, referee
 from arena.evaluation import EvalSet
 from arena.hookspecs import Attack, Budget
 from arena.hosts import DefenseFault, Host
@@ -178,7 +179,7 @@ def play(spec: MatchSpec, pool: AttackPool | None = None, scope: Hashable = None
     adversarial = hosts.FreshHost(_host(spec))  # starts while the attack plays
     try:
         with hosts.LazyHost(_host(spec)) as host:
-            server = QueryServer(host.probs, track.input_shape, track.levels)
+            server = QueryServer(host.probs, track.input_shape, track.levels, _query_look(track, evaluation))
             train_split = functools.cache(lambda: _train_split(spec))  # made once per match, if asked for
             services = {
                 "query": server,
@@ -210,8 +211,9 @@ def play(spec: MatchSpec, pool: AttackPool | None = None, scope: Hashable = None
         attack_seconds = time.perf_counter() - started
         x_adv, moved = referee.project(torch.cat(outputs), x, track.norm, track.eps)
         x_adv = referee.quantize_within(x_adv, x, track.levels, track.norm, track.eps)
-        clean, measured = _clean_verdict(spec, x, draws)
-        adv, _ = adversarial.classify(x_adv, draws)
+        seen, seen_adv = _photographed(track, evaluation, x), _photographed(track, evaluation, x_adv)
+        clean, measured = _clean_verdict(spec, seen, draws)
+        adv, _ = adversarial.classify(seen_adv, draws)
     except DefenseFault as exc:
         return _forfeit(exc, log_tail, time.perf_counter() - started)
     except (PluginFailure, referee.MalformedOutput) as exc:
@@ -227,10 +229,31 @@ def play(spec: MatchSpec, pool: AttackPool | None = None, scope: Hashable = None
         "ok",
         metrics=metrics | {"norm": track.norm, "eps": track.eps, "targeted": spec.targeted},
         samples=pack(records | {"index": index.numpy()}),
-        gallery=pack(referee.gallery(x, x_adv, records)),
+        gallery=pack(referee.gallery(seen, seen_adv, records)),  # what the defense saw
         log_tail=log_tail,
         wall_time=time.perf_counter() - started,
     )
+
+
+def _photographed(track: Track, evaluation: EvalSet, images: torch.Tensor) -> torch.Tensor:
+    """The images as the defense sees them: as they are, or printed and photographed on a physical track
+    (image ``i`` under the evaluation set's secret draw ``i``, clean and adversarial alike)."""
+    if track.transform == "none":
+        return images
+    return physical.photograph(images, evaluation.photo_seed, track.photo_ranges, track.levels)
+
+
+def _query_look(track: Track, evaluation: EvalSet) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """How a query reaches the defense on a physical track: photographed under a fresh secret draw per query."""
+    if track.transform == "none":
+        return None
+    count = itertools.count()
+
+    def look(x: torch.Tensor) -> torch.Tensor:
+        seed = int(np.random.SeedSequence([evaluation.photo_seed, next(count)]).generate_state(1)[0]) & 0x7FFFFFFF
+        return physical.photograph(x, seed, track.photo_ranges, track.levels)
+
+    return look
 
 
 def _clean_verdict(spec: MatchSpec, x: torch.Tensor, draws: int) -> tuple[referee.Verdict, dict]:
@@ -369,6 +392,7 @@ def _attack_setup(conn: Connection, process: AttackProcess):  # noqa: ANN202 (a 
             max_queries=track.max_queries,
             generator=match["generator"],
             targets=None if targets is None else torch.from_numpy(targets).to(device),
+            photo=track.photo_ranges if track.transform != "none" else None,
         )
         x = torch.from_numpy(x).to(device)
         return _encode(match["attack"].run(target, x, torch.from_numpy(y).to(device), budget), x)

@@ -25,13 +25,21 @@ class QueryServer:
     """Counts an attack's queries and passes those within budget to the secret model's ``answer``.
 
     A query reaches the model as the referee would judge it: clipped to [0, 1] and on the track's grid of
-    ``levels`` grey levels, so a defense cannot tell an attack's probe from an image it is judged on.
+    ``levels`` grey levels (and through ``look`` where the track changes what the defense sees, e.g. a
+    physical track's photograph), so a defense cannot tell an attack's probe from an image it is judged on.
     """
 
-    def __init__(self, answer: Callable[[np.ndarray], np.ndarray], input_shape: tuple[int, ...], levels: int) -> None:
+    def __init__(
+        self,
+        answer: Callable[[np.ndarray], np.ndarray],
+        input_shape: tuple[int, ...],
+        levels: int,
+        look: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self._answer = answer
         self._input_shape = tuple(input_shape)
         self._levels = levels
+        self._look = look
         self.allowance = 0
         self.used = 0
         self.total = 0
@@ -50,7 +58,8 @@ class QueryServer:
             return ("error", "value", f"query got shape {tuple(x.shape)} or non-finite values")
         if self.used + len(x) > self.allowance:
             return ("error", "budget", f"query budget exhausted: {self.used} of {self.allowance} images used")
-        probs = self._answer(quantize(torch.from_numpy(x), self._levels).numpy())
+        seen = quantize(torch.from_numpy(x), self._levels)
+        probs = self._answer((self._look(seen) if self._look is not None else seen).numpy())
         self.used += len(x)
         self.total += len(x)
         return ("ok", probs, self.used, self.allowance - self.used)

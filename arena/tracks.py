@@ -21,7 +21,7 @@ import dataclasses
 import math
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from torch import nn
 
 from arena.data import INPUT_SHAPES, NUM_CLASSES, PIXEL_LEVELS, Dataset, DataUnavailable, load_dataset
 from arena.hookspecs import NORMS
+from arena.physical import TRANSFORMS, PrintAndPhoto
 
 #: seed of every track's evaluation subset and targets (tracks on one data set share them)
 EVAL_SEED = 0
@@ -122,7 +123,8 @@ class Track:
     held-out split, the default), ``public`` (the held-out split as published) or ``private`` (the
     ``.npz`` file at ``eval_path``, which only the arena reads). Every image a defense sees is
     quantised to ``levels`` grey levels (0: the data set's own, 17 for digits, 256 for MNIST). A
-    trained defense may weigh ``max_artifact_mb`` MiB at most.
+    trained defense may weigh ``max_artifact_mb`` MiB at most. ``transform = "print-photo"`` prints and
+    photographs every image the defense judges (:mod:`arena.physical`), with the ranges of ``photo``.
     """
 
     name: str
@@ -142,6 +144,8 @@ class Track:
     eval_path: str = ""
     levels: int = 0
     max_artifact_mb: float = 16.0
+    transform: str = "none"
+    photo: dict[str, float] = field(default_factory=dict, hash=False)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -176,8 +180,14 @@ class Track:
             ),
             (self.levels >= 2, f"levels must be at least 2, not {self.levels}"),
             (self.max_artifact_mb > 0, f"max_artifact_mb must be positive, not {self.max_artifact_mb}"),
+            (self.transform in TRANSFORMS, f"transform {self.transform!r} not in {list(TRANSFORMS)}"),
+            (self.transform != "none" or not self.photo, 'photo ranges need transform = "print-photo"'),
         ]
         problems = [message for ok, message in checks if not ok]
+        try:
+            PrintAndPhoto.of(self.photo)
+        except ValueError as error:
+            problems.append(str(error))
         if problems:
             raise TrackError(f"track {self.name!r}: " + "; ".join(problems))
 
@@ -191,9 +201,16 @@ class Track:
         """The number of classes."""
         return NUM_CLASSES
 
+    @property
+    def photo_ranges(self) -> PrintAndPhoto:
+        """The print-and-photo ranges of a ``print-photo`` track (:mod:`arena.physical`)."""
+        return PrintAndPhoto.of(self.photo)
+
     def config(self) -> dict[str, Any]:
-        """Everything that defines the track, JSON-serialisable (the description aside): for cache keys."""
-        return {key: value for key, value in dataclasses.asdict(self).items() if key != "description"}
+        """Everything that defines the track, JSON-serialisable (the description aside): for cache keys.
+        A track without a transform leaves ``transform`` and ``photo`` out, so its keys stay as they were."""
+        unset = {"description"} | ({"transform", "photo"} if self.transform == "none" else set())
+        return {key: value for key, value in dataclasses.asdict(self).items() if key not in unset}
 
     def load(self, data_dir: Path) -> Dataset:
         """The track's data set (cached per process); raises :class:`DataUnavailable` if absent."""
@@ -251,7 +268,9 @@ def fixed_targets(labels: np.ndarray, rng: np.random.RandomState, num_classes: i
 
 def _wrong_type(field: str, value: Any) -> str | None:
     """What is wrong with the type of ``value`` for the track field ``field``, or ``None``."""
-    if field in _INTEGERS:
+    if field == "photo":
+        ok, kind = isinstance(value, dict), "a table of numbers"
+    elif field in _INTEGERS:
         ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
     elif field in _NUMBERS:
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -292,6 +311,21 @@ TRACKS: dict[str, Track] = {
             description="scikit-learn's 8x8 digits, L0 eps 3: at most 3 changed pixels, 500 queries per image",
         ),
         Track(
+            "digits-physical",
+            dataset="digits",
+            norm="linf",
+            eps=0.2,
+            eval_size=300,
+            max_queries=200,
+            clean_floor=0.85,
+            epochs=30,
+            batch_size=300,
+            time_limit=300.0,
+            transform="print-photo",
+            photo={"blur": 0.5, "rotate": 3.0},
+            description="scikit-learn's 8x8 digits, L-inf eps 0.2, every judged image printed and photographed",
+        ),
+        Track(
             "mnist-linf",
             dataset="mnist",
             norm="linf",
@@ -301,6 +335,18 @@ TRACKS: dict[str, Track] = {
             clean_floor=0.97,
             epochs=2,
             description="MNIST, L-inf eps 0.3, as in Madry's MNIST challenge",
+        ),
+        Track(
+            "mnist-physical",
+            dataset="mnist",
+            norm="linf",
+            eps=0.3,
+            eval_size=1000,
+            max_queries=1000,
+            clean_floor=0.95,
+            epochs=2,
+            transform="print-photo",
+            description="MNIST, L-inf eps 0.3, every judged image printed and photographed (Kurakin et al. 2017)",
         ),
         Track(
             "mnist-l2",

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from arena.diagnostics import EXPLANATIONS
 from arena.hookspecs import THREATS
+from arena.physical import PrintAndPhoto
 from arena.plugins import MAX_PLUGIN_BYTES
 from arena.referee import GALLERY_SIZE, REFEREE_VERSION, TOLERANCE
 from arena.scoring import BREAK_SUCCESS_RATE
@@ -45,6 +46,8 @@ FIELD_LABELS = {
     "evaluation": "evaluation images",
     "levels": "grey levels of every image",
     "max_artifact_mb": "trained model at most (MiB)",
+    "transform": "what the defense sees",
+    "photo": "print-and-photo ranges (each image its own secret draw)",
 }
 #: what each kind of evaluation data is (arena/evaluation.py makes them)
 EVALUATIONS = {
@@ -89,9 +92,15 @@ def rules() -> dict[str, Any]:
     }
 
 
+#: what each transform does to the images a defense judges (arena/physical.py)
+TRANSFORMS = {"print-photo": "every image printed and photographed (warp, blur, exposure, noise, JPEG), queries too"}
+
+
 def _shown(field: str, value: Any) -> Any:
     """A track field's value as the page says it."""
-    return EVALUATIONS.get(value, value) if field == "evaluation" else value
+    if field == "photo":
+        return ", ".join(f"{k} {v:g}" for k, v in dataclasses.asdict(PrintAndPhoto.of(value)).items())
+    return {"evaluation": EVALUATIONS, "transform": TRANSFORMS}.get(field, {}).get(value, value)
 
 
 def _configured(home: Path) -> tuple[dict[str, Track], str | None]:

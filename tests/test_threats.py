@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from hostile import SPY, write_attack
 from torch import nn
 
-from arena import ThreatModelError, evaluation, hosts, match, plugins, training
+from arena import ThreatModelError, evaluation, hosts, match, physical, plugins, training
 from arena.match import MatchOutcome, MatchSpec, attack_view, play
 from arena.plugins import PluginSource
 from arena.records import unpack
@@ -432,3 +433,50 @@ def test_a_warm_process_serves_the_matches_of_one_round_only(arena: Arena) -> No
     assert "call 3" in same_round.log_tail, "the same round's process, warm"
     assert "call 1" in next_round.log_tail and "call 3" not in next_round.log_tail, "a fresh process"
     assert first.status == same_round.status == next_round.status == "ok"
+
+
+# --------------------------------------------------------------------------------------------------
+# A physical track: what the defense sees is printed and photographed (arena/physical.py)
+# --------------------------------------------------------------------------------------------------
+
+PHYSICAL = dataclasses.replace(TRACK, name="digits-physical-test", transform="print-photo", photo={"blur": 0.6})
+
+
+def test_a_physical_track_judges_photographs_and_hands_the_attack_the_published_ranges(arena: Arena) -> None:
+    body = """
+    print("ranges", budget.photo)
+    return x
+    """
+    outcome = arena.play("photo-aware", body, threat="white-box", track=PHYSICAL)
+    assert outcome.status == "ok", outcome.error
+    assert "ranges PrintAndPhoto(rotate=4.0" in outcome.log_tail and "blur=0.6" in outcome.log_tail
+    shown = unpack(outcome.gallery)
+    evaluation_set = evaluation.EvalSet.unpack(
+        arena.spec(PLUGINS / "attacks" / "fgsm", "white-box", PHYSICAL).evaluation
+    )
+    digital = (evaluation_set.x[shown["position"]] * 255).round().to(torch.uint8).numpy()
+    assert not np.array_equal(shown["clean"], digital)  # the gallery shows what the defense saw: photographs
+    assert np.array_equal(shown["clean"], shown["adversarial"])  # an unchanged image, photographed under one draw
+    digital_outcome = arena.play("photo-aware-digital", body, threat="white-box")
+    assert "ranges None" in digital_outcome.log_tail
+
+
+def test_a_physical_tracks_queries_reach_the_defense_photographed_each_under_a_fresh_draw() -> None:
+    seen: list[np.ndarray] = []
+
+    def answer(x: np.ndarray) -> np.ndarray:
+        seen.append(x)
+        return np.full((len(x), 10), 0.1, dtype=np.float32)
+
+    ranges = PHYSICAL.photo_ranges
+    draws = itertools.count()
+
+    def look(x: torch.Tensor) -> torch.Tensor:
+        return physical.photograph(x, next(draws), ranges, 17)
+
+    query = QueryServer(answer, SHAPE, 17, look)
+    query.allow(4)
+    batch = images(2)
+    assert query(batch)[0] == "ok" and query(batch)[0] == "ok"
+    assert not np.array_equal(seen[0], batch) and not np.array_equal(seen[0], seen[1])
+    assert np.array_equal(seen[0] * 16, np.round(seen[0] * 16))  # on the track's grid
