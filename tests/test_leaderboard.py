@@ -1280,3 +1280,17 @@ def test_a_kept_value_is_made_again_only_when_its_data_changed_and_no_sooner_tha
     assert recent.get("page", make, lambda: state[0]) == 2  # old, and the data changed: made again
     assert recent.get("page", make, lambda: state[0]) == 2  # old, the data unchanged: kept
     assert len(made) == 2
+
+
+def test_the_games_value_over_the_rounds_is_drawn_without_javascript(client: FlaskClient, rows: BoardRows) -> None:
+    rows.track("digits", clean_floor=0.5)
+    pgd, madry = rows.version("red", "pgd", "attack"), rows.version("blue", "madry", "defense")
+    for number, survived in ((1, [1, 1, 0, 0]), (2, [1, 1, 1, 0])):
+        round_id = rows.round(number, status="done", published=True)
+        pgd_now = pgd if number == 1 else rows.version("red", "pgd", "attack")
+        rows.match(round_id, pgd_now, madry, survived)
+    data = client.get("/api/game").json
+    assert [(v["round"], v["value"]) for v in data["values"]] == [(1, 0.5), (2, 0.25)]
+    page = client.get("/game").get_data(as_text=True)
+    assert 'aria-label="the game\'s value per round"' in page
+    assert '<polyline class="line" points="30.0,55.0 210.0,77.5 "/>' in page
