@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from arena.access import relative_paths
 from arena.curves import robustness_curve
+from arena.hookspecs import THREATS
 from arena.records import unpack
 from arena.scoring import plugin_entries
 from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry
@@ -88,6 +89,7 @@ def _plugin(plugin_id: int) -> dict[str, Any]:
     return {
         "plugin": line,
         "standing": standing,
+        "threats": list(THREATS),
         "instructor": sees_everything(),
         "never_validated": all(v.status != "valid" for v in versions),
         "waiting": sum(v.status in WAITING for v in versions),

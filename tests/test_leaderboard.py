@@ -1183,6 +1183,15 @@ def test_plugin_and_team_pages_show_rank_score_and_change_since_the_round_before
     assert "Standing of its defenses" in team_page and "up 1" in team_page and "+25.0 points" in team_page
 
 
+def test_a_defense_page_sets_its_threat_models_side_by_side(instructor: FlaskClient, played: Played) -> None:
+    page = instructor.get(f"/plugins/{plugin_id(instructor, 'madry')}").get_data(as_text=True)
+    table = page[page.index('<table class="side-by-side">') : page.index("</table>", page.index("side-by-side"))]
+    assert re.findall(r"<th>([a-z-]+)</th>", table) == ["white-box", "gray-box", "black-box"]
+    row = re.search(r"<td>digits</td>(.*?)</tr>", table, re.S).group(1)
+    cells = [" ".join(re.sub(r"<.*?>", "", c).split()) for c in re.findall(r'<td class="num">(.*?)</td>', row, re.S)]
+    assert cells == ["50.0% (1 of 2)", "75.0% (1 of 1)", "–"]  # round 2 white-box, round 1 gray-box, no black-box
+
+
 def test_a_standing_counts_only_rounds_the_viewer_sees_scored(
     client: FlaskClient, instructor: FlaskClient, played: Played
 ) -> None:
