@@ -23,7 +23,7 @@ from pathlib import Path
 from arena import evaluation, plugins
 from arena.config import Settings
 from arena.match import MatchSpec, play
-from arena.tracks import TRACKS, Track
+from arena.tracks import Track, get_track, load_tracks
 from arena.training import TrainSpec, derive_seed, train_defense, train_substitute
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +41,12 @@ def artifact(path: Path, make: Callable[[], bytes]) -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--track", default="digits", choices=sorted(TRACKS))
+    parser.add_argument("--track", default="digits", help="a track: built in, or in ARENA_HOME/tracks.toml")
     parser.add_argument("--attack", action="append", help="an attack plugin's name (repeatable) [all]")
     parser.add_argument("--threat", action="append", help="a threat model (repeatable) [all the attack declares]")
     args = parser.parse_args()
-    track: Track = TRACKS[args.track]
     settings = Settings.from_env()
+    track: Track = get_track(args.track, load_tracks(settings.home))
     cache = settings.home / "bench"
     defense = plugins.read_folder(ROOT / "plugins" / "defenses" / "undefended")
 
