@@ -67,7 +67,8 @@ def finished_round(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="module")
 def board(finished_round: Settings) -> Iterator[str]:
     """The board over the finished round, served by a real WSGI server on a free port of 127.0.0.1."""
-    app = create_app({"DATABASE_URL": finished_round.database_url, "ARENA_HOME": str(finished_round.home)})
+    config = {"DATABASE_URL": finished_round.database_url, "ARENA_HOME": str(finished_round.home)}
+    app = create_app(config | {"STANDINGS_REFRESH": 0})  # every view checks the data (a test opens a round)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -179,7 +179,9 @@ def test_retry_failed_replays_a_failed_match_and_keeps_earlier_rounds(
         (1, "ok", replayed.result_key),
     ]
     assert [failures("hungry", number) for number in (1, 2, 3)] == [1, 1, 0]
-    board = create_app().test_client()  # the match page links both attempts
+    board = create_app().test_client()  # the match page links both attempts, once round 3 is published
+    assert board.get(f"/api/matches/{history[1].id}").status_code == 403  # the replay waits for its round
+    arena_cli("round", "publish", "3")
     page = board.get(f"/api/matches/{history[1].id}").get_json()
     assert page["attempt"] == 1
     assert [(a["id"], a["status"]) for a in page["attempts"]] == [(history[0].id, "failed"), (history[1].id, "ok")]
