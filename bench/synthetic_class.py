@@ -6,10 +6,12 @@ of them on a track under the three threat models, and prints where the time went
 plugin's sandboxed check and smoke match, as a push gets), planning, training, matches, and per match the
 match's own wall time against its job's (the difference: the database and the executor).
 
-    python bench/synthetic_class.py [--attacks 10] [--defenses 10] [--track digits]
+    python bench/synthetic_class.py [--attacks 10] [--defenses 10] [--track digits]...
 
-The issue's class is 50 x 50 x 3 threats x 2 tracks = 15,000 matches; run smaller sizes and scale by the
-matches per second printed (the cost per match does not grow with the queue: see bench/dispatch_cost.py).
+The issue's class is 50 x 50 x 3 threats x 2 tracks = 15,000 matches (``--attacks 50 --defenses 50 --track
+digits --track digits-coarse``, a second digits track at eps 0.1 written to the bench's tracks.toml); smaller
+sizes scale by the matches per second printed (the cost per match does not grow with the queue: see
+bench/dispatch_cost.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from arena import planner
 from arena.config import Settings
 from arena.execution import local
 from arena.store import Database, Job, Result
-from arena.tracks import TRACKS
+from arena.tracks import get_track, load_tracks
 
 ATTACK = '''
 import torch
@@ -97,7 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attacks", type=int, default=10)
     parser.add_argument("--defenses", type=int, default=10)
-    parser.add_argument("--track", default="digits", choices=sorted(TRACKS))
+    parser.add_argument(
+        "--track", action="append", help="a track, repeatable [digits]; digits-coarse: digits at eps 0.1"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="arena-class-"))
     folder = root / "plugins"
@@ -110,21 +114,24 @@ def main() -> None:
         env["ARENA_DATA_DIR"] = os.environ["ARENA_DATA_DIR"]
     settings = Settings.from_env(env)
     settings.home.mkdir(parents=True)
+    (settings.home / "tracks.toml").write_text('[tracks.digits-coarse]\nbase = "digits"\neps = 0.1\n')
     db = Database(settings.database_url)
     db.upgrade()
-    track = TRACKS[args.track]
+    known = load_tracks(settings.home)
+    tracks = {name: get_track(name, known) for name in args.track or ["digits"]}
     phases: dict[str, float] = {}
 
     started = time.perf_counter()
     planner.sync(db, settings)
     phases["validation (sync)"] = time.perf_counter() - started
     started = time.perf_counter()
-    round_id = planner.open_round(db, [track])
-    plan = planner.plan_round(db, settings, round_id, {track.name: track})
+    round_id = planner.open_round(db, list(tracks.values()))
+    plan = planner.plan_round(db, settings, round_id, tracks)
     phases["planning"] = time.perf_counter() - started
     started = time.perf_counter()
-    states = local.run_local(db, settings, {track.name: track}, round_id, progress=False)
+    states = local.run_local(db, settings, tracks, round_id, progress=False)
     phases["jobs (training and matches)"] = time.perf_counter() - started
+    phases["the whole round"] = sum(phases.values())
 
     with db.session() as session:
         jobs = session.execute(
@@ -139,7 +146,7 @@ def main() -> None:
         if kind == "match" and key in walls and walls[key] is not None:
             overhead.append(seconds - walls[key])
     matches = sum(1 for kind, *_ in jobs if kind == "match")
-    print(f"{args.attacks} attacks x {args.defenses} defenses x 3 threats on {track.name}: {plan.cells_line()}")
+    print(f"{args.attacks} attacks x {args.defenses} defenses x 3 threats on {', '.join(tracks)}: {plan.cells_line()}")
     print(f"jobs: {dict(states)}")
     print("| phase | seconds |")
     print("|---|---|")
