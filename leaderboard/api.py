@@ -56,7 +56,7 @@ def teams_() -> dict[str, Any]:
 @bp.route("/status", endpoint="status")
 def status_() -> dict[str, Any]:
     """One line per team: last sync and push, versions valid, invalid and waiting, last failure."""
-    return teams.status()
+    return teams.status(request.args.get("sort") or "name")
 
 
 @bp.route("/teams/<int:team_id>")

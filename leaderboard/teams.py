@@ -7,6 +7,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from flask import abort
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
@@ -67,10 +68,20 @@ def _rounds_played(session: Session, plugin_ids: list[int]) -> dict[int, set[int
     return played
 
 
-def status() -> dict[str, Any]:
-    """The class at a glance (see :mod:`arena.roster`): one line per team; failed matches of rounds not yet
-    published count for the instructor only. Shared between the public's views for the board's refresh time."""
-    return public(("status",), _status)
+#: the columns the class status may be sorted by (``?sort=``, ``-`` first for descending)
+STATUS_SORTS = ("name", "synced_at", "last_push", "plugins", "valid", "invalid", "waiting")
+
+
+def status(sort: str = "name") -> dict[str, Any]:
+    """The class at a glance (see :mod:`arena.roster`): one line per team, sorted by ``sort`` (a column of
+    :data:`STATUS_SORTS`; a line without the value last); failed matches of rounds not yet published count
+    for the instructor only. Shared between the public's views for the board's refresh time."""
+    field = sort.lstrip("-")
+    if field not in STATUS_SORTS:
+        abort(400, f"sort by one of {', '.join(STATUS_SORTS)} (- first: descending), not {sort!r}")
+    data = public(("status",), _status)
+    present = sorted((t for t in data["teams"] if t[field] is not None), key=lambda t: t[field], reverse=sort[0] == "-")
+    return data | {"teams": present + [t for t in data["teams"] if t[field] is None], "sort": sort}
 
 
 def _status() -> dict[str, Any]:

@@ -67,7 +67,8 @@ def team_list() -> str:
 @bp.route("/status")
 def class_status() -> str:
     """One line per team: last sync and push, versions valid, invalid and waiting, last failure."""
-    return caching.public(("status-page",), lambda: render_template("teams/status.html", **teams.status()))
+    sort = request.args.get("sort") or "name"
+    return caching.public(("status-page", sort), lambda: render_template("teams/status.html", **teams.status(sort)))
 
 
 @bp.route("/teams/<int:team_id>")

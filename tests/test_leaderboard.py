@@ -1226,6 +1226,12 @@ def test_the_class_status_page_gives_each_teams_sync_versions_and_last_failure(
     page = instructor.get("/status").get_data(as_text=True)
     assert "&lt;b&gt;boom&lt;/b&gt;" in page and EVIL not in page and "log " not in page
     assert "Class status" in client.get("/status").get_data(as_text=True)
+    by_invalid = [t["name"] for t in client.get("/api/status?sort=-invalid").json["teams"]]
+    assert by_invalid[0] == "green" and sorted(by_invalid) == sorted(public)
+    assert [t["name"] for t in client.get("/api/status?sort=-name").json["teams"]] == sorted(public, reverse=True)
+    page = client.get("/status?sort=-invalid").get_data(as_text=True)
+    assert "Invalid ▼" in page and 'href="/status?sort=invalid"' in page and 'href="/status?sort=-valid"' in page
+    assert client.get("/status?sort=secret").status_code == 400
 
 
 def test_history_charts_draw_the_best_and_the_viewers_team_with_every_figure_in_a_table(
