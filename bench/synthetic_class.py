@@ -11,7 +11,11 @@ match's own wall time against its job's (the difference: the database and the ex
 The issue's class is 50 x 50 x 3 threats x 2 tracks = 15,000 matches (``--attacks 50 --defenses 50 --track
 digits --track digits-coarse``, a second digits track at eps 0.1 written to the bench's tracks.toml); smaller
 sizes scale by the matches per second printed (the cost per match does not grow with the queue: see
-bench/dispatch_cost.py).
+bench/dispatch_cost.py). ``--workers N`` plays the round through N ``arena worker`` processes over Redis
+instead of the local executor, on ``--database`` (PostgreSQL at scale; emptied first) or a fresh SQLite file:
+
+    python bench/synthetic_class.py --attacks 50 --defenses 50 --track digits --track digits-coarse \\
+        --workers 2 --database postgresql+psycopg://postgres@127.0.0.1:5432/test
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from celery_throughput import Run
 from sqlalchemy import select
 
 from arena import planner
 from arena.config import Settings
-from arena.execution import local
+from arena.execution import follow, local
 from arena.store import Database, Job, Result
 from arena.tracks import get_track, load_tracks
 
@@ -99,6 +104,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attacks", type=int, default=10)
     parser.add_argument("--defenses", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=0, help="arena workers over Redis [0: the local executor]")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/14", help="with --workers (flushed first)")
+    parser.add_argument("--database", help="with --workers: a database URL to empty and use [fresh SQLite]")
     parser.add_argument(
         "--track", action="append", help="a track, repeatable [digits]; digits-coarse: digits at eps 0.1"
     )
@@ -112,9 +120,14 @@ def main() -> None:
     env = {"ARENA_HOME": str(root / "home"), "ARENA_PLUGIN_DIRS": str(folder), "ARENA_BUILTINS": ""}
     if os.environ.get("ARENA_DATA_DIR"):
         env["ARENA_DATA_DIR"] = os.environ["ARENA_DATA_DIR"]
+    (root / "home").mkdir(parents=True)
+    (root / "home" / "tracks.toml").write_text('[tracks.digits-coarse]\nbase = "digits"\neps = 0.1\n')
+    cluster = None
+    if args.workers:
+        cluster = Run(root, args.broker, args.database, root / "home")  # empties the database and the broker
+        env |= {"ARENA_DATABASE_URL": cluster.database, "ARENA_BROKER_URL": args.broker}
+        cluster.start_workers(args.workers)
     settings = Settings.from_env(env)
-    settings.home.mkdir(parents=True)
-    (settings.home / "tracks.toml").write_text('[tracks.digits-coarse]\nbase = "digits"\neps = 0.1\n')
     db = Database(settings.database_url)
     db.upgrade()
     known = load_tracks(settings.home)
@@ -129,7 +142,11 @@ def main() -> None:
     plan = planner.plan_round(db, settings, round_id, tracks)
     phases["planning"] = time.perf_counter() - started
     started = time.perf_counter()
-    states = local.run_local(db, settings, tracks, round_id, progress=False)
+    if cluster is not None:
+        states = follow.run_celery(db, settings, tracks, round_id, progress=False, interval=0.5)
+        cluster.stop()
+    else:
+        states = local.run_local(db, settings, tracks, round_id, progress=False)
     phases["jobs (training and matches)"] = time.perf_counter() - started
     phases["the whole round"] = sum(phases.values())
 
@@ -146,7 +163,9 @@ def main() -> None:
         if kind == "match" and key in walls and walls[key] is not None:
             overhead.append(seconds - walls[key])
     matches = sum(1 for kind, *_ in jobs if kind == "match")
-    print(f"{args.attacks} attacks x {args.defenses} defenses x 3 threats on {', '.join(tracks)}: {plan.cells_line()}")
+    where = f"{args.workers} arena workers, {settings.database_url.split(':')[0]}" if args.workers else "local executor"
+    print(f"{args.attacks} attacks x {args.defenses} defenses x 3 threats on {', '.join(tracks)} ({where}):")
+    print(f"  {plan.cells_line()}")
     print(f"jobs: {dict(states)}")
     print("| phase | seconds |")
     print("|---|---|")
@@ -156,6 +175,10 @@ def main() -> None:
         print(f"| jobs of kind {kind} (sum) | {seconds:.1f} |")
     match_seconds = busy.get("match", 0.0)
     print(f"matches: {matches}, {matches / match_seconds:.1f} per second of match jobs" if match_seconds else "")
+    spans = [(begun, ended) for kind, _, begun, ended in jobs if kind == "match" and begun and ended]
+    if spans:
+        phase = (max(e for _, e in spans) - min(b for b, _ in spans)).total_seconds()
+        print(f"match phase (first match started to last finished): {phase:.0f} s, {matches / phase:.1f} matches/s")
     if overhead:
         beyond = statistics.median(overhead) * 1000
         print(f"per match, the job beyond the match itself (database, executor): median {beyond:.0f} ms")
