@@ -356,6 +356,7 @@ def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int) -> 
     round_id = _play_round(db, settings, tracks, seed=0, quiet=False)
     try:  # the demo is the instructor: its round is public on the board
         planner.publish_round(db, round_id)
+        click.echo("round published: the board shows its scores to everyone")
     except planner.RoundError as error:
         click.echo(f"round not published: {error}")
     if not no_serve:
