@@ -4,12 +4,13 @@
 #
 #   ARENA_DATA_DIR=/path/with/mnist.npz bench/gpu_round.sh [track]      (default track: mnist-linf)
 #
-# Needs nvidia-smi, redis-server (a private one is started on port 6391) and the project's .venv. The
-# arena's home, database and broker database are made for the run and removed after it.
+# Needs nvidia-smi, redis-server (a private one is started on port 6391) and the project's .venv (or
+# ARENA_BIN: a folder holding `arena` and `python` commands of an installation elsewhere). The arena's home,
+# database and broker database are made for the run and removed after it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 track="${1:-mnist-linf}"
-bin="$(pwd)/.venv/bin"
+bin="${ARENA_BIN:-$(pwd)/.venv/bin}"
 
 command -v nvidia-smi >/dev/null || { echo "no GPU here (nvidia-smi not found): nothing to measure"; exit 1; }
 [ -f "${ARENA_DATA_DIR:-}/mnist.npz" ] || { echo "set ARENA_DATA_DIR to a folder holding mnist.npz"; exit 1; }
@@ -22,7 +23,10 @@ sampler=$!
 "$bin/arena" worker > "$work/worker.log" 2>&1 &
 worker=$!
 cleanup() {
+  [ -z "${KEEP_LOGS:-}" ] || cp "$work/worker.log" "$KEEP_LOGS/" 2>/dev/null || true  # the worker's log, kept
   kill "$worker" "$sampler" 2>/dev/null || true
+  for _ in $(seq 20); do kill -0 "$worker" 2>/dev/null || break; sleep 0.5; done  # a job in progress ends it...
+  pkill -KILL -P "$worker" 2>/dev/null || true; kill -KILL "$worker" 2>/dev/null || true  # ...or not: no waiting on it
   wait "$worker" 2>/dev/null || true
   redis-cli -p 6391 shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -30,9 +34,12 @@ cleanup() {
 trap cleanup EXIT
 
 "$bin/arena" init >/dev/null
+[ -z "${ARENA_TRACKS:-}" ] || cp "$ARENA_TRACKS" "$ARENA_HOME/tracks.toml"  # tracks of your own, by name
 baseline="$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | sort -n | tail -n 1)"
 SECONDS=0
-"$bin/arena" round run --track "$track" --wait --quiet | tail -n 3
+# ROUND_TIMEOUT (seconds) stops a round that runs too long and reports what was done by then
+timeout "${ROUND_TIMEOUT:-0}" "$bin/arena" round run --track "$track" --wait --quiet | tail -n 3 \
+  || echo "round stopped after ${ROUND_TIMEOUT:-?} s: the figures below cover the jobs done by then"
 echo "round: ${SECONDS} s wall"
 grep -m 2 -E "found|GPU" "$work/worker.log" || true
 
