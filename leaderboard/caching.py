@@ -3,6 +3,9 @@
 Pages whose data comes from scored rounds (overview, matrix, history) name that state (a
 :class:`Page`'s ``state``): a page or JSON body rendered from one state is kept and served again
 until the state changes, so a busy board renders each page once per change of its round.
+Pages without such a state (a plugin's or a team's page, the class status, the round in play) are
+kept for the public by :func:`public` while the data's fingerprint stays the same (checked at most every
+refresh time: :class:`Recent`); robustness curves by the set of results they are drawn from (:class:`Kept`).
 
 Every page and API answer carries an ETag (a repeated request costs a 304), and what cannot change
 says so in ``Cache-Control``:
