@@ -249,6 +249,7 @@ def test_the_open_round_sits_above_the_published_results_which_export_as_csv(
         assert "Round 2 · open" in page and re.search(r"\((4 h 59|5 h 0) min left\)", page)
         assert "Validated so far" in page and "students" in page and "always-raises" in page
         assert "Round 1: the latest published results" in page and "tiny · white-box" in page
+        assert page.index("Round 2 · open") < page.index("Round 1: the latest published results")  # on top
         screenshot(browser, "open-round")
         link = browser.find_element("link text", "rankings").get_attribute("href")
         with urllib.request.urlopen(link, timeout=10) as response:  # a stranger's download: no cookie
