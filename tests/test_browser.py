@@ -15,9 +15,10 @@ import re
 import shutil
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -128,6 +129,19 @@ def text(driver: object) -> str:
     return driver.find_element("tag name", "body").text
 
 
+def until(driver: object, condition: Callable[[object], Any]) -> Any:
+    """``condition(driver)`` once it holds, within 10 s; an element replaced while it is read is read again."""
+    from selenium.common.exceptions import WebDriverException  # imported where the fixture found selenium
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    return WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(condition)
+
+
+def href(driver: object, by: str, value: str) -> str:
+    """The ``href`` of the element found ``by`` ``value`` (read again if the page replaced it meanwhile)."""
+    return until(driver, lambda d: d.find_element(by, value).get_attribute("href"))
+
+
 def test_overview_shows_both_rankings_of_every_board(browser: object, board: str) -> None:
     browser.get(board + "/")
     assert browser.title == "Overview · Arena"
@@ -213,7 +227,7 @@ def test_a_match_log_is_its_teams_and_signing_in_shows_it(
     browser: object, board: str, finished_round: Settings
 ) -> None:
     browser.get(board + "/matrix?track=tiny&threat=white-box")
-    match = browser.find_element("css selector", "table.matrix td.failed a").get_attribute("href")
+    match = href(browser, "css selector", "table.matrix td.failed a")
     browser.get(match)
     assert "shown to the plugin's team and the instructor" in text(browser) and "Traceback" not in text(browser)
     db = Database(finished_round.database_url)
@@ -224,9 +238,7 @@ def test_a_match_log_is_its_teams_and_signing_in_shows_it(
         browser.get(board + "/signin")
         browser.find_element("name", "token").send_keys(token)
         browser.find_element("css selector", "form button").click()
-        from selenium.webdriver.support.wait import WebDriverWait  # imported where the fixture found selenium
-
-        WebDriverWait(browser, 10).until(lambda driver: "signed in as" in text(driver))  # the redirect
+        until(browser, lambda driver: "signed in as" in text(driver))  # the redirect
         assert "signed in as students" in text(browser)
         browser.get(match)
         page = text(browser)
@@ -251,7 +263,7 @@ def test_the_open_round_sits_above_the_published_results_which_export_as_csv(
         assert "Round 1: the latest published results" in page and "tiny · white-box" in page
         assert page.index("Round 2 · open") < page.index("Round 1: the latest published results")  # on top
         screenshot(browser, "open-round")
-        link = browser.find_element("link text", "rankings").get_attribute("href")
+        link = href(browser, "link text", "rankings")
         with urllib.request.urlopen(link, timeout=10) as response:  # a stranger's download: no cookie
             assert response.headers["Content-Type"].startswith("text/csv")
             ranked = list(csv.DictReader(io.StringIO(response.read().decode())))
