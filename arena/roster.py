@@ -20,10 +20,7 @@ from sqlalchemy.orm import Session
 
 from arena.access import relative_paths
 from arena.redaction import redact
-from arena.store import Job, Plugin, PluginVersion, Result, Team
-
-#: validation statuses that wait for a verdict (see arena.submissions)
-WAITING = ("pending", "deferred", "error")
+from arena.store import WAITING, Job, Plugin, PluginVersion, Result, Team
 
 
 @dataclass

@@ -40,7 +40,7 @@ from arena.config import Settings
 from arena.plugins import MAX_PLUGIN_BYTES, PluginSource
 from arena.redaction import redact
 from arena.sandbox import SandboxError
-from arena.store import Database, Plugin, PluginVersion, Team
+from arena.store import WAITING, Database, Plugin, PluginVersion, Team
 
 PLUGIN_ROOTS = {"plugins/attacks": "attack", "plugins/defenses": "defense"}
 DEFAULT_DAILY_LIMIT = 10
@@ -188,7 +188,7 @@ def _record(
                 FolderReport(path, f"{name}/{plugin_name}", version.plugin.kind, source.content_hash, status)
             )
             report.folders[-1].errors = _errors(version)
-            if new or version.status in ("pending", "deferred", "error"):
+            if new or version.status in WAITING:
                 todo.append((len(report.folders) - 1, version.id))
         now = datetime.now(UTC)
         team.synced_commit, team.synced_at = commit, now

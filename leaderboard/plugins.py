@@ -16,12 +16,12 @@ from arena.curves import robustness_curve
 from arena.hookspecs import THREATS
 from arena.records import unpack
 from arena.scoring import plugin_entries
-from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry
+from arena.store import WAITING, Job, Plugin, PluginVersion, Result, Round, RoundEntry
 from leaderboard.access import may_see, private_log
 from leaderboard.caching import kept, public
 from leaderboard.lookup import database, get_or_404
 from leaderboard.standing import plugin_standing
-from leaderboard.teams import WAITING, iso, team_line, validation_state
+from leaderboard.teams import iso, team_line, validation_state
 from leaderboard.visibility import public_keys, sees_everything
 
 #: what a version row shows (never its archive)

@@ -13,14 +13,12 @@ from sqlalchemy.orm import Session
 
 from arena.redaction import redact
 from arena.roster import class_status
-from arena.store import Plugin, PluginVersion, Round, RoundEntry, Team
+from arena.store import WAITING, Plugin, PluginVersion, Round, RoundEntry, Team
 from leaderboard.caching import public
 from leaderboard.lookup import database, get_or_404
 from leaderboard.standing import plugin_standing
 from leaderboard.visibility import public_keys, sees_everything
 
-#: validation statuses with no verdict yet: a later sync validates the version
-WAITING = ("pending", "deferred", "error")
 #: what a waiting status means, in one line (a verdict, valid or invalid, speaks for itself)
 EXPLANATIONS = {
     "pending": "recorded, not validated yet: the next sync validates it",

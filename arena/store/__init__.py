@@ -2,6 +2,7 @@
 
 from arena.store.db import Database
 from arena.store.models import (
+    WAITING,
     Artifact,
     Base,
     Job,
@@ -34,4 +35,5 @@ __all__ = [
     "Team",
     "Token",
     "Track",
+    "WAITING",
 ]

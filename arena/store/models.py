@@ -107,6 +107,10 @@ class Plugin(Base):
     versions: Mapped[list[PluginVersion]] = relationship(back_populates="plugin", order_by="PluginVersion.id")
 
 
+#: validation statuses of a plugin version that wait for a verdict: a later sync validates it
+WAITING = ("pending", "deferred", "error")
+
+
 class PluginVersion(Base):
     """The exact code of a plugin: its folder as an archive, named by the hash of its content."""
 
