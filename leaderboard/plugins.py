@@ -81,10 +81,10 @@ def _plugin(plugin_id: int) -> dict[str, Any]:
         ).all()
         ids = [v.id for v in versions]
         everything = may_see(owners)
-        results, withheld = _results(session, ids, everything)
+        results, withheld, shown = _results(session, ids, everything)
         rounds = _rounds(session, ids)
         failures = _training_failures(session, set(ids), owners) if found.kind == "defense" else {}
-        curves = _curves(session, ids, everything) if found.kind == "defense" else {}
+        curves = _curves(session, ids, shown) if found.kind == "defense" else {}
         standing = plugin_standing(session, plugin_id, found.kind, {n for numbers in rounds.values() for n in numbers})
     return {
         "plugin": line,
@@ -120,9 +120,9 @@ def _plugin(plugin_id: int) -> dict[str, Any]:
 
 def _results(
     session: Session, version_ids: list[int], everything: bool
-) -> tuple[dict[int, list[dict[str, Any]]], dict[int, int]]:
+) -> tuple[dict[int, list[dict[str, Any]]], dict[int, int], set[str]]:
     """Per version: its matches (as attack or defense), by track, threat and opponent (those of published
-    rounds only unless ``everything``), and how many were left out."""
+    rounds only unless ``everything``), how many were left out, and the keys of the results shown."""
     mine = set(version_ids)
     rows = session.execute(
         select(*_RESULT_COLUMNS).where(
@@ -164,22 +164,20 @@ def _results(
             )
     for lines in results.values():
         lines.sort(key=lambda x: (x["track"], x["threat"], x["opponent"]["team"], x["opponent"]["plugin"]))
-    return results, withheld
+    return results, withheld, {r.key for r in rows}
 
 
-def _curves(session: Session, version_ids: list[int], everything: bool) -> dict[int, list[dict[str, Any]]]:
+def _curves(session: Session, version_ids: list[int], shown: set[str]) -> dict[int, list[dict[str, Any]]]:
     """Per defense version and board (track, threat): its worst-case robustness curve over the attacks it
-    met (in published rounds only unless ``everything``). Results are written once, so a curve is made
-    once per set of results and kept."""
+    met, from the results ``shown`` on the page. Results are written once, so a curve is made once per set
+    of results and kept."""
     columns = (Result.key, Result.defense_version_id, Result.track, Result.threat, Result.metrics)
     rows = session.execute(
         select(*columns).where(
             Result.defense_version_id.in_(version_ids), Result.status == "ok", Result.samples.is_not(None)
         )
     ).all()
-    if not everything:
-        public = public_keys(session, [row.key for row in rows])
-        rows = [row for row in rows if row.key in public]
+    rows = [row for row in rows if row.key in shown]
     boards: dict[tuple[int, str, str], list[Any]] = defaultdict(list)
     for row in rows:
         boards[row.defense_version_id, row.track, row.threat].append(row)
