@@ -12,7 +12,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from arena import admin, export, planner, plugins, scaffold, scoring, validation
+from arena import admin, course, export, planner, plugins, scaffold, scoring, validation
 from arena.config import Settings, SettingsError
 from arena.execution import follow, local, rounds, workers
 from arena.sandbox import SandboxError
@@ -195,13 +195,14 @@ def _play_round(
     quiet: bool,
     wait: bool = True,
     retry_failed: bool = False,
+    teams: set[str] | None = None,
 ) -> int:
     if not settings.broker_url:  # distributed rounds are kept moving by the workers' leases and the scheduler
         for unfinished, _ in rounds.unfinished_rounds(db):
             _resume(db, settings, unfinished, quiet)
     _print_sync(planner.sync(db, settings))
     round_id = planner.open_round(db, tracks, seed)
-    plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks}, retry_failed)
+    plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks}, retry_failed, teams)
     new = ", ".join(f"{n} {kind}" for kind, n in sorted(plan.new_jobs.items())) or "none"
     click.echo(f"round planned: {plan.cells_line()}; new jobs: {new}")
     for line in plan.summary():
@@ -361,6 +362,40 @@ def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int) -> 
         click.echo(f"round not published: {error}")
     if not no_serve:
         _serve(host, port)
+
+
+@main.command("course")
+@click.option("--track", "track_name", default="digits", show_default=True, help="The track whose lessons to replay.")
+@click.option("--round", "number", type=int, help="Read this round instead of playing the built-ins.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="The report [ARENA_HOME/course-TRACK.md].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def course_report(track_name: str, number: int | None, out: Path | None, quiet: bool) -> None:
+    """The lecture replayed: each claim of the course beside the arena's figure and the paper's.
+
+    Without --round, plays a round of the built-in plugins alone on the track and its printed-and-photographed
+    sibling (trained defenses and earlier results are reused, so a second run only reads them), unpublished:
+    the instructor sees it on the board's Lessons page, `arena round publish N` shows it to the class.
+    """
+    settings = Settings.from_env()
+    db = _open(settings)
+    if number is None:
+        names = (track_name, course.PHYSICAL[track_name]) if track_name in course.PHYSICAL else (track_name,)
+        round_id = _play_round(db, settings, admin.usable_tracks(settings, names), 0, quiet, teams={course.TEAM})
+    with db.session() as session:
+        wanted = Round.id == round_id if number is None else Round.number == number
+        round_ = session.scalars(select(Round).where(wanted)).first()
+        if round_ is None:
+            raise click.ClickException(f"no round {number}: `arena round list` shows the rounds")
+        if track_name not in round_.tracks:
+            played = ", ".join(round_.tracks)
+            raise click.ClickException(f"round {round_.number} did not play {track_name} (it played {played})")
+        judged = course.lessons(scoring.round_standings(session, round_.id), track_name)
+        number = round_.number
+    path = out or settings.home / f"course-{track_name}.md"
+    path.write_text(course.markdown(judged, track_name, number))
+    for lesson in judged:
+        click.echo(f"  {lesson.verdict:<15} {lesson.title}")
+    click.echo(f"report: {path}; on the board: /lessons?round={number}&track={track_name}")
 
 
 @main.command()

@@ -287,12 +287,18 @@ def due_rounds(session: Session, now: datetime | None = None) -> list[Round]:
 
 
 def plan_round(
-    db: Database, settings: Settings, round_id: int, tracks: dict[str, Track], retry_failed: bool = False
+    db: Database,
+    settings: Settings,
+    round_id: int,
+    tracks: dict[str, Track],
+    retry_failed: bool = False,
+    teams: set[str] | None = None,
 ) -> Plan:
     """Close an open round: freeze the latest valid version of every plugin, write the round's matrix
     and the jobs whose outputs do not exist yet (every other cell reuses its cached result).
 
-    ``retry_failed`` replays the cells whose latest result failed (see :func:`plan_matches`).
+    ``retry_failed`` replays the cells whose latest result failed (see :func:`plan_matches`); ``teams``
+    keeps only those teams' plugins (``arena course`` plays the built-ins alone).
     """
     with db.session() as session:
         round_ = session.get(Round, round_id)
@@ -304,7 +310,9 @@ def plan_round(
         if unknown:
             raise RoundError(f"round {round_.number} plays track(s) {', '.join(unknown)}, unknown here")
         now = datetime.now(UTC)
-        round_.entries = [RoundEntry(plugin_version=v) for v in latest_valid_versions(session)]
+        versions = latest_valid_versions(session)
+        kept = [v for v in versions if teams is None or v.plugin.team.name in teams]
+        round_.entries = [RoundEntry(plugin_version=v) for v in kept]
         round_.started_at = now
         attacks = [e.plugin_version for e in round_.entries if e.plugin_version.plugin.kind == "attack"]
         defenses = [e.plugin_version for e in round_.entries if e.plugin_version.plugin.kind == "defense"]

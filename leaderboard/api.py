@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from leaderboard import boards, caching, games, jobs, matches, plugins, rounds, rules, teams
+from leaderboard import boards, caching, games, jobs, lessons, matches, plugins, rounds, rules, teams
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -87,3 +87,9 @@ def rules_() -> dict[str, Any]:
 def game_() -> dict[str, Any]:
     """A board as a zero-sum game: value, equilibrium mixes, best responses, the value over rounds."""
     return games.game(request.args)
+
+
+@bp.route("/lessons", endpoint="lessons")
+def lessons_() -> dict[str, Any]:
+    """The course's claims beside the round's figures and the papers', each with its verdict."""
+    return lessons.lessons_page(request.args)

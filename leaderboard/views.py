@@ -7,7 +7,7 @@ from functools import partial
 from flask import Blueprint, Response, abort, render_template, request
 
 from arena import export
-from leaderboard import boards, caching, games, jobs, matches, plugins, rules, teams
+from leaderboard import boards, caching, games, jobs, lessons, matches, plugins, rules, teams
 from leaderboard import rounds as history_pages
 from leaderboard.lookup import database
 from leaderboard.visibility import rounds, shows_results
@@ -41,6 +41,12 @@ def history() -> str:
 def game_page() -> str:
     """A board as a zero-sum game: its value, the equilibrium mixes, best responses, the value over rounds."""
     return render_template("game/game.html", **games.game(request.args))
+
+
+@bp.route("/lessons")
+def lessons_page() -> str:
+    """The lecture replayed: each claim of the course beside the round's figure and the paper's."""
+    return render_template("lessons/lessons.html", **lessons.lessons_page(request.args))
 
 
 @bp.route("/matches/<int:result_id>")
