@@ -228,8 +228,8 @@ def _physical(v: dict[str, float]) -> tuple[bool, str]:
     kept_ifgsm = v["ifgsm_photo"] / v["ifgsm"] if v["ifgsm"] else 0.0
     ok = kept_fgsm > kept_ifgsm
     return ok, (
-        f"after the photo FGSM keeps {_pct(kept_fgsm)} of its success ({_pct(v['fgsm'])} -> {_pct(v['fgsm_photo'])}), "
-        f"I-FGSM {_pct(kept_ifgsm)} ({_pct(v['ifgsm'])} -> {_pct(v['ifgsm_photo'])})"
+        f"the photo destroys {_pct(1 - kept_fgsm)} of FGSM's success ({_pct(v['fgsm'])} -> {_pct(v['fgsm_photo'])}) "
+        f"and {_pct(1 - kept_ifgsm)} of I-FGSM's ({_pct(v['ifgsm'])} -> {_pct(v['ifgsm_photo'])})"
     )
 
 
@@ -259,7 +259,8 @@ CLAIMS: tuple[Claim, ...] = (
         "One step along the sign of the loss gradient (FGSM) fools a plainly trained network on most inputs.",
         (GOODFELLOW,),
         "MNIST, eps 0.25: FGSM gives an error rate of 99.9 % on a shallow softmax classifier and 89.4 % on a "
-        "maxout network (section 4).",
+        "maxout network (Goodfellow et al., section 4); Madry et al.'s plainly trained CNN falls from 99.2 % to "
+        "6.4 % accuracy under FGSM at eps 0.3 (section 5).",
         {
             "clean": Ref("clean", "undefended"),
             "robust": Ref("robust", "undefended", "fgsm"),
@@ -274,8 +275,11 @@ CLAIMS: tuple[Claim, ...] = (
         "step before the gradient step (RAND+FGSM) and examples transferred from another model get through.",
         (GOODFELLOW, TRAMER),
         "MNIST, eps 0.25: adversarial training lowers a maxout network's error on FGSM examples from 89.4 % to "
-        "17.9 % (Goodfellow et al.). Tramer et al. show the gradient masking of single-step training: RAND+FGSM "
-        "beats FGSM against it, and transferred black-box examples are stronger than its own white-box FGSM.",
+        "17.9 % (Goodfellow et al., section 6). ImageNet, eps 16/256, the adversarially trained Inception v3: a "
+        "random step first (R+Step-LL) raises the white-box error of the single-step attack from 26.6 % to 64.8 % "
+        "(Tramer et al., table 2), and examples transferred from another model (36.3 %) beat its own white-box "
+        "ones (table 1); on MNIST a CNN trained on R+FGSM keeps over 90 % against R+FGSM and 18.0 % against PGD "
+        "(section 4.1).",
         {
             "trained_fgsm": Ref("robust", "fgsm-adv-training", "fgsm"),
             "plain_fgsm": Ref("robust", "undefended", "fgsm"),
@@ -290,8 +294,9 @@ CLAIMS: tuple[Claim, ...] = (
         "Training also on FGSM examples crafted on static pre-trained models decouples the training examples "
         "from the model's own gradient: transferred examples lose their edge.",
         (TRAMER,),
-        "Ensemble adversarial training lowers the error of transferred black-box examples below that of "
-        "single-step adversarial training (ImageNet; MNIST in the appendix).",
+        "ImageNet, eps 16/256, the worst of 15 attacks transferred from held-out models: top-1 error 40.8 % on "
+        "the adversarially trained Inception v3, 34.0 % and 33.4 % on its ensemble-trained versions (3 and 4 "
+        "models), 34.5 % against 27.0 % for Inception-ResNet v2 (Tramer et al., table 4).",
         {
             "ensemble": Ref("robust", "ensemble-adv-training", "transfer", BLACK),
             "fgsm_trained": Ref("robust", "fgsm-adv-training", "transfer", BLACK),
@@ -305,9 +310,9 @@ CLAIMS: tuple[Claim, ...] = (
         "Defensive distillation (training at a high softmax temperature) saturates the softmax, so attacks that "
         "follow the gradient of the loss fail; Carlini and Wagner's attack, on the logits, breaks it.",
         (PAPERNOT, CARLINI),
-        "MNIST: distillation at T = 100 lowers the success of adversarial samples (JSMA) from 95.89 % to 0.45 % "
-        "(Papernot et al.); Carlini and Wagner's L0, L2 and L-inf attacks succeed on 100 % of the distilled "
-        "network's inputs.",
+        "MNIST: distillation at T = 100 lowers the success of the Jacobian saliency attack from 95 % to less than "
+        "0.5 % (Papernot et al., abstract); Carlini and Wagner's L0, L2 and L-inf attacks succeed on 100 % of the "
+        "distilled network's inputs, with a mean L-inf of 0.18 (table VI).",
         {
             "fgsm": Ref("robust", "distillation", "fgsm"),
             "pgd": Ref("robust", "distillation", "pgd"),
@@ -322,9 +327,10 @@ CLAIMS: tuple[Claim, ...] = (
         "MagNet's autoencoders reject inputs far from the data and reform the rest: attacks that ignore them "
         "fail, an attack that optimises through them succeeds.",
         (MENG, CARLINI_MAGNET),
-        "MNIST: MagNet keeps 99 % or more against FGSM, iterative FGSM, DeepFool and Carlini-Wagner crafted "
-        "without knowledge of it (Meng and Chen); Carlini and Wagner's white-box attack through its detectors and "
-        "reformers succeeds on 99 % of the inputs.",
+        "Meng and Chen find MagNet effective against the strongest attacks of the day in black- and gray-box "
+        "(the attacker knows the defense but not its autoencoders' parameters); Carlini and Wagner break it with "
+        "an attack that optimises through the autoencoders. On MNIST at eps 0.3, white-box, Samangouei et al.'s "
+        "MagNet keeps 0.191 against FGSM and 0.038 against Carlini-Wagner L2 (table 4, model A).",
         {
             "black": _worst("magnet", BLACK),
             "gray": _worst("magnet", GRAY),
@@ -339,9 +345,10 @@ CLAIMS: tuple[Claim, ...] = (
         "Projecting every input onto the range of a GAN trained on clean data washes transferred perturbations "
         "away; a white-box attack that passes the gradient straight through the projection (BPDA) gets through.",
         (SAMANGOUEI, ATHALYE),
-        "MNIST, eps 0.3, black-box FGSM from a substitute: Defense-GAN keeps 0.988 accuracy where the undefended "
-        "classifier keeps 0.217 (Samangouei et al., table 1, model A); with BPDA, Athalye et al. take it to 55 % "
-        "accuracy at a mean L2 of 0.005 per pixel.",
+        "MNIST, eps 0.3, FGSM transferred from a substitute: Defense-GAN keeps 0.931 where the undefended "
+        "classifier keeps 0.634 (Samangouei et al., table 1, classifier A, substitute B), and white-box FGSM "
+        "without BPDA 0.988 against 0.217 (table 4); with BPDA Athalye et al. take it to 55 % accuracy at an L2 "
+        "distance of 0.005 (their table 1).",
         {
             "black": Ref("robust", "defense-gan", "transfer", BLACK),
             "plain_black": Ref("robust", "undefended", "transfer", BLACK),
@@ -356,7 +363,8 @@ CLAIMS: tuple[Claim, ...] = (
         "Training on the strongest first-order attack (PGD) gives a model that resists it, and every other "
         "white-box attack of the round, better than any other defense.",
         (MADRY,),
-        "MNIST, eps 0.3: 89.3 % accuracy against white-box PGD (100 steps, 50 restarts), 98.8 % clean.",
+        "MNIST, eps 0.3: 98.8 % clean, 95.6 % against FGSM, 93.2 % against 40-step PGD and 89.3 % against "
+        "100-step PGD with 20 restarts (Madry et al., table 1); over 95 % against black-box attacks.",
         {
             "pgd": Ref("robust", "pgd-adv-training", "pgd"),
             "worst": _worst("pgd-adv-training", WHITE),
@@ -370,8 +378,9 @@ CLAIMS: tuple[Claim, ...] = (
         "Printed and photographed, adversarial images keep part of their effect; single-step FGSM's larger "
         "changes survive the photo better than the finer ones of iterative FGSM.",
         (KURAKIN,),
-        "ImageNet, Inception v3, photos of printed images: the photo destroys fewer FGSM examples than basic "
-        "iterative ones, and fewer of those than least-likely-class iterative ones (tables 1 and 2).",
+        "ImageNet, Inception v3, eps 16 (of 255), photos of printed images: the photo destroys 12.5 % of the "
+        "FGSM examples, 40.4 % of the basic iterative ones and 72.2 % of the least-likely-class ones (Kurakin et "
+        "al., table 3, top-1, average case).",
         {
             "fgsm": Ref("success", "undefended", "fgsm"),
             "fgsm_photo": Ref("success", "undefended", "fgsm", physical=True),

@@ -272,3 +272,17 @@ def test_the_open_round_sits_above_the_published_results_which_export_as_csv(
         with db.session() as session:
             session.delete(session.get(Round, round_id))
         db.dispose()
+
+
+def test_lessons_page_puts_each_claim_beside_the_rounds_figure(browser: object, board: str) -> None:
+    browser.get(board)
+    browser.get(href(browser, "link text", "Lessons"))
+    until(browser, lambda d: "The lecture replayed on tiny" in text(d))
+    claim = browser.find_element("id", "fgsm-undefended")
+    assert "FGSM fools an undefended network" in claim.text and "Goodfellow, Shlens and Szegedy" in claim.text
+    verdict = claim.find_element("css selector", ".flag").text
+    assert verdict in ("reproduced", "not reproduced"), "the round played FGSM against the undefended model"
+    assert "%" in claim.find_element("css selector", "table.figures").text
+    missing = browser.find_element("id", "distillation")
+    assert "not played" in missing.text and "the round has no robust accuracy of distillation" in missing.text
+    screenshot(browser, "lessons")

@@ -85,7 +85,7 @@ def test_every_claim_is_reproduced_when_the_figures_have_the_papers_shapes() -> 
     assert {lesson.verdict for lesson in judged} == {"reproduced"}, [(j.key, j.why) for j in judged]
     assert [lesson.key for lesson in judged] == [claim.key for claim in course.CLAIMS]
     physical = judged[-1]
-    assert physical.why == "after the photo FGSM keeps 58% of its success (95% -> 55%), I-FGSM 15% (99% -> 15%)"
+    assert physical.why == "the photo destroys 42% of FGSM's success (95% -> 55%) and 85% of I-FGSM's (99% -> 15%)"
     assert all(lesson.papers and lesson.published for lesson in judged)
 
 
