@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -92,48 +92,26 @@ def probs(host: Sandbox, batch: np.ndarray, num_classes: int) -> np.ndarray:
 def classify(host: Host, x: torch.Tensor, draws: int, probe: bool = False) -> tuple[referee.Verdict, dict]:
     """Classify ``x`` in a fresh host; check what it answers.
 
+    The host starts now, when ``x`` is ready, and is closed in the background once it has answered. Clean
+    and adversarial inputs thus reach hosts that have waited for nothing: a host started early (while the
+    attack plays) would idle until the adversarial inputs came, and a defense could tell them by that wait
+    (``tests/cheats/idle-detector``).
+
     With ``probe`` (clean inputs of a white-box match) the host also measures the median norm of the
     input gradient of the loss at its own prediction, for the board's diagnostics; a defense that fails
     there is not blamed for it (the measure is the arena's, not part of the game). Randomized defenses
     (``draws > 1``) also report how often their draws disagree.
     """
-    with host.sandbox() as box:
-        return _classify_in(box, host, x, draws, probe)
-
-
-class FreshHost:
-    """A fresh host for one :func:`classify`, started in the background (while the attack plays) and
-    closed in the background: its start and its end are off the match's critical path. It receives
-    nothing before its one request, so starting early tells the defense nothing."""
-
-    def __init__(self, host: Host) -> None:
-        self.host = host
-        self._started: Future[Sandbox] = _BACKGROUND.submit(_start, host)
-
-    def classify(self, x: torch.Tensor, draws: int) -> tuple[referee.Verdict, dict]:
-        """:func:`classify` in this host (its wall-clock limit counted from now)."""
-        box = self._started.result()  # a host that could not start raises here (SandboxError)
-        box.renew()
-        return _classify_in(box, self.host, x, draws, probe=False)
-
-    def close(self) -> None:
-        """Close the host once it has started (in the background)."""
-        _BACKGROUND.submit(_close, self._started)
-
-
-#: the threads that start and close fresh hosts
-_BACKGROUND = ThreadPoolExecutor(max_workers=2, thread_name_prefix="arena-hosts")
-
-
-def _start(host: Host) -> Sandbox:
     box = host.sandbox()
     box.__enter__()
-    return box
+    try:
+        return _classify_in(box, host, x, draws, probe)
+    finally:
+        _CLOSING.submit(box.close)
 
 
-def _close(started: Future[Sandbox]) -> None:
-    if started.exception() is None:
-        started.result().close()
+#: the threads that close hosts once they have answered (their end is off the match's critical path)
+_CLOSING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="arena-hosts")
 
 
 def _classify_in(box: Sandbox, host: Host, x: torch.Tensor, draws: int, probe: bool) -> tuple[referee.Verdict, dict]:

@@ -176,7 +176,6 @@ def play(spec: MatchSpec, pool: AttackPool | None = None, scope: Hashable = None
     outputs: list[torch.Tensor] = []
     log_tail = ""
     faults: list[str] = []  # failures of the defense's code in the attack's process, reproduced by the arena
-    adversarial = hosts.FreshHost(_host(spec))  # starts while the attack plays
     try:
         with hosts.LazyHost(_host(spec)) as host:
             server = QueryServer(host.probs, track.input_shape, track.levels, _query_look(track, evaluation))
@@ -213,7 +212,7 @@ def play(spec: MatchSpec, pool: AttackPool | None = None, scope: Hashable = None
         x_adv = referee.quantize_within(x_adv, x, track.levels, track.norm, track.eps)
         seen, seen_adv = _photographed(track, evaluation, x), _photographed(track, evaluation, x_adv)
         clean, measured = _clean_verdict(spec, seen, draws)
-        adv, _ = adversarial.classify(seen_adv, draws)
+        adv, _ = hosts.classify(_host(spec), seen_adv, draws)
     except DefenseFault as exc:
         return _forfeit(exc, log_tail, time.perf_counter() - started)
     except (PluginFailure, referee.MalformedOutput) as exc:
@@ -221,8 +220,6 @@ def play(spec: MatchSpec, pool: AttackPool | None = None, scope: Hashable = None
         if faults:  # the attack failed after the defense's code did: the defense's failure comes first
             return _forfeit(DefenseFault(faults[0]), log, time.perf_counter() - started)
         return MatchOutcome("failed", error=str(exc), log_tail=log, wall_time=time.perf_counter() - started)
-    finally:
-        adversarial.close()
     records = referee.judge(x, y, x_adv, moved, clean, adv, targets if spec.targeted else None)
     metrics = referee.metrics(records, spec.targeted, server.total, attack_seconds, draws) | measured
     return MatchOutcome(

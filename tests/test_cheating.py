@@ -41,6 +41,23 @@ def test_cheating_defenses_rank_no_better_than_the_plain_cnn(
             assert row["clean"] <= honest["clean"] + SLACK, (cheat, threat, row, honest)
 
 
+@pytest.mark.slow
+def test_a_defense_cannot_tell_the_adversarial_host_by_how_long_it_waited(
+    arena_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``idle-detector`` rejects everything once its host has idled: were the adversarial host started while
+    the attack plays, it would reject every adversarial input of a slow attack and survive it whole."""
+    plugins_dir = install(tmp_path / "cheats", ("idle-detector",))
+    for name, value in environment(plugins_dir, ("pgd", "transfer", "undefended")).items():
+        monkeypatch.setenv(name, value)
+    figures = play(Settings.from_env(), TRACKS["digits"])
+    for attack, threat in (("pgd", "white-box"), ("pgd", "gray-box"), ("transfer", "black-box")):
+        honest, cheat = figures[attack, "undefended", threat], figures[attack, "idle-detector", threat]
+        assert cheat["status"] == honest["status"] == "ok"
+        assert cheat["robust"] <= honest["robust"] + SLACK, (attack, threat, cheat, honest)
+    assert figures["idle-detector", "white-box"]["clean"] >= figures["undefended", "white-box"]["clean"] - SLACK
+
+
 def test_a_trained_model_heavier_than_the_limit_fails(tmp_path: Path) -> None:
     """A data set cannot ride along in the weights: the track caps a trained model's size."""
     body = """
