@@ -46,9 +46,9 @@ def time_sandboxes(repeat: int) -> tuple[float, float]:
 
 def time_cold_bwrap(repeat: int) -> float:
     """Median seconds of a fresh bubblewrap'd Python importing torch and the arena (no zygote)."""
-    view = namespaces.build_view([Path(namespaces.__file__).parent], [], [])
+    view = namespaces.build_view([Path(namespaces.__file__).parents[1]], [], [])  # the whole arena package
     command = [str(namespaces.bwrap()), *view.bwrap_args(), "--unshare-pid", "--"]
-    command += [sys.executable, "-c", "import torch, numpy, sklearn.datasets, arena.match, arena.training"]
+    command += [sys.executable, "-c", "import torch, numpy, arena.match, arena.training"]
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
