@@ -202,6 +202,17 @@ def test_unknown_ids_and_rounds_are_not_found(instructor: FlaskClient, played: P
     assert "metric must be one of" in instructor.get("/api/matrix?metric=queries").json["error"]
 
 
+def test_lessons_read_no_teams_plugins(client: FlaskClient, instructor: FlaskClient, played: Played) -> None:
+    """The lessons read the built-in plugins only: a round of teams' plugins leaves every claim unplayed."""
+    data = client.get("/api/lessons").json
+    assert data["round"]["number"] == 1 and data["track"] == "digits" and not data["withheld"]
+    assert {lesson["verdict"] for lesson in data["lessons"]} == {"not played"}
+    assert all(f["value"] is None for lesson in data["lessons"] for f in lesson["figures"])
+    assert "FGSM fools an undefended network" in client.get("/lessons").get_data(as_text=True)
+    assert instructor.get("/api/lessons?round=2").json["track"] == "digits"
+    assert instructor.get("/api/lessons?round=1&track=nowhere").status_code == 404
+
+
 def test_the_board_is_read_only(client: FlaskClient, played: Played) -> None:
     for url in [*PAGES, *APIS, "/matches/1", "/api/matches/1", "/teams/1", "/plugins/1"]:
         assert client.post(url).status_code == 405, url
@@ -1067,6 +1078,9 @@ def test_the_public_sees_no_score_of_an_unpublished_round_anywhere(
     assert client.get("/api/matrix?round=2").json["cells"] == []
     assert client.get("/api/matrix?round=2&track=digits&threat=white-box").status_code == 200
     assert client.get("/api/game?round=2").json["game"] is None
+    assert (
+        client.get("/api/lessons?round=2").json["lessons"] == [] and client.get("/api/lessons?round=2").json["withheld"]
+    )
     history = client.get("/api/rounds").json
     assert [(r["number"], r["withheld"], r["leaders"] == []) for r in history["rounds"]] == [
         (2, True, True),
@@ -1085,7 +1099,8 @@ def test_the_public_sees_no_score_of_an_unpublished_round_anywhere(
         assert client.get(f"/matches/{result_id}").status_code == 403
         assert client.get(f"/api/matches/{result_id}").status_code == 403
         assert client.get(f"/matches/{result_id}/gallery/0/clean.png").status_code == 403
-    pages = ["/", "/?round=2", "/matrix?round=2", "/rounds", "/game?round=2", "/jobs?round=2", f"/plugins/{fgsm}"]
+    pages = ["/", "/?round=2", "/matrix?round=2", "/rounds", "/game?round=2", "/lessons?round=2", "/jobs?round=2"]
+    pages.append(f"/plugins/{fgsm}")
     for url in pages + [u.replace("/", "/api/", 1) for u in pages[2:]]:
         body = client.get(url).get_data(as_text=True)
         assert not any(f"/matches/{i}" in body for i in hidden), url
