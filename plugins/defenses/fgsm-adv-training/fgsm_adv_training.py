@@ -20,13 +20,16 @@ class FGSMAdvTraining(Defense):
     ``eps`` is ``ctx.eps``; under the l2 norm the sign is replaced by the fast gradient method
     ``g / ||g||_2``, under l0 the ``eps`` entries of largest gradient are pushed to 0 or 1. Trains
     ``ctx.make_model()`` with Adam for ``ctx.epochs`` epochs and stops early, with a log line, when
-    ``ctx.time_budget`` seconds are spent.
+    ``ctx.time_budget`` seconds are spent. With ``augment`` every batch comes under fresh draws of the
+    distortion family the track evaluates (``ctx.batches(augment=True)``): what the model learns around its
+    training images then holds around the secret evaluation images too.
 
     Paper: Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples",
     ICLR 2015, https://arxiv.org/abs/1412.6572 (section 5, alpha = 0.5).
 
     Arguments:
         alpha: weight of the clean loss (default 0.5).
+        augment: train on draws of the track's distortion family (default True).
         lr: Adam's learning rate (default 1e-3).
         batch_size: training batch size (default 128).
 
@@ -35,8 +38,8 @@ class FGSMAdvTraining(Defense):
         model = FGSMAdvTraining(alpha=0.5).train(ctx)
     """
 
-    def __init__(self, alpha: float = 0.5, lr: float = 1e-3, batch_size: int = 128) -> None:
-        super().__init__(alpha=alpha, lr=lr, batch_size=batch_size)
+    def __init__(self, alpha: float = 0.5, augment: bool = True, lr: float = 1e-3, batch_size: int = 128) -> None:
+        super().__init__(alpha=alpha, augment=augment, lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train on the mixed clean and FGSM loss; return the model in eval mode."""
@@ -44,7 +47,7 @@ class FGSMAdvTraining(Defense):
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         deadline = time.monotonic() + ctx.time_budget
         for epoch in range(1, ctx.epochs + 1):
-            for x, y in ctx.batches(self.batch_size):
+            for x, y in ctx.batches(self.batch_size, augment=self.augment):
                 if time.monotonic() > deadline:
                     ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{ctx.epochs}: stopping")
                     return model.eval()
