@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
+from test_rounds import TINY, write_plugin
 
 from arena import access, course
 from arena.cli import main
@@ -145,15 +146,6 @@ def test_the_markdown_report_has_a_section_per_claim() -> None:
 # `arena course` end to end
 # --------------------------------------------------------------------------------------------------
 
-TINY = """
-[tracks.tiny]
-base = "digits"
-eval_size = 40
-batch_size = 40
-epochs = 3
-max_queries = 20
-time_limit = 120
-"""
 STUDENT = """
 from arena import Attack, hookimpl
 
@@ -173,10 +165,7 @@ def test_arena_course_plays_the_built_ins_alone_and_the_board_shows_its_lessons(
 ) -> None:
     arena_home.mkdir(parents=True, exist_ok=True)
     (arena_home / "tracks.toml").write_text(TINY)
-    student = tmp_path / "students" / "attacks" / "noise"
-    student.mkdir(parents=True)
-    (student / "plugin.toml").write_text('name = "noise"\nkind = "attack"\nteam = "students"\nsummary = "x"\n')
-    (student / "noise.py").write_text(STUDENT)
+    write_plugin(tmp_path / "students", "noise", "attack", STUDENT)
     monkeypatch.setenv("ARENA_PLUGIN_DIRS", str(tmp_path / "students"))
     monkeypatch.setenv("ARENA_BUILTINS", "fgsm,rand-fgsm,transfer,undefended,fgsm-adv-training")
     runner = CliRunner()
