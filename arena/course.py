@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from arena.plugins import BUILTIN_TEAM
 from arena.scoring import Board, Cell, DefenseStanding
 
-#: the team whose plugins the lessons read
-TEAM = "arena"
+#: the team whose plugins the lessons read: the built-ins
+TEAM = BUILTIN_TEAM
 
 #: the printed-and-photographed sibling of a track
 PHYSICAL = {"digits": "digits-physical", "mnist-linf": "mnist-physical"}

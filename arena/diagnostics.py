@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from arena.plugins import BUILTIN_TEAM
+
 #: the built-in undefended baseline, whose input gradients the others are compared with
-BASELINE = ("arena", "undefended")
+BASELINE = (BUILTIN_TEAM, "undefended")
 #: built-in attacks by kind (plugins of the team ``arena``)
 SINGLE_STEP = frozenset({"fgsm", "rand-fgsm"})
 ITERATIVE = frozenset({"pgd", "ifgsm", "autoattack"})
@@ -93,7 +95,7 @@ def diagnose(matches: Iterable[Played], baseline: Callable[[int], bool]) -> dict
 
 
 def _builtin(match: Played, names: frozenset[str]) -> bool:
-    return match.attack_team == "arena" and match.attack in names
+    return match.attack_team == BUILTIN_TEAM and match.attack in names
 
 
 def _best(matches: Iterable[Played]) -> float | None:

@@ -35,6 +35,8 @@ from arena.hookspecs import NORMS, PROJECT, THREATS, Attack, Defense
 ENTRY_POINT_GROUP = "arena.plugins"
 MANIFEST = "plugin.toml"
 MAX_PLUGIN_BYTES = 1024 * 1024
+#: the team of the built-in plugins (plugins/): no class team may take its name
+BUILTIN_TEAM = "arena"
 KINDS = {"attack": (Attack, "arena_attacks"), "defense": (Defense, "arena_defenses")}
 REQUIRED_FIELDS = ("name", "kind", "team", "summary")
 OPTIONAL_FIELDS = ("module", "norms", "threats", "targeted", "params")

@@ -89,6 +89,8 @@ def add_team(
     """Register team ``name``'s repository (and its folder in a shared one); return whether it is new."""
     if not TEAM_PATTERN.fullmatch(name):
         raise SubmissionError(f"team name {name!r}: use letters, digits, '.', '_' and '-' (at most 100)")
+    if name == plugins.BUILTIN_TEAM:
+        raise SubmissionError(f"team name {name!r} is the built-in plugins' own: the board and the lessons trust it")
     if not repo.strip():
         raise SubmissionError("the repository URL is empty")
     try:

@@ -286,6 +286,12 @@ def test_the_one_repository_layout_gives_each_team_its_folder(home: Path, db: Da
     assert versions(db, "tiger")[0].path == "teams/tiger/plugins/attacks/tiger-step"
 
 
+def test_no_team_takes_the_built_ins_name(db: Database, tmp_path: Path) -> None:
+    """The lessons and the baseline read team ``arena`` as the built-ins: a class team may not be called so."""
+    with pytest.raises(SubmissionError, match="built-in plugins' own"):
+        submissions.add_team(db, "arena", str(tmp_path / "repo.git"))
+
+
 def test_an_unreachable_repository_fails_only_its_team(home: Path, db: Database, tmp_path: Path) -> None:
     submissions.add_team(db, "ghost", str(tmp_path / "missing.git"))
     remote = remote_for(home, db, "teal")
