@@ -303,7 +303,7 @@ def test_black_box_garbage_collector_finds_no_defended_model(suite: Suite) -> No
 @bubblewrap_only
 def test_black_box_sees_no_other_process(suite: Suite) -> None:
     body = """
-    me = os.getpid()  # pid 1 is the sandbox's own (it reaps what the plugin leaves)
+    me = os.getpid()  # pid 1: the plugin runs as the first process of its namespace
     others = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me))
     print(f"process spy: pid {me}, others {others}", flush=True)
     if others:
@@ -311,7 +311,7 @@ def test_black_box_sees_no_other_process(suite: Suite) -> None:
     return x
     """
     checked = suite.check("ps-spy", body, threats=("black-box",))
-    assert checked.errors == [] and "process spy: pid 2, others []" in checked.log_tail
+    assert checked.errors == [] and "process spy: pid 1, others []" in checked.log_tail
 
 
 # --------------------------------------------------------------------------------------------------

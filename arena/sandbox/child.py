@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import resource
+import signal
 import socket
 import sys
 import tempfile
@@ -25,6 +26,8 @@ from arena.plugins import describe_error
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
 #: exit status of a proxy whose sandbox could not be set up (the arena's fault, not the plugin's)
 EX_SETUP = 71
+#: exit status of a sandbox's served process (pid 1 of its namespace) that exceeded its CPU-time limit
+EX_CPU = 128 + signal.SIGXCPU  # as a shell reports death by SIGXCPU
 STOP = ("stop",)
 GIB = 1024**3
 NO_NETWORK = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.EADDRNOTAVAIL)

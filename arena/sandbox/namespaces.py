@@ -10,8 +10,7 @@ Isolation comes in two layers (see :mod:`arena.sandbox.zygote`):
    (when the arena runs as root), enters new user, mount, pid, network, IPC and UTS namespaces, mounts
    private temporary directories and forks pid 1 of the new pid namespace (when pid 1 ends, everything
    in the namespace ends: nothing the plugin starts outlives it), which mounts a ``/proc`` that shows
-   only that namespace and drops every capability for good (``no_new_privs``) before it forks the
-   process that runs the plugin.
+   only that namespace and drops every capability for good (``no_new_privs``) before it runs the plugin.
 
 This module uses only the standard library: run as a script (``python namespaces.py``), it checks without importing
 the arena, that the host allows all of it.
@@ -266,10 +265,8 @@ def enter(private: Iterable[tuple[str, int]]) -> None:
 
 
 def seal() -> None:
-    """In pid 1 of the new namespace: die with the parent, a /proc of its own, no capabilities ever.
-
-    What it forks inherits all of it (the served process is its child).
-    """
+    """In pid 1 of the new namespace (the served process): die with the parent, a /proc of its own, no
+    capabilities ever. What it forks inherits all of it."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     with open("/proc/sys/user/max_user_namespaces", "w") as f:  # no namespaces of its own inside
@@ -281,11 +278,6 @@ def seal() -> None:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     _check(_libc.capset(ctypes.byref(header), (_CapData * 2)()), "capset")
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
-
-
-def not_dumpable() -> None:
-    """Let no process of the same user trace or read this one (the sandbox's own pid 1)."""
-    _prctl(PR_SET_DUMPABLE, 0)
 
 
 def die_with_parent() -> None:

@@ -9,8 +9,8 @@ runs plugin code.
 A request hands the zygote four file descriptors: the request pipe (to the sandboxed code), the log
 pipe (its stdout and stderr), a *lifeline* (the arena closes it to end the sandbox, or dies) and a
 status pipe (where the zygote writes the child's exit code). The child forked for it is a *proxy*: it
-enters the sandbox's namespaces and forks the sandbox's pid 1, which forks the process that serves the
-requests; the proxy waits for them or for the lifeline to close, then kills whatever is left and exits
+enters the sandbox's namespaces and forks the process that serves the requests, pid 1 of the sandbox's
+pid namespace; the proxy waits for it or for the lifeline to close, then kills whatever is left and exits
 with the served process's status. Without bubblewrap (the *fallback*) the proxy does the same without
 namespaces, serving from its child and killing the process group instead.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from arena.sandbox import namespaces
-from arena.sandbox.child import EX_SETUP, minimal_env, serve
+from arena.sandbox.child import EX_CPU, EX_SETUP, minimal_env, serve
 from arena.sandbox.namespaces import View
 
 PRELOAD = ("torch", "numpy", "arena.match", "arena.training")
@@ -323,6 +324,7 @@ def main(fd: int, preload: tuple[str, ...], sandboxed: bool) -> None:
     """The zygote's loop: preload, then fork a proxy per request and report each one's exit code."""
     for name in preload:
         __import__(name)
+    gc.freeze()  # what the preload made stays shared: no child's collection touches (and copies) its pages
     control = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -379,19 +381,18 @@ def _reap(children: dict[int, int]) -> None:
 
 
 def _proxy(request: int, output: int, lifeline: int, sandboxed: bool) -> NoReturn:
-    """Enter the sandbox, fork its first process, wait for it (or the lifeline), exit as the served one did.
+    """Enter the sandbox, fork the served process, wait for it (or the lifeline), exit as it did.
 
-    With bubblewrap the first process is pid 1 of the new pid namespace: it reaps orphans and runs the
-    served process as its child (pid 2), because the kernel spares a namespace's pid 1 the signals it
-    would otherwise die of (a CPU-time limit's SIGXCPU among them). In the fallback the first process
-    is the served one.
+    With bubblewrap the served process is pid 1 of the new pid namespace: when it ends, the kernel
+    ends every process it started. Two forks per sandbox (this proxy and the served process), each
+    costing milliseconds in a process that imported torch, are the least that gives it a pid
+    namespace of its own while the proxy stays outside to watch it.
     """
     os.setsid()
     os.dup2(output, 1)
     os.dup2(output, 2)
     os.close(output)
     conn = Connection(request)
-    report_r, report_w = os.pipe()  # the served process's wait status, from pid 1
     try:
         config = conn.recv()  # from the arena: plain data
         if sandboxed:
@@ -401,41 +402,18 @@ def _proxy(request: int, output: int, lifeline: int, sandboxed: bool) -> NoRetur
         _setup_failed(conn, exc)
     if pid == 0:
         os.close(lifeline)
-        os.close(report_r)
         try:
-            namespaces.seal() if sandboxed else namespaces.die_with_parent()
+            if sandboxed:
+                namespaces.seal()
+                # the kernel spares a namespace's pid 1 the signals it has no handler for, SIGXCPU among them
+                signal.signal(signal.SIGXCPU, lambda *_: os._exit(EX_CPU))
+            else:
+                namespaces.die_with_parent()
         except BaseException as exc:
             _setup_failed(conn, exc)
-        if sandboxed:
-            _init(conn, config, report_w)
-        os.close(report_w)
-        _serve(conn, config)
+        serve(conn, config)
     conn.close()
-    os.close(report_w)
-    _watch(pid, lifeline, report_r, sandboxed)
-
-
-def _init(conn: Connection, config: dict[str, Any], report: int) -> NoReturn:
-    """pid 1 of the sandbox: run the served process as a child, reap orphans, report its status, exit.
-
-    When pid 1 exits, the kernel kills every process left in the namespace.
-    """
-    child = os.fork()
-    if child == 0:
-        os.close(report)
-        namespaces.die_with_parent()
-        _serve(conn, config)
-    conn.close()
-    namespaces.not_dumpable()  # the plugin (the same user) may not trace the sandbox's own process
-    while True:
-        pid, status = os.waitpid(-1, 0)
-        if pid == child:
-            os.write(report, struct.pack("i", status))
-            os._exit(0)
-
-
-def _serve(conn: Connection, config: dict[str, Any]) -> NoReturn:
-    serve(conn, config)
+    _watch(pid, lifeline, sandboxed)
 
 
 def _setup_failed(conn: Connection, exc: BaseException) -> NoReturn:
@@ -445,8 +423,8 @@ def _setup_failed(conn: Connection, exc: BaseException) -> NoReturn:
         os._exit(EX_SETUP)
 
 
-def _watch(pid: int, lifeline: int, report: int, sandboxed: bool) -> NoReturn:
-    """Wait for the sandbox's first process; when the lifeline closes first, kill it (and all it started)."""
+def _watch(pid: int, lifeline: int, sandboxed: bool) -> NoReturn:
+    """Wait for the served process; when the lifeline closes first, kill it (and all it started)."""
     pidfd = os.pidfd_open(pid)
     ready, _, _ = select.select([pidfd, lifeline], [], [])
     if pidfd not in ready:
@@ -455,10 +433,9 @@ def _watch(pid: int, lifeline: int, report: int, sandboxed: bool) -> NoReturn:
         else:
             os.killpg(0, signal.SIGKILL)  # the fallback: the process group, this proxy included
     _, status = os.waitpid(pid, 0)
-    reported = os.read(report, 4)  # the served process's own status, when pid 1 could tell it
-    if len(reported) == 4:
-        status = struct.unpack("i", reported)[0]
     code = os.waitstatus_to_exitcode(status)
+    if sandboxed and code == EX_CPU:
+        code = -signal.SIGXCPU
     if code < 0:  # die of the same signal, so the arena can say what killed the plugin
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if -code not in (signal.SIGKILL, signal.SIGSTOP):
