@@ -39,6 +39,7 @@ import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -317,18 +318,14 @@ class Sandbox:
 
     def _view(self) -> namespaces.View:
         """The folders the child may read, those hidden from it, and its private writable ones."""
-        settings = Settings.from_env()
-        hidden = [settings.home, *(d for d in settings.plugin_dirs if d not in BUILTIN_PLUGIN_DIRS)]
-        hidden += [settings.data_dir, *bundled_data_files()]  # data reach plugins only through the arena
-        if settings.database_url.startswith("sqlite:///"):
-            database = Path(settings.database_url.removeprefix("sqlite:///"))
-            hidden += [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
         if os.getuid() == 0:  # the sandbox runs as a user of its own: what it is handed must be everyone's to read
             for path in self._readable:
                 if path.exists() and not path.stat().st_mode & (0o005 if path.is_dir() else 0o004):
                     raise SandboxError(f"{path} is handed to the sandbox but only its owner may read it: chmod o+rX")
-        package = Path(__file__).resolve().parents[1]  # the arena package, not only arena/sandbox
-        return namespaces.build_view([package, *self._readable], hidden, self._writable)
+        for folder in self._writable:  # a mount point must exist (see namespaces.build_view)
+            folder.mkdir(parents=True, exist_ok=True)
+        present = tuple(p.exists() for p in self._readable)  # a view binds only what exists
+        return _view_of(Settings.from_env(), tuple(self._readable), present, tuple(self._writable), tuple(sys.path))
 
     def _await_ready(self) -> None:
         """Wait until the child is confined and has loaded the code it runs; raise :class:`SandboxError`."""
@@ -386,6 +383,29 @@ class Sandbox:
 
     def _failure(self, reason: str) -> PluginFailure:
         return PluginFailure(f"{self.label}: {reason}", self.log_tail)
+
+
+@functools.lru_cache(maxsize=64)
+def _view_of(
+    settings: Settings,
+    readable: tuple[Path, ...],
+    present: tuple[bool, ...],
+    writable: tuple[Path, ...],
+    search_path: tuple[str, ...],
+) -> namespaces.View:
+    """The view of a sandbox handed ``readable`` (``present``: which exist) and ``writable`` under ``settings``.
+
+    Cached: resolving every path of the view costs milliseconds, and a worker starts sandboxes with the
+    same few arguments again and again (``present`` and ``search_path``, which the view binds, are in the key).
+    """
+    del present, search_path  # only keys of the cache
+    hidden = [settings.home, *(d for d in settings.plugin_dirs if d not in BUILTIN_PLUGIN_DIRS)]
+    hidden += [settings.data_dir, *bundled_data_files()]  # data reach plugins only through the arena
+    if settings.database_url.startswith("sqlite:///"):
+        database = Path(settings.database_url.removeprefix("sqlite:///"))
+        hidden += [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    package = Path(__file__).resolve().parents[1]  # the arena package, not only arena/sandbox
+    return namespaces.build_view([package, *readable], hidden, writable)
 
 
 class _ChildUnpickler(pickle.Unpickler):
