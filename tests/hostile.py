@@ -79,6 +79,8 @@ def hostile_setup(conn: Connection, banner: str) -> Callable[[Any], Any]:
             os.write(2, b"X" * arg)  # unbuffered, straight to the file descriptor
             print("the end", flush=True)
             return "flooded"
+        if op == "ages":  # how long ago, by what this process can read, its process and file systems began
+            return observable_ages(arg)
         if op == "evil":  # raw bytes on the pipe: a pickle that runs code in whoever loads it
             conn.send_bytes(pickle.dumps(("reply", Evil(arg))))
             time.sleep(30)
@@ -86,6 +88,38 @@ def hostile_setup(conn: Connection, banner: str) -> Callable[[Any], Any]:
         raise KeyError(op)
 
     return handle
+
+
+def observable_ages(folders: list[str]) -> dict[str, float]:
+    """Seconds since this process started (``/proc``) and since each folder was made (birth, change and
+    modification times): what a plugin could read of how long its sandbox has waited."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+    ages = {"process": uptime - started}
+    now = time.time()
+    for folder in folders:
+        info = os.stat(folder)
+        ages[f"{folder} changed"] = now - info.st_ctime
+        ages[f"{folder} modified"] = now - info.st_mtime
+        born = _birth_time(folder)
+        if born is not None:
+            ages[f"{folder} born"] = now - born
+    return ages
+
+
+def _birth_time(path: str) -> float | None:
+    """A file's birth time by ``statx`` (None where the file system keeps none)."""
+    buffer = ctypes.create_string_buffer(256)
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, statx_btime = -100, 0x800
+    if libc.statx(at_fdcwd, path.encode(), 0, statx_btime, buffer) != 0:
+        return None
+    mask = int.from_bytes(buffer.raw[0:4], "little")
+    if not mask & statx_btime:
+        return None
+    seconds = int.from_bytes(buffer.raw[80:88], "little", signed=True)
+    return seconds + int.from_bytes(buffer.raw[88:92], "little") / 1e9
 
 
 RAISE_LINE = next(

@@ -118,6 +118,22 @@ def test_a_grandchild_in_its_own_session_does_not_outlive_the_sandbox(marker: st
     assert none_running(marker, timeout=2)
 
 
+def test_a_sandbox_shows_no_age_from_before_its_request() -> None:
+    """Sandboxes are prepared ahead (the zygote, a spare proxy), but what a plugin can read of its own age starts
+    at the request: a defense that could read how long its host waited would tell the host of an attack's
+    inputs from the clean one (``tests/cheats/idle-detector``)."""
+    with box() as first:
+        first.call(("echo", "the zygote runs, and a spare proxy waits"))
+    time.sleep(2.0)
+    private = ["/tmp", "/dev/shm"] if isolation().mode == "bubblewrap" else []  # the fallback shares the host's
+    started = time.monotonic()
+    with box() as sandbox:
+        ages = sandbox.call(("ages", private))
+    bound = time.monotonic() - started + 0.05  # /proc counts in ticks of 10 ms
+    assert max(ages.values()) < bound, ages
+    assert len(ages) >= 1 + 2 * len(private)
+
+
 def test_the_working_directory_is_private_and_removed() -> None:
     with box() as sandbox:
         seen = sandbox.call(("environment", None))
