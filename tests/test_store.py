@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
@@ -17,7 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from services import fresh_postgres_database
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from arena.store import (
@@ -32,6 +33,7 @@ from arena.store import (
     RoundMatch,
     Team,
 )
+from arena.store import db as db_module
 from arena.store.db import MIGRATIONS, insert_once
 from arena.store.models import utcnow
 
@@ -240,3 +242,26 @@ def test_processes_starting_together_on_postgresql_migrate_once() -> None:
             list(pool.map(upgrade, databases, timeout=30))  # raises what any upgrade raised
         for db in databases:
             db.dispose()
+
+
+@pytest.mark.service
+def test_a_pooled_postgresql_connection_the_server_dropped_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled connection is tested only after it idled (a test per session cost a round trip each); one the
+    server dropped meanwhile (a restart) is replaced, and the session never sees it."""
+    monkeypatch.setattr(db_module, "PING_AFTER", 0.2)
+    with fresh_postgres_database() as url:
+        database = Database(url)
+        try:
+            with database.session() as session:
+                first = session.scalar(text("SELECT pg_backend_pid()"))
+            with database.session() as session:  # back within PING_AFTER: the same connection, untested
+                assert session.scalar(text("SELECT pg_backend_pid()")) == first
+            admin = Database(url)
+            with admin.session() as session:
+                assert session.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+            admin.dispose()
+            time.sleep(0.3)
+            with database.session() as session:
+                assert session.scalar(text("SELECT pg_backend_pid()")) != first
+        finally:
+            database.dispose()
