@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import socket
 from datetime import UTC, datetime
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from arena.config import Settings
+from arena.execution.inputs import Inputs, source_of
 from arena.match import AttackPool, MatchOutcome, MatchSpec, play
-from arena.plugins import PluginSource, describe_error
+from arena.plugins import describe_error
 from arena.referee import REFEREE_VERSION
 from arena.sandbox import PluginFailure
 from arena.store import Artifact, Database, Job, PluginVersion, Result
@@ -32,15 +34,12 @@ SEEDED = {"train-defense": "defense", "train-twin": "twin"}
 #: this process's warm attack processes: consecutive matches of one attack (the planner orders a round's
 #: jobs by track, attack, defense, threat) share them; the local executor closes them when its round ends
 ATTACKS = AttackPool()
+#: the matches' inputs this process has read from each database (they never change)
+INPUTS: WeakKeyDictionary[Database, Inputs] = WeakKeyDictionary()
 
 
 class UnknownJob(LookupError):
     """No job has this id (a message for another database, or one that outlived its job)."""
-
-
-def source_of(version: PluginVersion) -> PluginSource:
-    """The plugin's code exactly as recorded with its version."""
-    return PluginSource.from_archive(version.archive, version.source, version.commit)
 
 
 def training_seed(session: Session, settings: Settings, job: Job) -> int | None:
@@ -189,28 +188,27 @@ def _run_training(
 def _run_match(
     db: Database, settings: Settings, key: str, params: dict, depends: list[str], track: Track, round_id: int | None
 ) -> tuple[str, str | None, str]:
+    inputs = INPUTS.setdefault(db, Inputs())
     with db.session() as session:
-        artifacts = session.scalars(select(Artifact).where(Artifact.key.in_(depends)))
-        by_kind = {a.kind: a.data for a in artifacts}
+        by_kind = inputs.artifacts(session, depends)
         if "evaluation" not in by_kind:
             raise ValueError("the match was planned without an evaluation set (before referee 2): plan the round again")
-        attack = session.get(PluginVersion, params["attack"])
-        defense = session.get(PluginVersion, params["defense"])
-        spec = MatchSpec(
-            attack=source_of(attack),
-            defense=source_of(defense),
-            track=track,
-            threat=params["threat"],
-            seed=params["seed"],
-            defense_artifact=by_kind["defense"],
-            twin_artifact=by_kind.get("twin"),
-            substitute_artifact=by_kind["substitute"],
-            evaluation=by_kind["evaluation"],
-            data_dir=settings.data_dir,
-            cache_dir=settings.home / "plugin-cache",
-            targeted=bool(attack.manifest.get("declared", {}).get("targeted")),
-            randomized=bool(defense.manifest.get("declared", {}).get("randomized")),
-        )
+        attack, defense = inputs.plugin(session, params["attack"]), inputs.plugin(session, params["defense"])
+    spec = MatchSpec(
+        attack=attack.source,
+        defense=defense.source,
+        track=track,
+        threat=params["threat"],
+        seed=params["seed"],
+        defense_artifact=by_kind["defense"],
+        twin_artifact=by_kind.get("twin"),
+        substitute_artifact=by_kind["substitute"],
+        evaluation=by_kind["evaluation"],
+        data_dir=settings.data_dir,
+        cache_dir=settings.home / "plugin-cache",
+        targeted=bool(attack.declared.get("targeted")),
+        randomized=bool(defense.declared.get("randomized")),
+    )
     outcome = play(spec, ATTACKS, scope=round_id)  # warm processes never outlive their round's matches
     with db.session() as session:
         _store_result(session, key, params, outcome)
