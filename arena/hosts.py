@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -107,11 +106,7 @@ def classify(host: Host, x: torch.Tensor, draws: int, probe: bool = False) -> tu
     try:
         return _classify_in(box, host, x, draws, probe)
     finally:
-        _CLOSING.submit(box.close)
-
-
-#: the threads that close hosts once they have answered (their end is off the match's critical path)
-_CLOSING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="arena-hosts")
+        box.close_soon()
 
 
 def _classify_in(box: Sandbox, host: Host, x: torch.Tensor, draws: int, probe: bool) -> tuple[referee.Verdict, dict]:

@@ -111,11 +111,11 @@ class AttackPool:
         key = (scope, *process.key())
         box, served = self._boxes.pop(key, (None, 0))
         if box is not None and served >= self.matches:
-            box.close()
+            box.close_soon()
             box = None
         if box is None:
             while len(self._boxes) >= self.size:
-                self._boxes.popitem(last=False)[1][0].close()
+                self._boxes.popitem(last=False)[1][0].close_soon()
             limits = Limits.from_env()
             box = Sandbox(
                 _attack_setup,
