@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -225,6 +226,17 @@ def test_a_busy_loop_stops_at_the_cpu_limit(suite: Suite, monkeypatch: pytest.Mo
     monkeypatch.setenv("ARENA_SANDBOX_CPU", "0.05")  # 0.05 CPU seconds per second of a 40 s clock: 2 s, and 1 more
     checked = suite.check("burner", "while True:\n    pass", time_limit=40)
     assert "exceeded its CPU-time limit of 3 s (SIGXCPU)" in checked.errors[0]
+
+
+@pytest.mark.slow
+def test_a_busy_loop_that_ignores_sigxcpu_still_stops(suite: Suite, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin runs as pid 1 of its namespace and may ignore SIGXCPU; the hard CPU limit (forced) ends it."""
+    monkeypatch.setenv("ARENA_SANDBOX_CPU", "0.05")
+    body = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass"
+    started = time.monotonic()
+    checked = suite.check("stubborn", body, time_limit=40)
+    assert "killed by signal SIGKILL" in checked.errors[0] or "SIGXCPU" in checked.errors[0], checked.errors
+    assert time.monotonic() - started < 30  # the CPU limit, not the 40 s clock
 
 
 @pytest.mark.skipif(
