@@ -345,7 +345,7 @@ def main(fd: int, preload: tuple[str, ...], sandboxed: bool) -> None:
     _send_json(control, {"ready": True})
     children: dict[int, int] = {}  # proxy pid -> status pipe
     inherited = lambda: (control.fileno(), wake_r, wake_w, *children.values())  # noqa: E731 (closed in a spare)
-    spare: tuple[int, socket.socket] | None = _fork_spare(inherited(), sandboxed)
+    spare = _fork_spare(inherited(), sandboxed)
     while control.fileno() >= 0 or children:
         ready, _, _ = select.select([wake_r, control] if control.fileno() >= 0 else [wake_r], [], [])
         if wake_r in ready:
@@ -358,8 +358,7 @@ def main(fd: int, preload: tuple[str, ...], sandboxed: bool) -> None:
                 fds = []
             if len(fds) != 4:
                 control.close()
-                if spare is not None:
-                    spare[1].close()  # it exits
+                spare[1].close()  # it exits
                 continue
             pid = _hand_over(spare, fds[:3], inherited(), sandboxed)
             children[pid] = fds[3]
