@@ -6,7 +6,7 @@ sandboxed child process for the attack, pickling batches across the pipe, the re
 per-sample records and the gallery. Each repeat plays the match twice: as a cold worker (a fresh attack
 process, the clean verdict computed: every match's cost before warm workers) and as a warm worker (the
 attack's process of the previous match and the defense's clean verdict kept, see arena.match.AttackPool);
-one torch thread.
+one torch thread. Where a GPU is visible both sides run on it.
 
     python bench/match_overhead.py [--track digits] [--repeat 5]
 
@@ -27,7 +27,7 @@ from arena import evaluation, match, plugins
 from arena.config import Settings
 from arena.match import AttackPool, MatchSpec, play
 from arena.tracks import TRACKS
-from arena.training import TrainSpec, derive_seed, load_model, train_defense, train_substitute
+from arena.training import TrainSpec, derive_seed, load_model, pick_device, train_defense, train_substitute
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,8 +78,9 @@ def main() -> None:
         settings.data_dir,
         cache,
     )
-    model = load_model(artifact, torch.device("cpu"), defense, cache)
-    x, y = evaluated.x, evaluated.y
+    device = pick_device()  # the bare loop runs where the arena's processes run: a GPU when there is one
+    model = load_model(artifact, device, defense, cache)
+    x, y = evaluated.x.to(device), evaluated.y.to(device)
 
     torch.set_num_threads(1)
     fresh_times, warm_times, plain_times = [], [], []
@@ -93,12 +94,15 @@ def main() -> None:
             warm = play(spec, pool)  # a warm worker: the attack's process and the clean verdict kept
             warm_times.append(time.perf_counter() - started)
             started = time.perf_counter()
-            robust = plain_fgsm(model, x, y, track.eps, track.batch_size)
+            robust = plain_fgsm(model, x, y, track.eps, track.batch_size)  # .item() waits for the GPU
             plain_times.append(time.perf_counter() - started)
     assert fresh.status == warm.status == "ok", (fresh.error, warm.error)
     fresh_s, warm_s = statistics.median(fresh_times), statistics.median(warm_times)
     plain_s = statistics.median(plain_times)
-    print(f"track {track.name}: {len(x)} samples, eps {track.eps}, batch {track.batch_size}, median of {args.repeat}")
+    print(
+        f"track {track.name} on {device}: {len(x)} samples, eps {track.eps}, batch {track.batch_size}, "
+        f"median of {args.repeat}"
+    )
     print(f"  plain PyTorch loop:        {plain_s:7.3f} s   robust accuracy {robust:.3f}")
     for name, seconds, outcome in (("cold worker", fresh_s, fresh), ("warm worker", warm_s, warm)):
         robust_arena = outcome.metrics["robust_accuracy"]

@@ -23,7 +23,17 @@ from typing import Any, NoReturn
 
 from arena.plugins import describe_error
 
-KEEP_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+#: the variables a sandbox inherits; LD_LIBRARY_PATH because CUDA's container images find the driver's libraries by it
+KEEP_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LD_LIBRARY_PATH",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "MKL_NUM_THREADS",
+)
 #: exit status of a proxy whose sandbox could not be set up (the arena's fault, not the plugin's)
 EX_SETUP = 71
 #: exit status of a sandbox's served process (pid 1 of its namespace) that exceeded its CPU-time limit
