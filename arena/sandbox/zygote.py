@@ -414,7 +414,11 @@ def _hand_over(
 def _warm_up() -> None:
     """Run what every sandbox runs first (a model's round trip through ``torch.save``, a forward and a
     backward pass) once, on one thread and the CPU, so that torch's lazy initialisation is inherited
-    instead of paid in each sandbox. Only the arena's own tiny model runs here, never plugin code."""
+    instead of paid in each sandbox. Only the arena's own tiny model runs here, never plugin code.
+
+    No backward pass where there is a GPU: autograd's first backward asks CUDA how many devices there are,
+    which initialises the driver, and a process forked after that gets "CUDA error: initialization error"
+    (seen on an H200: every sandbox failed so)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -425,8 +429,10 @@ def _warm_up() -> None:
         saved = io.BytesIO()
         torch.save(model, saved)
         model = torch.load(io.BytesIO(saved.getvalue()), weights_only=False)
-        x = torch.zeros(2, 1, 4, 4, requires_grad=True)
-        torch.autograd.grad(torch.softmax(model(x), dim=1).sum(), x)
+        x = torch.zeros(2, 1, 4, 4, requires_grad=not namespaces.gpu_devices())
+        output = torch.softmax(model(x), dim=1).sum()
+        if x.requires_grad:
+            torch.autograd.grad(output, x)
     finally:
         torch.set_num_threads(threads)
 
