@@ -11,6 +11,7 @@ Two kinds of helpers live here:
 from __future__ import annotations
 
 import ctypes
+import getpass
 import os
 import pickle
 import subprocess
@@ -79,6 +80,8 @@ def hostile_setup(conn: Connection, banner: str) -> Callable[[Any], Any]:
             os.write(2, b"X" * arg)  # unbuffered, straight to the file descriptor
             print("the end", flush=True)
             return "flooded"
+        if op == "user":  # as libraries ask it (torch's compile caches on a GPU)
+            return getpass.getuser()
         if op == "ages":  # how long ago, by what this process can read, its process and file systems began
             return observable_ages(arg)
         if op == "evil":  # raw bytes on the pipe: a pickle that runs code in whoever loads it

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hostile import RAISE_LINE, failing_setup, gone, hostile_setup, none_running, running, started
 
-from arena.sandbox import KEEP_ENV, LOG_TAIL_CHARS, PluginFailure, Sandbox, isolation, namespaces, zygote
+from arena.sandbox import KEEP_ENV, LOG_TAIL_CHARS, SANDBOX_USER, PluginFailure, Sandbox, isolation, namespaces, zygote
 
 TESTS = Path(__file__).resolve().parent
 
@@ -134,6 +134,12 @@ def test_a_sandbox_shows_no_age_from_before_its_request() -> None:
     assert len(ages) >= 1 + 2 * len(private)
 
 
+def test_a_sandbox_has_a_user_name() -> None:
+    """Its user id has no entry in /etc/passwd, yet libraries ask its name: torch did so on a GPU, in training."""
+    with box() as sandbox:
+        assert sandbox.call(("user", None)) == SANDBOX_USER
+
+
 def test_the_working_directory_is_private_and_removed() -> None:
     with box() as sandbox:
         seen = sandbox.call(("environment", None))
@@ -215,7 +221,7 @@ def test_the_child_environment_holds_no_secrets(child_view: dict) -> None:
     assert not [key for key in environ if key.startswith("ARENA_")]
     assert "SECRET_TOKEN" not in environ
     assert not [key for key, value in environ.items() if SECRET in value]
-    assert set(environ) <= set(KEEP_ENV) | {"HOME", "TMPDIR"}
+    assert set(environ) <= set(KEEP_ENV) | {"HOME", "TMPDIR", "USER", "LOGNAME"}
     assert "PATH" in environ
 
 

@@ -6,7 +6,17 @@ sandboxed process's side) <- ``zygote`` (the preloaded process sandboxes are for
 """
 
 from arena.sandbox.box import LOG_TAIL_CHARS, Limits, PluginFailure, Sandbox
-from arena.sandbox.child import KEEP_ENV
+from arena.sandbox.child import KEEP_ENV, SANDBOX_USER
 from arena.sandbox.zygote import Isolation, SandboxError, isolation
 
-__all__ = ["KEEP_ENV", "LOG_TAIL_CHARS", "Isolation", "Limits", "PluginFailure", "Sandbox", "SandboxError", "isolation"]
+__all__ = [
+    "KEEP_ENV",
+    "LOG_TAIL_CHARS",
+    "Isolation",
+    "Limits",
+    "PluginFailure",
+    "SANDBOX_USER",
+    "Sandbox",
+    "SandboxError",
+    "isolation",
+]

@@ -34,6 +34,8 @@ KEEP_ENV = (
     "OMP_WAIT_POLICY",
     "MKL_NUM_THREADS",
 )
+#: the user name a sandbox's process goes by (its user id has no entry in /etc/passwd)
+SANDBOX_USER = "arena-sandbox"
 #: exit status of a proxy whose sandbox could not be set up (the arena's fault, not the plugin's)
 EX_SETUP = 71
 #: exit status of a sandbox's served process (pid 1 of its namespace) that exceeded its CPU-time limit
@@ -80,7 +82,7 @@ def _confine(config: dict[str, Any]) -> None:
     workdir = config["workdir"]
     env = minimal_env()
     os.environ.clear()
-    os.environ.update(env, HOME=workdir, TMPDIR=workdir)
+    os.environ.update(env, HOME=workdir, TMPDIR=workdir, USER=SANDBOX_USER, LOGNAME=SANDBOX_USER)
     tempfile.tempdir = workdir
     os.chdir(workdir)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
