@@ -51,8 +51,11 @@ from sqlalchemy import select
 
 db = Database(os.environ["ARENA_DATABASE_URL"])
 phases = defaultdict(lambda: [0, 0.0, None, None, defaultdict(int)])
+errors = defaultdict(int)  # why jobs failed, the first line of each reason
 with db.session() as session:
     for job in session.scalars(select(Job)):
+        if job.state == "failed":
+            errors[f"{job.kind}: {(job.error or '?').splitlines()[0][:300]}"] += 1
         phase = phases[job.kind]
         phase[0] += 1
         phase[4][job.state] += 1
@@ -67,6 +70,8 @@ for kind in ("train-substitute", "train-defense", "train-twin", "match"):
         n, busy, first, last, states = phases[kind]
         wall = (last - first).total_seconds() if first and last else 0.0
         print(f"| {kind} | {n} | {dict(states)} | {busy:.1f} | {wall:.1f} |")
+for reason, count in sorted(errors.items(), key=lambda item: -item[1])[:10]:
+    print(f"failed x{count}: {reason}")
 EOF
 peak="$(sort -n "$work/memory.csv" | tail -n 1)"
 echo "GPU memory: peak ${peak} MiB, ${baseline} MiB before the round"
