@@ -5,12 +5,18 @@ A host loads one trained model (the defended model or its twin) and answers ``pr
 (a batch on which the defense's code failed in an attack's process, run again without the attack's
 code). It never sees a label. Since no attack code runs in a host, whatever fails there is the defense's
 own failure (:class:`DefenseFault`): the match counts against the defense.
+
+Where there is a GPU, a host runs where it answers sooner (:func:`device_for`): each fresh host on the GPU
+makes a CUDA context of its own (0.4 s before its first answer on an H200), which costs more than the whole
+classification of a small model on the CPU, and less than that of a heavy one (Defense-GAN's search).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -24,7 +30,31 @@ from arena import referee
 from arena.plugins import PluginSource
 from arena.sandbox import PluginFailure, Sandbox
 from arena.threats import output_problem
-from arena.training import load_model, pick_device
+from arena.training import load_model
+
+#: what a fresh host on the GPU pays before its first answer: 0.25 s to make its CUDA context and about
+#: 0.2 s more for the model's copy and the first cuDNN and cuBLAS calls (an H200, docs/architecture.md)
+CUDA_START_SECONDS = 0.4
+#: per trained model (the sha256 of its artifact): how long its first classification took on the CPU
+_CPU_SECONDS: dict[bytes, float] = {}
+MAX_TIMED_MODELS = 1024
+
+
+def device_for(artifact: bytes) -> str:
+    """Where a fresh host of this trained model runs: the CPU, unless there is a GPU and the model's first
+    classification on the CPU (:func:`timed` by :func:`classify`) took longer than a host's CUDA start."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    seconds = _CPU_SECONDS.get(hashlib.sha256(artifact).digest())
+    return "cuda" if seconds is not None and seconds > CUDA_START_SECONDS else "cpu"
+
+
+def timed(artifact: bytes, device: str, seconds: float) -> None:
+    """Remember how long a model took to classify on the CPU where a GPU could have done it (its first time)."""
+    if device == "cpu" and torch.cuda.is_available():
+        while len(_CPU_SECONDS) >= MAX_TIMED_MODELS:
+            _CPU_SECONDS.pop(next(iter(_CPU_SECONDS)))
+        _CPU_SECONDS.setdefault(hashlib.sha256(artifact).digest(), seconds)
 
 
 class DefenseFault(Exception):
@@ -38,13 +68,15 @@ class DefenseFault(Exception):
 
 @dataclass(frozen=True)
 class Host:
-    """What a host needs: the defense's code, one of its trained models, and where to unpack the code."""
+    """What a host needs: the defense's code, one of its trained models, where to unpack the code, and the
+    device it runs on (see :func:`device_for`)."""
 
     defense: PluginSource
     artifact: bytes
     num_classes: int
     cache_dir: Path
     time_limit: float
+    device: str
 
     def sandbox(self) -> Sandbox:
         """A fresh host (use it as a context manager)."""
@@ -112,7 +144,9 @@ def classify(host: Host, x: torch.Tensor, draws: int, probe: bool = False) -> tu
 def _classify_in(box: Sandbox, host: Host, x: torch.Tensor, draws: int, probe: bool) -> tuple[referee.Verdict, dict]:
     """Classify ``x`` in the started host ``box`` and check the answer (see :func:`classify`)."""
     measured: dict[str, float] = {}
+    started = time.perf_counter()
     preds, rejected = call(box, ("classify", x.numpy(), draws))
+    timed(host.artifact, host.device, time.perf_counter() - started)
     if probe:
         with contextlib.suppress(PluginFailure):  # no measure then: the board shows no diagnosis
             norm = box.call(("gradient", x.numpy()))
@@ -138,7 +172,7 @@ def replay(host: Host, batch: np.ndarray, grad: bool, method: str) -> str | None
 
 
 def _setup(_conn: Connection, host: Host):  # noqa: ANN202 (a sandbox handler)
-    device = pick_device()
+    device = torch.device(host.device)
     model = load_model(host.artifact, device, host.defense, host.cache_dir)
 
     def handle(request: tuple) -> Any:

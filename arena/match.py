@@ -303,7 +303,8 @@ def _confirm(spec: MatchSpec, report: object, faults: list[str]) -> bool:
 def _host(spec: MatchSpec, artifact: bytes | None = None) -> Host:
     """The host of the defended model (or of ``artifact``, the twin)."""
     model = spec.defense_artifact if artifact is None else artifact
-    return Host(spec.defense, model, spec.track.num_classes, spec.cache_dir, spec.track.time_limit)
+    track = spec.track
+    return Host(spec.defense, model, track.num_classes, spec.cache_dir, track.time_limit, hosts.device_for(model))
 
 
 def _train_split(spec: MatchSpec) -> tuple[np.ndarray, np.ndarray]:

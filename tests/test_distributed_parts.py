@@ -4,6 +4,7 @@ plan, docker-compose.yml. Real databases and a real Redis; whole rounds through 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -219,7 +220,10 @@ def test_one_worker_per_gpu_pinned_to_it() -> None:
     assert [w.env["CUDA_VISIBLE_DEVICES"] for w in workers] == ["0", "3"]
     assert [w.name.split("@")[0] for w in workers] == ["gpu0.42", "gpu1.42"]
     assert all(w.queues == ["gpu", "cpu"] and w.env["PATH"] == "/bin" for w in workers)
-    assert len(plan_workers([("0", "A"), ("3", "B")], 1, None, "42", {})) == 1
+    cores = os.cpu_count() or 1
+    assert [w.env["OMP_NUM_THREADS"] for w in workers] == [str(max(1, cores // 2))] * 2  # the cores shared
+    (single,) = plan_workers([("0", "A"), ("3", "B")], 1, None, "42", {})
+    assert single.env["OMP_NUM_THREADS"] == str(cores)
     with pytest.raises(click.UsageError, match="only 2 GPU"):
         plan_workers([("0", "A"), ("3", "B")], 3, None, "42", {})
 

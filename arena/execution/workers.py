@@ -70,23 +70,30 @@ def visible_gpus() -> list[tuple[str, str]]:
 def plan_workers(
     gpus: list[tuple[str, str]], count: int | None, queues: str | None, tag: str, environ: dict[str, str]
 ) -> list[WorkerProcess]:
-    """One worker per GPU (the first ``count``), or ``count`` (default 1) CPU workers where there is none."""
+    """One worker per GPU (the first ``count``), or ``count`` (default 1) CPU workers where there is none.
+
+    Each worker's share of the cores is its OpenMP thread count (unless ``OMP_NUM_THREADS`` is set): GPU workers
+    use the CPU too (hosts of small models classify there, see :func:`arena.hosts.device_for`)."""
     host = socket.gethostname()
     if gpus:
         if count is not None and count > len(gpus):
             raise click.UsageError(f"--workers {count}: only {len(gpus)} GPU(s) visible")
         default = ["gpu", "cpu"]
-        plans = [
-            (f"gpu{i}.{tag}@{host}", {"CUDA_VISIBLE_DEVICES": d}) for i, (d, _) in enumerate(gpus[: count or None])
-        ]
+        gpus = gpus[: count or None]
+        threads = _cpu_share(len(gpus), environ)
+        plans = [(f"gpu{i}.{tag}@{host}", {"CUDA_VISIBLE_DEVICES": d} | threads) for i, (d, _) in enumerate(gpus)]
     else:
         n = count or 1
         default = ["cpu", "gpu"]  # no GPU here: this CPU does the GPU queue's work too
-        cpu = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
-        cpu |= {key: environ[key] for key in ("OMP_NUM_THREADS",) if key in environ}
+        cpu = {"CUDA_VISIBLE_DEVICES": ""} | _cpu_share(n, environ)
         plans = [(f"cpu{i}.{tag}@{host}", cpu) for i in range(n)]
     served = [q.strip() for q in queues.split(",") if q.strip()] if queues else default
     return [WorkerProcess(name, served, environ | extra) for name, extra in plans]
+
+
+def _cpu_share(workers: int, environ: dict[str, str]) -> dict[str, str]:
+    """The OpenMP thread count of each of ``workers`` workers on this machine: the one set, or its cores shared."""
+    return {"OMP_NUM_THREADS": environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // workers))}
 
 
 def celery_argv(worker: WorkerProcess, loglevel: str, options: list[str]) -> list[str]:
