@@ -3,7 +3,8 @@
 A worker that finishes a job marks it done, then sends the jobs its output made ready
 (``Dispatcher.advance(..., only=[key])``, which also checks whether the round is done): that bookkeeping is
 timed here, over a round of queued matches that each wait for three artifacts which exist (the defense,
-its twin and the substitute), the state of a class's round once training is over. The broker is a real
+its twin and the substitute), the state of a class's round once training is over; beside it, a follower's
+periodic sweep of that round (``arena round run --wait``, ``arena scheduler``). The broker is a real
 Redis (``--broker``, database 7 by default); PostgreSQL is the local server (``--postgres``), in a
 database made for the run and dropped after it.
 
@@ -69,6 +70,22 @@ def finish(db: Database, dispatcher: dispatch.Dispatcher, round_id: int, count: 
     return seconds
 
 
+def sweep(dispatcher: dispatch.Dispatcher, round_id: int, repeat: int) -> list[float]:
+    """Seconds of a follower's sweep (:meth:`Dispatcher.sweep`) over the round, every job's message just sent."""
+    with dispatcher.db.session() as session:
+        ids = [job_id for job_id, _ in session.execute(select_open(round_id)).all()]
+    seconds = []
+    for _ in range(repeat):
+        with dispatcher.keys.redis.pipeline() as marks:  # every message sent now: none counts as lost
+            for job_id in ids:
+                marks.set(f"{dispatch.PREFIX}:sent:{job_id}", time.time())
+            marks.execute()
+        started = time.perf_counter()
+        dispatcher.sweep(round_id, {TRACK.name: TRACK})
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
 def select_open(round_id: int) -> sa.Select:
     return sa.select(Job.id, Job.key).where(Job.round_id == round_id, Job.state == "queued").order_by(Job.id)
 
@@ -90,8 +107,8 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432")
     args = parser.parse_args()
     app, keys = tasks.create_app(args.broker), dispatch.Keys(args.broker)
-    print("| backend | queued | ms per finished job (median) | max |")
-    print("|---|---|---|---|")
+    print("| backend | queued | ms per finished job (median) | max | ms per sweep of the round (median of 5) |")
+    print("|---|---|---|---|---|")
     for backend in ("sqlite", "postgresql"):
         for queued in args.queued or [1000, 5000, 15000]:
             with tempfile.TemporaryDirectory() as folder:
@@ -104,9 +121,11 @@ def main() -> None:
                 try:
                     db.upgrade()
                     round_id = fill(db, queued)
-                    seconds = finish(db, dispatch.Dispatcher(db, app, keys), round_id, args.finish)
+                    dispatcher = dispatch.Dispatcher(db, app, keys)
+                    seconds = finish(db, dispatcher, round_id, args.finish)
                     median, worst = statistics.median(seconds) * 1000, max(seconds) * 1000
-                    print(f"| {backend} | {queued} | {median:.1f} | {worst:.1f} |", flush=True)
+                    swept = statistics.median(sweep(dispatcher, round_id, 5)) * 1000
+                    print(f"| {backend} | {queued} | {median:.1f} | {worst:.1f} | {swept:.0f} |", flush=True)
                 finally:
                     db.dispose()
                     if admin is not None:

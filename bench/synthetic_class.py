@@ -21,6 +21,7 @@ instead of the local executor, on ``--database`` (PostgreSQL at scale; emptied f
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
@@ -152,17 +153,24 @@ def main() -> None:
 
     with db.session() as session:
         jobs = session.execute(
-            select(Job.kind, Job.key, Job.started_at, Job.finished_at).where(Job.round_id == round_id)
+            select(Job.kind, Job.key, Job.started_at, Job.finished_at, Job.worker).where(Job.round_id == round_id)
         ).all()
         walls = dict(session.execute(select(Result.key, Result.wall_time)).all())
     busy: dict[str, float] = {}
     overhead = []
-    for kind, key, begun, ended in jobs:
+    by_worker: dict[str, list] = {}
+    for kind, key, begun, ended, worker in jobs:
+        if begun and ended:
+            by_worker.setdefault(worker, []).append((begun, ended))
         seconds = (ended - begun).total_seconds() if begun and ended else 0.0
         busy[kind] = busy.get(kind, 0.0) + seconds
         if kind == "match" and key in walls and walls[key] is not None:
             overhead.append(seconds - walls[key])
     matches = sum(1 for kind, *_ in jobs if kind == "match")
+    gaps = []  # from a job's end to the next one's start on the same worker: acknowledging, fetching, claiming
+    for runs in by_worker.values():
+        runs.sort()
+        gaps += [(begun - ended).total_seconds() for (_, ended), (begun, _) in itertools.pairwise(runs)]
     where = f"{args.workers} arena workers, {settings.database_url.split(':')[0]}" if args.workers else "local executor"
     print(f"{args.attacks} attacks x {args.defenses} defenses x 3 threats on {', '.join(tracks)} ({where}):")
     print(f"  {plan.cells_line()}")
@@ -175,13 +183,17 @@ def main() -> None:
         print(f"| jobs of kind {kind} (sum) | {seconds:.1f} |")
     match_seconds = busy.get("match", 0.0)
     print(f"matches: {matches}, {matches / match_seconds:.1f} per second of match jobs" if match_seconds else "")
-    spans = [(begun, ended) for kind, _, begun, ended in jobs if kind == "match" and begun and ended]
+    spans = [(begun, ended) for kind, _, begun, ended, _ in jobs if kind == "match" and begun and ended]
     if spans:
         phase = (max(e for _, e in spans) - min(b for b, _ in spans)).total_seconds()
         print(f"match phase (first match started to last finished): {phase:.0f} s, {matches / phase:.1f} matches/s")
     if overhead:
         beyond = statistics.median(overhead) * 1000
         print(f"per match, the job beyond the match itself (database, executor): median {beyond:.0f} ms")
+        match_wall = statistics.median(w for w in walls.values() if w is not None) * 1000
+        print(f"per match, the match itself (its wall time): median {match_wall:.0f} ms")
+    if gaps:
+        print(f"between a worker's jobs (acknowledge, fetch, claim): median {statistics.median(gaps) * 1000:.0f} ms")
     db.dispose()
 
 

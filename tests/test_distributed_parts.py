@@ -4,6 +4,7 @@ plan, docker-compose.yml. Real databases and a real Redis; whole rounds through 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import click
 import pytest
+import redis
 from click.testing import CliRunner
 from services import redis_url
 
@@ -21,7 +23,7 @@ from arena.cli import main
 from arena.config import Settings
 from arena.execution import dispatch, jobs, rounds, tasks
 from arena.execution.workers import plan_workers
-from arena.store import Database, Job, Plugin, PluginVersion, Round, RoundMatch, Team
+from arena.store import Artifact, Database, Job, JobInput, Plugin, PluginVersion, Round, RoundMatch, Team
 from arena.tracks import TRACKS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +176,52 @@ def test_a_job_is_sent_once_to_the_queue_of_its_kind(broker: str, keys: dispatch
         assert set(keys.sent([1, 2, 3])) == {1, 2}
         assert dispatch.send(app, keys, 2, "match", TRACKS["digits"], None, again=True), "a lost message is resent"
         assert dispatch.queue_sizes(app) == {"cpu": 1, "gpu": 2}
+    finally:
+        app.close()
+
+
+def sent_order(broker: str, queue: str) -> list[int]:
+    """The job ids of the messages waiting in ``queue``, oldest first (kombu pushes to the list's head)."""
+    messages = redis.Redis.from_url(broker).lrange(queue, 0, -1)
+    return [int(json.loads(m)["headers"]["id"].split("-")[1]) for m in reversed(messages)]
+
+
+@pytest.mark.service
+def test_matches_wait_for_their_tracks_training_then_go_out_attack_by_attack(
+    db: Database, broker: str, keys: dispatch.Keys
+) -> None:
+    """Sent as each defense became ready, consecutive matches changed attack: a worker's warm attack processes
+    (one per attack, track and threat) never served two matches in a row."""
+    app = tasks.create_app(broker)
+    try:
+        with db.session() as session:
+            round_ = Round(number=1, tracks=["digits"], status="running")
+            session.add(round_)
+            session.flush()
+            common = {"round_id": round_.id, "params": {"track": "digits"}}
+            training = Job(kind="train-substitute", key="substitute", depends_on=[], **common)
+            matches = [  # the planner's order: attack, then defense
+                Job(kind="match", key=f"{a}-{d}", depends_on=[f"defense-{d}"], **common) for a in "AB" for d in "xy"
+            ]
+            for job in matches:
+                job.inputs = [JobInput(key=key) for key in job.depends_on]
+            session.add_all([training, *matches])
+            session.flush()
+            round_id, training_id, planned = round_.id, training.id, [job.id for job in matches]
+        dispatcher = dispatch.Dispatcher(db, app, keys)
+        dispatcher.advance(round_id, {"digits": TRACKS["digits"]})
+        assert dispatch.queue_sizes(app) == {"cpu": 1, "gpu": 0}  # the training, sent; no match is ready
+
+        for defense in "xy":  # the defenses are trained one after the other, while the training job waits
+            with db.session() as session:
+                session.add(Artifact(key=f"defense-{defense}", kind="defense", track="digits", data=b"", meta={}))
+            dispatcher.advance(round_id, {"digits": TRACKS["digits"]}, only=[f"defense-{defense}"])
+        assert sent_order(broker, "gpu") == [], "held while their track's training waits in the queue"
+
+        with db.session() as session:  # a worker takes the training job
+            session.get(Job, training_id).state = "running"
+        dispatcher.advance(round_id, {"digits": TRACKS["digits"]})
+        assert sent_order(broker, "gpu") == planned, "all at once, attack by attack"
     finally:
         app.close()
 

@@ -31,6 +31,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from arena.config import Settings
 from arena.execution import jobs
@@ -219,29 +220,37 @@ class Dispatcher:
         """Fail the queued jobs whose inputs failed, send those whose inputs exist; return how many were sent.
 
         ``only``: consider just the jobs that depend on one of these keys (after the job that made them).
+        Jobs of tracks not in ``tracks`` wait for a dispatcher that knows them.
+
+        Matches wait while a training job of their round and track waits in the queue, then go out in the
+        planner's order (track, attack, defense, threat): a worker's warm attack processes (one per attack,
+        track and threat, :class:`arena.match.AttackPool`) then serve one defense after another. Sent as each
+        defense became ready, consecutive matches changed attack every three: no attack process stayed warm.
         """
         with self.db.session() as session:
-            query = select(Job).where(Job.round_id == round_id, Job.state == "queued")
+            columns = (Job.id, Job.kind, Job.params, Job.depends_on)
+            query = select(*columns).where(Job.round_id == round_id, Job.state == "queued").order_by(Job.id)
             if only is not None:  # through the index of inputs first (a query planner without statistics
                 # would read the whole queue for a subquery): the queue's length does not matter
                 waiting = session.scalars(select(JobInput.job_id).where(JobInput.key.in_(list(only)))).all()
                 query = query.where(Job.id.in_(waiting))
-            queued = session.scalars(query).all()
-            waiting = {job.id: jobs.missing_inputs(session, job.depends_on) for job in queued}
+            queued = session.execute(query).all() if only is None or waiting else []
+            missing = jobs.missing_inputs_of(session, [job.depends_on for job in queued])
             seeds = {
-                job.id: jobs.training_seed(session, self.settings, job)
+                job.id: jobs.training_seed(session, self.settings, job.kind, job.params)
                 for job in queued
                 if self.settings is not None and job.kind in jobs.SEEDED
             }
-            todo = [(job.id, job.kind, job.params["track"]) for job in queued]
-        sent_at = self.keys.sent([job_id for job_id, _, _ in todo])
+            training = training_tracks(session, round_id) if any(job.kind == "match" for job in queued) else set()
+        todo = [(job.id, job.kind, job.params["track"], *inputs) for job, inputs in zip(queued, missing, strict=True)]
+        sent_at = self.keys.sent([job_id for job_id, *_ in todo])
         empty: set[str] | None = None  # the queues found empty: asked once, and only when a job looks lost
         count = 0
-        for job_id, kind, track in todo:
-            absent, failed = waiting[job_id]
+        for job_id, kind, track, absent, failed in todo:
+            held = kind == "match" and track in training  # until its track's training has started
             if failed:
                 jobs.fail_job(self.db, job_id, f"an input could not be made: {'; '.join(failed)}")
-            elif absent or (kind in jobs.SEEDED and job_id not in seeds):
+            elif absent or held or track not in tracks or (kind in jobs.SEEDED and job_id not in seeds):
                 continue
             elif job_id not in sent_at:
                 count += send(self.app, self.keys, job_id, kind, tracks[track], seeds.get(job_id))
@@ -256,6 +265,13 @@ class Dispatcher:
 
     def _empty_queues(self) -> set[str]:
         return {name for name, size in queue_sizes(self.app).items() if size == 0}
+
+
+def training_tracks(session: Session, round_id: int) -> set[str]:
+    """The tracks of the round's training jobs that wait in the queue (their matches wait too: see
+    :meth:`Dispatcher.advance`)."""
+    waiting = select(Job.params).where(Job.round_id == round_id, Job.state == "queued", Job.kind != "match")
+    return {params["track"] for params in session.scalars(waiting)}
 
 
 def queue_sizes(app: Celery) -> dict[str, int]:

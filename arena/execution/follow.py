@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 #: seconds between two sweeps while following a distributed round
 FOLLOW_INTERVAL = 2.0
+#: a follower waits at least this many times its last sweep's duration before the next: it takes at most a
+#: fifth of a core from the workers, however long the round's queue (a sweep reads it whole)
+SWEEP_RATIO = 4.0
 
 
 def run_celery(
@@ -32,10 +35,10 @@ def run_celery(
 ) -> Counter[str]:
     """Send the round's jobs to the Celery workers of ``ARENA_BROKER_URL``; return its jobs by state.
 
-    With ``wait``, follow the round until it is done: every ``interval`` seconds, send the jobs that
-    became ready and take back those of lost workers (:class:`arena.execution.dispatch.Dispatcher`), in this
-    round and in the rounds whose jobs it waits for. An unreachable broker or database is waited for;
-    after ``timeout`` seconds, ``TimeoutError``.
+    With ``wait``, follow the round until it is done: every ``interval`` seconds (or :data:`SWEEP_RATIO`
+    times the last sweep's duration, if longer), send the jobs that became ready and take back those of
+    lost workers (:class:`arena.execution.dispatch.Dispatcher`), in this round and in the rounds whose jobs
+    it waits for. An unreachable broker or database is waited for; after ``timeout`` seconds, ``TimeoutError``.
     """
     from arena.execution import dispatch, tasks  # distributed mode only: Celery and Redis are optional dependencies
 
@@ -43,7 +46,9 @@ def run_celery(
     app, keys = tasks.create_app(settings.broker_url), dispatch.Keys(settings.broker_url)
     dispatcher = dispatch.Dispatcher(db, app, keys, settings)
     try:
+        started = time.monotonic()
         states = dispatcher.sweep(round_id, tracks)
+        swept = time.monotonic() - started
         if not wait:
             return states
         bar = tqdm(total=sum(states.values()), desc="jobs", unit="job", disable=not progress, leave=False)
@@ -53,12 +58,14 @@ def run_celery(
             bar.set_postfix(running=states["running"], failed=states["failed"], refresh=True)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"round {round_id} not done after {timeout:.0f} s: jobs {dict(states)}")
-            time.sleep(interval)
+            time.sleep(max(interval, SWEEP_RATIO * swept))
             try:
+                started = time.monotonic()
                 known = recorded_tracks(db) | tracks
                 for other in blocking - {round_id, None}:  # jobs this round's matches wait for
                     dispatcher.sweep(other, known)
                 states = dispatcher.sweep(round_id, known)
+                swept = time.monotonic() - started
             except (*dispatch.BROKER_ERRORS, OperationalError) as exc:
                 log.warning("round %d: cannot reach the broker or the database (%s); trying again", round_id, exc)
         bar.close()

@@ -8,7 +8,9 @@ started ``max_attempts`` times is failed for good with its last error: it never 
 
 from __future__ import annotations
 
+import functools
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 from weakref import WeakKeyDictionary
 
@@ -42,16 +44,16 @@ class UnknownJob(LookupError):
     """No job has this id (a message for another database, or one that outlived its job)."""
 
 
-def training_seed(session: Session, settings: Settings, job: Job) -> int | None:
-    """The secret seed a training job trains with (None for a job that needs none).
+def training_seed(session: Session, settings: Settings, kind: str, params: dict) -> int | None:
+    """The secret seed a job of ``kind`` and ``params`` trains with (None for a job that needs none).
 
     Only a process holding the arena's secret computes it; a worker receives it with the job.
     """
-    role = SEEDED.get(job.kind)
+    role = SEEDED.get(kind)
     if role is None:
         return None
-    content_hash = session.get(PluginVersion, job.params["defense"]).content_hash
-    return derive_seed(settings.secret(), role, content_hash, job.params["track"])
+    content_hash = session.get(PluginVersion, params["defense"]).content_hash
+    return derive_seed(settings.secret(), role, content_hash, params["track"])
 
 
 def execute(
@@ -86,38 +88,52 @@ def execute(
         kind, key, params, depends = job.kind, job.key, dict(job.params), list(job.depends_on)
         round_id = job.round_id
         if seed is None and kind in SEEDED:
-            seed = training_seed(session, settings, job)
+            seed = training_seed(session, settings, kind, params)
     state, error, log_tail = "done", None, None
     try:
         track = tracks[params["track"]]
         if kind == "match":
-            state, error, log_tail = _run_match(db, settings, key, params, depends, track, round_id)
+            outcome = _run_match(db, settings, params, depends, track, round_id)
+            write = functools.partial(_store_result, key=key, params=params, outcome=outcome)
+            if outcome.status != "ok":
+                state, error, log_tail = "failed", outcome.error, outcome.log_tail
         else:
             try:
-                _run_training(db, settings, kind, key, params, track, seed)
+                write = _run_training(db, settings, kind, key, params, track, seed)
             except PluginFailure as exc:
+                write = None
                 state, error, log_tail = "failed", exc.reason, exc.log_tail
+        with db.session() as session:  # the output and the job's end in one transaction
+            if write is not None:
+                write(session)
+            job = session.get(Job, job_id)
+            job.state, job.error, job.log_tail = state, error, log_tail
+            job.finished_at = datetime.now(UTC)
     except Exception as exc:  # the arena's own error: stored, then retried or failed for good
         if _record_error(db, job_id, describe_error(exc), max_attempts) == "failed":
             return "failed"
         raise
-    with db.session() as session:
-        job = session.get(Job, job_id)
-        job.state, job.error, job.log_tail = state, error, log_tail
-        job.finished_at = datetime.now(UTC)
     return state
 
 
 def missing_inputs(session: Session, depends: list[str]) -> tuple[list[str], list[str]]:
     """The keys of ``depends`` with no artifact yet, and why those that failed to be made failed."""
-    if not depends:
-        return [], []
-    present = set(session.scalars(select(Artifact.key).where(Artifact.key.in_(depends))))
-    absent = [key for key in depends if key not in present]
-    if not absent:
-        return [], []
-    failed = session.scalars(select(Job).where(Job.key.in_(absent), Job.state == "failed"))
-    return absent, sorted({f"{job.kind} failed: {job.error}" for job in failed})
+    return missing_inputs_of(session, [depends])[0]
+
+
+def missing_inputs_of(session: Session, depends: list[list[str]]) -> list[tuple[list[str], list[str]]]:
+    """:func:`missing_inputs` of many jobs at once, in two queries however many jobs there are."""
+    keys = {key for keys in depends for key in keys}
+    present = set(session.scalars(select(Artifact.key).where(Artifact.key.in_(keys)))) if keys else set()
+    why: dict[str, set[str]] = {key: set() for key in keys - present}
+    if why:
+        failed = session.execute(select(Job.key, Job.kind, Job.error).where(Job.key.in_(why), Job.state == "failed"))
+        for key, kind, error in failed:
+            why[key].add(f"{kind} failed: {error}")
+    return [
+        ([key for key in keys if key in why], sorted(set().union(*(why[key] for key in keys if key in why))))
+        for keys in depends
+    ]
 
 
 def fail_job(db: Database, job_id: int, reason: str) -> None:
@@ -160,7 +176,8 @@ def _record_error(db: Database, job_id: int, error: str, max_attempts: int) -> s
 
 def _run_training(
     db: Database, settings: Settings, kind: str, key: str, params: dict, track: Track, seed: int | None
-) -> None:
+) -> Callable[[Session], None]:
+    """Train; return what writes the artifact (in the transaction that ends the job)."""
     data_dir = settings.data_dir
     if kind == "train-substitute":
         data, meta = train_substitute(track, data_dir)
@@ -172,22 +189,13 @@ def _run_training(
             source, version_id = source_of(version), version.id
         spec = TrainSpec(source, track, seed, data_dir, settings.home / "plugin-cache")
         data, meta = train_defense(spec)
-    with db.session() as session:
-        insert_once(
-            session,
-            Artifact,
-            key=key,
-            kind=kind.removeprefix("train-"),
-            plugin_version_id=version_id,
-            track=track.name,
-            data=data,
-            meta=meta,
-        )
+    row = {"kind": kind.removeprefix("train-"), "plugin_version_id": version_id, "track": track.name}
+    return functools.partial(insert_once, model=Artifact, key=key, data=data, meta=meta, **row)
 
 
 def _run_match(
-    db: Database, settings: Settings, key: str, params: dict, depends: list[str], track: Track, round_id: int | None
-) -> tuple[str, str | None, str]:
+    db: Database, settings: Settings, params: dict, depends: list[str], track: Track, round_id: int | None
+) -> MatchOutcome:
     inputs = INPUTS.setdefault(db, Inputs())
     with db.session() as session:
         by_kind = inputs.artifacts(session, depends)
@@ -209,10 +217,7 @@ def _run_match(
         targeted=bool(attack.declared.get("targeted")),
         randomized=bool(defense.declared.get("randomized")),
     )
-    outcome = play(spec, ATTACKS, scope=round_id)  # warm processes never outlive their round's matches
-    with db.session() as session:
-        _store_result(session, key, params, outcome)
-    return ("done" if outcome.status == "ok" else "failed"), outcome.error, outcome.log_tail
+    return play(spec, ATTACKS, scope=round_id)  # warm processes never outlive their round's matches
 
 
 def _store_result(

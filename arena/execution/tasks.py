@@ -132,15 +132,18 @@ def run_job(task: Task, job_id: int, track: dict, seed: int | None) -> str:
 
 
 def _after(db: Database, app: Celery, keys: dispatch.Keys, job_id: int, track: Track) -> None:
-    """Send the jobs this one's output made ready (a sweep does it if the broker cannot be reached now)."""
+    """Send the jobs this one's output made ready (a sweep does it if the broker cannot be reached now); after a
+    training job, once none of its track waits in the queue, every ready match of the track (they waited for that)."""
     with db.session() as session:
         job = session.get(Job, job_id)
         round_id, key = job.round_id, job.key
-    if round_id is None:
-        return
+        if round_id is None:
+            return
+        everything = job.kind != "match" and track.name not in dispatch.training_tracks(session, round_id)
     try:
         keys.unmark(job_id)
-        dispatch.Dispatcher(db, app, keys).advance(round_id, {track.name: track}, only=[key])
+        dispatcher = dispatch.Dispatcher(db, app, keys)
+        dispatcher.advance(round_id, {track.name: track}, only=None if everything else [key])
     except dispatch.BROKER_ERRORS as exc:
         log.warning("job %d: could not send the jobs it made ready (%s); the next sweep will", job_id, exc)
 
