@@ -83,6 +83,7 @@ class Run:
 
     def start_workers(self, count: int, *options: str) -> None:
         env = {"PATH": os.environ["PATH"], "ARENA_DATABASE_URL": self.database, "ARENA_BROKER_URL": self.broker}
+        env |= {key: os.environ[key] for key in ("PYTHONPATH",) if key in os.environ}  # the code to compare with
         for i in range(count):
             log = self.folder / f"worker-{i}.log"
             with open(log, "wb") as out:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # An MNIST round of every built-in plugin through one `arena worker` on this machine's GPU(s): the time of
-# each phase (training, twins, substitute, matches) and the GPU memory peak.
+# each phase (training, twins, substitute, matches), why jobs failed (the first reasons) and the GPU memory peak.
 #
 #   ARENA_DATA_DIR=/path/with/mnist.npz bench/gpu_round.sh [track]      (default track: mnist-linf)
 #
