@@ -6,7 +6,7 @@ A host loads one trained model (the defended model or its twin) and answers ``pr
 code). It never sees a label. Since no attack code runs in a host, whatever fails there is the defense's
 own failure (:class:`DefenseFault`): the match counts against the defense.
 
-Where there is a GPU, a host runs where it answers sooner (:func:`device_for`): each fresh host on the GPU
+Where there is a GPU, a model's hosts run where they answer sooner (:func:`device_for`): each fresh host on the GPU
 makes a CUDA context of its own (0.4 s before its first answer on an H200), which costs more than the whole
 classification of a small model on the CPU, and less than that of a heavy one (Defense-GAN's search).
 """
@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -35,26 +35,40 @@ from arena.training import load_model
 #: what a fresh host on the GPU pays before its first answer: 0.25 s to make its CUDA context and about
 #: 0.2 s more for the model's copy and the first cuDNN and cuBLAS calls (an H200, docs/architecture.md)
 CUDA_START_SECONDS = 0.4
-#: per trained model (the sha256 of its artifact): how long its first classification took on the CPU
+#: per trained model (the sha256 of its artifact): how long it took to classify on the CPU (see :func:`probe`)
 _CPU_SECONDS: dict[bytes, float] = {}
 MAX_TIMED_MODELS = 1024
 
 
 def device_for(artifact: bytes) -> str:
-    """Where a fresh host of this trained model runs: the CPU, unless there is a GPU and the model's first
-    classification on the CPU (:func:`timed` by :func:`classify`) took longer than a host's CUDA start."""
+    """Where every host of this trained model runs: the CPU, unless there is a GPU and the model's
+    classification on the CPU (:func:`probe`) took longer than a host's CUDA start."""
     if not torch.cuda.is_available():
         return "cpu"
     seconds = _CPU_SECONDS.get(hashlib.sha256(artifact).digest())
     return "cuda" if seconds is not None and seconds > CUDA_START_SECONDS else "cpu"
 
 
-def timed(artifact: bytes, device: str, seconds: float) -> None:
-    """Remember how long a model took to classify on the CPU where a GPU could have done it (its first time)."""
-    if device == "cpu" and torch.cuda.is_available():
-        while len(_CPU_SECONDS) >= MAX_TIMED_MODELS:
-            _CPU_SECONDS.pop(next(iter(_CPU_SECONDS)))
-        _CPU_SECONDS.setdefault(hashlib.sha256(artifact).digest(), seconds)
+def timed(artifact: bytes, seconds: float) -> None:
+    """Remember how long a model took to classify on the CPU (its first time only)."""
+    while len(_CPU_SECONDS) >= MAX_TIMED_MODELS:
+        _CPU_SECONDS.pop(next(iter(_CPU_SECONDS)))
+    _CPU_SECONDS.setdefault(hashlib.sha256(artifact).digest(), seconds)
+
+
+def probe(host: Host, x: torch.Tensor) -> None:
+    """On a GPU worker, before a model's first match here: time its classification of ``x`` on the CPU, in a
+    throwaway host whose answer is discarded. Every host of the model then runs on the device this decides,
+    the clean, the adversarial and the query host alike: none can tell which it is by its device (had the
+    first real host been timed instead, a defense slow on purpose would have known its clean host by its CPU)."""
+    if not torch.cuda.is_available() or hashlib.sha256(host.artifact).digest() in _CPU_SECONDS:
+        return
+    seconds = 0.0  # a model that fails here stays on the CPU, where its real hosts report the failure
+    with contextlib.suppress(PluginFailure), replace(host, device="cpu").sandbox() as box:
+        started = time.perf_counter()
+        box.call(("classify", x.numpy(), 1))
+        seconds = time.perf_counter() - started
+    timed(host.artifact, seconds)
 
 
 class DefenseFault(Exception):
@@ -144,9 +158,7 @@ def classify(host: Host, x: torch.Tensor, draws: int, probe: bool = False) -> tu
 def _classify_in(box: Sandbox, host: Host, x: torch.Tensor, draws: int, probe: bool) -> tuple[referee.Verdict, dict]:
     """Classify ``x`` in the started host ``box`` and check the answer (see :func:`classify`)."""
     measured: dict[str, float] = {}
-    started = time.perf_counter()
     preds, rejected = call(box, ("classify", x.numpy(), draws))
-    timed(host.artifact, host.device, time.perf_counter() - started)
     if probe:
         with contextlib.suppress(PluginFailure):  # no measure then: the board shows no diagnosis
             norm = box.call(("gradient", x.numpy()))

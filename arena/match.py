@@ -177,6 +177,7 @@ def play(spec: MatchSpec, pool: AttackPool | None = None, scope: Hashable = None
     log_tail = ""
     faults: list[str] = []  # failures of the defense's code in the attack's process, reproduced by the arena
     try:
+        hosts.probe(_host(spec), x)  # on a GPU worker, where this model's hosts run: decided before any answers
         with hosts.LazyHost(_host(spec)) as host:
             server = QueryServer(host.probs, track.input_shape, track.levels, _query_look(track, evaluation))
             train_split = functools.cache(lambda: _train_split(spec))  # made once per match, if asked for

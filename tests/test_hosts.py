@@ -16,7 +16,7 @@ def no_timings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
 def test_without_a_gpu_every_host_runs_on_the_cpu() -> None:
-    timed(b"a heavy model", "cpu", 100 * CUDA_START_SECONDS)
+    timed(b"a heavy model", 100 * CUDA_START_SECONDS)
     assert device_for(b"a heavy model") == "cpu"
 
 
@@ -27,11 +27,9 @@ def test_with_a_gpu_a_model_moves_there_only_once_the_cpu_proved_slower_than_a_c
     the CPU; Defense-GAN's search takes seconds there."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     small, heavy = b"small model", b"heavy model"
-    assert device_for(small) == device_for(heavy) == "cpu"  # not timed yet: its first host times it on the CPU
-    timed(small, "cpu", CUDA_START_SECONDS / 4)
-    timed(heavy, "cpu", 4 * CUDA_START_SECONDS)
+    assert device_for(small) == device_for(heavy) == "cpu"  # not timed yet: hosts.probe times it on the CPU
+    timed(small, CUDA_START_SECONDS / 4)
+    timed(heavy, 4 * CUDA_START_SECONDS)
     assert (device_for(small), device_for(heavy)) == ("cpu", "cuda")
-    timed(small, "cpu", 100 * CUDA_START_SECONDS)  # its first time stands: a defense cannot flip back and forth
+    timed(small, 100 * CUDA_START_SECONDS)  # its first time stands: a defense cannot flip back and forth
     assert device_for(small) == "cpu"
-    timed(b"timed on the gpu", "cuda", 100 * CUDA_START_SECONDS)  # says nothing of the CPU
-    assert device_for(b"timed on the gpu") == "cpu"

@@ -480,3 +480,27 @@ def test_a_physical_tracks_queries_reach_the_defense_photographed_each_under_a_f
     assert query(batch)[0] == "ok" and query(batch)[0] == "ok"
     assert not np.array_equal(seen[0], batch) and not np.array_equal(seen[0], seen[1])
     assert np.array_equal(seen[0] * 16, np.round(seen[0] * 16))  # on the track's grid
+
+
+def test_on_a_gpu_worker_every_host_of_a_match_runs_where_it_was_decided_before_the_match(
+    arena: Arena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A throwaway host times the model on the CPU first, its answer discarded; then the clean and the adversarial
+    host run on the same device. Had the first real host been timed, a defense slow on purpose would have known
+    its clean host by the CPU and its adversarial one by the GPU (and rejected everything there)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the arena's process believes it has a GPU
+    monkeypatch.setattr(hosts, "CUDA_START_SECONDS", 0.0)  # and that every model is faster there
+    monkeypatch.setattr(hosts, "_CPU_SECONDS", {})
+    monkeypatch.setattr(match, "CLEAN_VERDICTS", {})
+    asked: list[str] = []
+    start = hosts.Host.sandbox
+
+    def on_the_cpu_all_the_same(host: hosts.Host):  # noqa: ANN202 (there is no GPU here to run on)
+        asked.append(host.device)
+        return start(dataclasses.replace(host, device="cpu"))
+
+    monkeypatch.setattr(hosts.Host, "sandbox", on_the_cpu_all_the_same)
+    fine_match(arena)
+    assert asked == ["cpu", "cuda", "cuda"], "the probe, then the clean and the adversarial host"
+    fine_match(arena)
+    assert asked[3:] == ["cuda"], "no probe for a model timed already (and its clean verdict is kept)"
