@@ -14,6 +14,7 @@ classification of a small model on the CPU, and less than that of a heavy one (D
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import time
@@ -40,12 +41,18 @@ _CPU_SECONDS: dict[bytes, float] = {}
 MAX_TIMED_MODELS = 1024
 
 
+@functools.lru_cache(maxsize=32)
+def _digest(artifact: bytes) -> bytes:
+    """The model's key in :data:`_CPU_SECONDS`: hashed once, though every host of every match asks for it."""
+    return hashlib.sha256(artifact).digest()
+
+
 def device_for(artifact: bytes) -> str:
     """Where every host of this trained model runs: the CPU, unless there is a GPU and the model's
     classification on the CPU (:func:`probe`) took longer than a host's CUDA start."""
     if not torch.cuda.is_available():
         return "cpu"
-    seconds = _CPU_SECONDS.get(hashlib.sha256(artifact).digest())
+    seconds = _CPU_SECONDS.get(_digest(artifact))
     return "cuda" if seconds is not None and seconds > CUDA_START_SECONDS else "cpu"
 
 
@@ -53,7 +60,7 @@ def timed(artifact: bytes, seconds: float) -> None:
     """Remember how long a model took to classify on the CPU (its first time only)."""
     while len(_CPU_SECONDS) >= MAX_TIMED_MODELS:
         _CPU_SECONDS.pop(next(iter(_CPU_SECONDS)))
-    _CPU_SECONDS.setdefault(hashlib.sha256(artifact).digest(), seconds)
+    _CPU_SECONDS.setdefault(_digest(artifact), seconds)
 
 
 def probe(host: Host, x: torch.Tensor) -> None:
@@ -61,7 +68,7 @@ def probe(host: Host, x: torch.Tensor) -> None:
     throwaway host whose answer is discarded. Every host of the model then runs on the device this decides,
     the clean, the adversarial and the query host alike: none can tell which it is by its device (had the
     first real host been timed instead, a defense slow on purpose would have known its clean host by its CPU)."""
-    if not torch.cuda.is_available() or hashlib.sha256(host.artifact).digest() in _CPU_SECONDS:
+    if not torch.cuda.is_available() or _digest(host.artifact) in _CPU_SECONDS:
         return
     seconds = 0.0  # a model that fails here stays on the CPU, where its real hosts report the failure
     with contextlib.suppress(PluginFailure), replace(host, device="cpu").sandbox() as box:

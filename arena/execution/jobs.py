@@ -130,10 +130,8 @@ def missing_inputs_of(session: Session, depends: list[list[str]]) -> list[tuple[
         failed = session.execute(select(Job.key, Job.kind, Job.error).where(Job.key.in_(why), Job.state == "failed"))
         for key, kind, error in failed:
             why[key].add(f"{kind} failed: {error}")
-    return [
-        ([key for key in keys if key in why], sorted(set().union(*(why[key] for key in keys if key in why))))
-        for keys in depends
-    ]
+    absent = [[key for key in job_keys if key in why] for job_keys in depends]
+    return [(keys, sorted(set().union(*(why[key] for key in keys)))) for keys in absent]
 
 
 def fail_job(db: Database, job_id: int, reason: str) -> None:

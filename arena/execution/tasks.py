@@ -142,8 +142,7 @@ def _after(db: Database, app: Celery, keys: dispatch.Keys, job_id: int, track: T
         everything = job.kind != "match" and track.name not in dispatch.training_tracks(session, round_id)
     try:
         keys.unmark(job_id)
-        dispatcher = dispatch.Dispatcher(db, app, keys)
-        dispatcher.advance(round_id, {track.name: track}, only=None if everything else [key])
+        dispatch.Dispatcher(db, app, keys).advance(round_id, {track.name: track}, only=None if everything else [key])
     except dispatch.BROKER_ERRORS as exc:
         log.warning("job %d: could not send the jobs it made ready (%s); the next sweep will", job_id, exc)
 
