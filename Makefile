@@ -22,9 +22,10 @@ demo: $(STAMP)
 	$(BIN)/arena demo $(DEMO_ARGS)
 
 # The suite runs test files in parallel (pytest-xdist), one torch thread per worker so that workers do not
-# fight over the cores; `$(BIN)/pytest tests/test_x.py` runs one file alone.
+# fight over the cores, the files with slow tests first (tests/conftest.py); `$(BIN)/pytest tests/test_x.py`
+# runs one file alone.
 TEST_WORKERS ?= auto
-PYTEST = OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST = OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PYTEST)

@@ -18,6 +18,15 @@ SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with the most slow tests first (the Makefile's ``--no-loadscope-reorder`` keeps this order):
+    xdist hands out whole files, and a long file handed out last runs alone while the other workers idle."""
+    slow: dict[Path, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # stable: a file's tests keep their order
+
+
 @pytest.fixture
 def arena_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh ``ARENA_HOME`` (SQLite database, artifacts, secret) for one test."""

@@ -198,6 +198,12 @@ class Cluster:
             assert session.scalar(select(func.count()).select_from(Result)) == len(cells)
             return {r.key: r for r in rows}
 
+    def names(self, result: Result) -> tuple[str, str]:
+        """The names of a result's attack and defense."""
+        with self.db.session() as session:
+            versions = (session.get(PluginVersion, v) for v in (result.attack_version_id, result.defense_version_id))
+            return tuple(v.plugin.name for v in versions)
+
     def by_attack(self, round_id: int) -> dict[str, list[Result]]:
         """The round's results by the name of their attack."""
         grouped: dict[str, list[Result]] = {}
@@ -290,7 +296,7 @@ def test_two_workers_play_the_round_as_the_local_executor_does(
     assert played.keys() == expected.keys() and len(played) == 6
     assert {r.threat for r in played.values()} == {"white-box", "gray-box", "black-box"}
     for key, result in played.items():
-        assert comparable(result) == comparable(expected[key]), key
+        assert comparable(result) == comparable(expected[key]), (result.threat, cluster.names(result))
     ran = cluster.jobs(round_id)
     assert all(job.attempts == 1 for job in ran)
     assert {job.worker for job in ran} == set(cluster.workers.pids()), "both workers ran jobs"
