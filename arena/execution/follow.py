@@ -69,7 +69,7 @@ def run_celery(
             except (*dispatch.BROKER_ERRORS, OperationalError) as exc:
                 log.warning("round %d: cannot reach the broker or the database (%s); trying again", round_id, exc)
         bar.close()
-        return states
+        return dispatcher.states(round_id)  # the last sweep's count may predate the last job's end
     finally:
         app.close()
         keys.redis.close()

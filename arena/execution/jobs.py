@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from arena.config import Settings
@@ -106,9 +106,8 @@ def execute(
         with db.session() as session:  # the output and the job's end in one transaction
             if write is not None:
                 write(session)
-            job = session.get(Job, job_id)
-            job.state, job.error, job.log_tail = state, error, log_tail
-            job.finished_at = datetime.now(UTC)
+            ended = {"state": state, "error": error, "log_tail": log_tail, "finished_at": datetime.now(UTC)}
+            session.execute(update(Job).where(Job.id == job_id).values(**ended))
     except Exception as exc:  # the arena's own error: stored, then retried or failed for good
         if _record_error(db, job_id, describe_error(exc), max_attempts) == "failed":
             return "failed"

@@ -30,6 +30,7 @@ from pathlib import Path
 import click
 from celery import Celery, Task, bootsteps
 from kombu import Exchange, Queue
+from sqlalchemy import select
 
 from arena.config import Settings
 from arena.execution import dispatch, jobs
@@ -69,8 +70,10 @@ CONFIG = {
     "task_ignore_result": True,  # the database holds the outcome
     "task_serializer": "json",
     "accept_content": ["json"],
-    "worker_send_task_events": True,  # for Flower
-    "task_send_sent_event": True,
+    # no monitoring events unless asked: each costs the worker a message to Redis per job (Flower asks: its
+    # enable_events option, on by default, turns them on in every worker it sees)
+    "worker_send_task_events": False,
+    "task_send_sent_event": False,
     "arena_lease_seconds": dispatch.LEASE_SECONDS,
     "arena_max_attempts": jobs.MAX_ATTEMPTS,
 }
@@ -135,11 +138,10 @@ def _after(db: Database, app: Celery, keys: dispatch.Keys, job_id: int, track: T
     """Send the jobs this one's output made ready (a sweep does it if the broker cannot be reached now); after a
     training job, once none of its track waits in the queue, every ready match of the track (they waited for that)."""
     with db.session() as session:
-        job = session.get(Job, job_id)
-        round_id, key = job.round_id, job.key
+        round_id, key, kind = session.execute(select(Job.round_id, Job.key, Job.kind).where(Job.id == job_id)).one()
         if round_id is None:
             return
-        everything = job.kind != "match" and track.name not in dispatch.training_tracks(session, round_id)
+        everything = kind != "match" and track.name not in dispatch.training_tracks(session, round_id)
     try:
         keys.unmark(job_id)
         dispatch.Dispatcher(db, app, keys).advance(round_id, {track.name: track}, only=None if everything else [key])
