@@ -7,7 +7,8 @@
 #   ARENA_DATA_DIR=/path/with/mnist.npz bench/gpu_checks.sh
 #
 # ARENA_BIN: as for bench/gpu_round.sh. ARENA_BUILTINS: the round's plugins [a quick attack, an iterative one,
-# a transfer, the baseline, PGD training, a randomized purifier]. ROUND_TIMEOUT: seconds for the round [300].
+# a transfer, the baseline, PGD training, and Defense-GAN, whose hosts the rule should put on the GPU].
+# ROUND_TIMEOUT: seconds for the round [300].
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin="${ARENA_BIN:-$(pwd)/.venv/bin}"
@@ -20,5 +21,5 @@ echo "== a match, cold and warm, against the bare loop (digits, then MNIST)"
 OMP_NUM_THREADS=1 timeout 150 "$bin/python" bench/match_overhead.py --repeat 3
 OMP_NUM_THREADS=1 timeout 150 "$bin/python" bench/match_overhead.py --track mnist-linf --repeat 2
 echo "== a digits round through one arena worker"
-ARENA_BUILTINS="${ARENA_BUILTINS:-fgsm,pgd,transfer,undefended,pgd-adv-training,magnet}" \
+ARENA_BUILTINS="${ARENA_BUILTINS:-fgsm,pgd,transfer,undefended,pgd-adv-training,defense-gan}" \
   ROUND_TIMEOUT="${ROUND_TIMEOUT:-300}" bash bench/gpu_round.sh digits
