@@ -25,6 +25,8 @@ _PATHS = (
     (re.compile(r"/(?:[^\s\"'/]+/)*(?:site|dist)-packages/"), ""),
     (re.compile(r"/(?:[^\s\"'/]+/)*lib/python3\.\d+/"), ""),
     (re.compile(r"/(?:[^\s\"'/]+/)*(?=arena/[a-z_/]+\.py)"), ""),
+    # any other absolute path (the arena's home, a data folder, a temporary folder): its last part only
+    (re.compile(r"(?<![\w:/.~-])/(?:[^\s\"'/:()\[\],]+/)+(?=[^\s\"'/])"), "…/"),
 )
 
 
@@ -65,8 +67,9 @@ def viewer(session: Session, token_digest: str | None) -> Viewer | None:
 
 
 def relative_paths(text: str | None) -> str | None:
-    """``text`` (a traceback, a log) without the server's absolute paths: a plugin's files relative to its
-    folder, installed packages and the standard library from their package, the arena's from ``arena/``."""
+    """``text`` (a traceback, a log, a reason) without the server's absolute paths: a plugin's files relative to
+    its folder, installed packages and the standard library from their package, the arena's from ``arena/``, any
+    other path as ``…/`` and its last part."""
     if text is None:
         return None
     for pattern, replacement in _PATHS:

@@ -9,7 +9,10 @@ and AutoAttack's own flags, computed from what a round already recorded:
 * ``single-step-beats-iterative``: FGSM breaks more than the iterative attacks (PGD, BIM, AutoAttack);
 * ``minimal-attacks-fail``: the minimal-perturbation attacks (CW, DeepFool), which follow the gradient to the
   nearest boundary, break less than half of what the best attack breaks (an unbounded one should reach all);
-* ``unstable-draws``: a randomized defense's draws disagree on many clean samples.
+* ``unstable-draws``: a randomized defense's draws disagree on many clean samples;
+* ``batch-dependent``: a deterministic defense answered clean images otherwise in the referee's mixed batches
+  (half clean, half adversarial: :func:`arena.judging.judged`) than alone: its verdict depends on the other
+  images of the batch, which no real input stream sorts for it.
 
 A flag is no verdict: it says where to look, and the rules page says why (``/rules#diagnostics``).
 """
@@ -47,6 +50,8 @@ EXPLANATIONS: dict[str, str] = {
     "what the best attack breaks: the gradient does not lead to the boundary",
     "unstable-draws": "its draws disagree on {} of the clean samples: randomness that changes the answer is no "
     "robustness, and it is judged over every draw",
+    "batch-dependent": "its answers to {} of the clean samples changed with the other images of their batch: a "
+    "verdict that depends on its company tells batches apart, not images (the referee judges mixed batches)",
 }
 
 
@@ -90,6 +95,9 @@ def diagnose(matches: Iterable[Played], baseline: Callable[[int], bool]) -> dict
         unstable = max((m.metrics.get("clean_disagreement") or 0.0 for m in group), default=0.0)
         if unstable > UNSTABLE:
             found.append(("unstable-draws", unstable))
+        company = max((m.metrics.get("company_changes") or 0.0 for m in group), default=0.0)
+        if company > 0:
+            found.append(("batch-dependent", company))
         flags[key] = [{"name": name, "text": EXPLANATIONS[name].format(_share(value))} for name, value in found]
     return flags
 

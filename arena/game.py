@@ -3,8 +3,8 @@
 The attacker picks an attack, the defender a defense; the payoff is the attack's success rate against
 that defense (over the samples the defense classifies correctly when clean, so mixing attacks is mixing
 per-sample chances). A failed attack scores 0; a match the defense's own code lost scores 1; a pending
-cell counts as 0 and marks the game incomplete. The mixed-strategy equilibrium (von Neumann's minimax)
-is two linear programs (scipy's HiGHS):
+cell, a disputed one and one the arena could not play count as 0 and mark the game incomplete. The
+mixed-strategy equilibrium (von Neumann's minimax) is two linear programs (scipy's HiGHS):
 
     value = max_p min_j sum_i p_i A_ij = min_q max_i sum_j A_ij q_j
 
@@ -84,8 +84,8 @@ def payoffs(board: Board) -> tuple[np.ndarray, bool]:
     complete = True
     for i, cells in enumerate(board.matrix):
         for j, cell in enumerate(cells):
-            if cell is None or cell.status == "pending":
-                complete = False
+            if cell is None or cell.status == "pending" or cell.blame in ("disputed", "arena"):
+                complete = False  # no result: 0 for the attacker, as an unplayed cell
             elif cell.status == "ok":
                 matrix[i, j] = cell.success_rate or 0.0
             elif cell.blame == "defense":

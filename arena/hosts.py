@@ -1,10 +1,13 @@
 """Defense hosts: sandboxes where only the defense's code runs, answering for the defended model.
 
 A host loads one trained model (the defended model or its twin) and answers ``probs`` (a counted query),
-``classify`` (the referee's verdict over draws), ``gradient`` (the diagnostics' measure) and ``replay``
+``classify`` (the referee's verdict over draws), ``gradient`` (the diagnostics' measure), ``replay``
 (a batch on which the defense's code failed in an attack's process, run again without the attack's
-code). It never sees a label. Since no attack code runs in a host, whatever fails there is the defense's
-own failure (:class:`DefenseFault`): the match counts against the defense.
+code) and, for a match played with the defense apart, ``forward``, ``vjp`` and ``reject`` (the model as
+:class:`arena.threats.RemoteModel` asks for it). It never sees a label. Since no attack code runs in a
+host, whatever fails there is the defense's own failure (:class:`DefenseFault`): the match counts against
+the defense. So does an answer that takes longer than the defense's inference budget for its images
+(:class:`arena.watch.InferenceBudget`).
 
 Where there is a GPU, a model's hosts run where they answer sooner (:func:`device_for`): each fresh host on the GPU
 makes a CUDA context of its own (0.4 s before its first answer on an H200), which costs more than the whole
@@ -30,8 +33,9 @@ import torch.nn.functional as F
 from arena import referee
 from arena.plugins import PluginSource
 from arena.sandbox import PluginFailure, Sandbox
-from arena.threats import output_problem
+from arena.threats import image_problem, output_problem
 from arena.training import load_model
+from arena.watch import BACKWARD_FACTOR, InferenceBudget
 
 #: what a fresh host on the GPU pays before its first answer: 0.25 s to make its CUDA context and about
 #: 0.2 s more for the model's copy and the first cuDNN and cuBLAS calls (an H200, docs/architecture.md)
@@ -98,6 +102,7 @@ class Host:
     cache_dir: Path
     time_limit: float
     device: str
+    budget: InferenceBudget
 
     def sandbox(self) -> Sandbox:
         """A fresh host (use it as a context manager)."""
@@ -105,18 +110,23 @@ class Host:
 
 
 class LazyHost:
-    """A host started on the first query (most attacks make none), closed with the block."""
+    """A host started on the first request (most attacks make none), closed with the block."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
         self._stack = contextlib.ExitStack()
         self._box: Sandbox | None = None
 
-    def probs(self, batch: np.ndarray) -> np.ndarray:
-        """The defense's probabilities for a query (see :func:`probs`)."""
+    @property
+    def box(self) -> Sandbox:
+        """The started host."""
         if self._box is None:
             self._box = self._stack.enter_context(self.host.sandbox())
-        return probs(self._box, batch, self.host.num_classes)
+        return self._box
+
+    def probs(self, batch: np.ndarray) -> np.ndarray:
+        """The defense's probabilities for a query (see :func:`probs`)."""
+        return probs(self.box, batch, self.host.num_classes, self.host.budget)
 
     def __enter__(self) -> LazyHost:
         return self
@@ -125,19 +135,50 @@ class LazyHost:
         self._stack.close()
 
 
-def call(host: Sandbox, request: tuple) -> Any:
-    """A request to a host: its failure is the defense's (:class:`DefenseFault`)."""
+def call(host: Sandbox, request: tuple, budget: InferenceBudget | None = None, images: int = 0) -> Any:
+    """A request to a host: its failure, or an answer past ``budget`` for ``images`` images, is the defense's
+    (:class:`DefenseFault`)."""
+    timeout = budget.seconds(images) if budget is not None else None
     try:
-        return host.call(request)
+        return host.call(request, timeout=timeout)
     except PluginFailure as exc:
+        if budget is not None and "time-out: no answer within" in exc.reason:
+            raise DefenseFault(f"{host.label}: {budget.overrun(timeout or 0.0, images)}", exc.log_tail) from None
         raise DefenseFault(exc.reason, exc.log_tail) from None
 
 
-def probs(host: Sandbox, batch: np.ndarray, num_classes: int) -> np.ndarray:
+def probs(host: Sandbox, batch: np.ndarray, num_classes: int, budget: InferenceBudget) -> np.ndarray:
     """The defense's probabilities for a query, checked before the attack sees them."""
-    answer = call(host, ("probs", batch))
+    answer = call(host, ("probs", batch), budget, len(batch))
     if not isinstance(answer, np.ndarray) or answer.shape != (len(batch), num_classes) or not np.isfinite(answer).all():
         raise DefenseFault(f"{host.label}: the defense answered a query with malformed probabilities")
+    return answer
+
+
+def answer_apart(host: LazyHost, request: object, input_shape: tuple[int, ...]) -> np.ndarray:
+    """The defended model's answer to a :class:`arena.threats.RemoteModel` request (a match played with the
+    defense apart), checked. A malformed request, or images outside [0, 1] that the defense failed on, are the
+    attack's failure (``ValueError``); a failure on valid images, a late or a malformed answer the defense's
+    (:class:`DefenseFault`)."""
+    if not (isinstance(request, tuple) and len(request) == 4 and request[0] in ("forward", "vjp", "reject")):
+        raise ValueError("protocol violation: a malformed request for the model")
+    kind, batch, grad, seed = request
+    shape = (len(batch), *input_shape) if isinstance(batch, np.ndarray) and batch.ndim == len(input_shape) + 1 else None
+    if shape is None or batch.shape != shape or batch.dtype != np.float32 or not isinstance(seed, int):
+        raise ValueError(f"the attack asked the model about a malformed batch (expected float32 (k, {input_shape}))")
+    n, classes = len(batch), host.host.num_classes
+    if kind == "vjp" and (not isinstance(grad, np.ndarray) or grad.shape != (n, classes) or grad.dtype != np.float32):
+        raise ValueError("the attack asked for a gradient with a malformed output gradient")
+    budget = InferenceBudget(host.host.budget.per_image * (BACKWARD_FACTOR if kind == "vjp" else 1.0))
+    try:
+        answer = call(host.box, (kind, batch, grad, seed), budget, n)
+    except DefenseFault:
+        if image_problem(batch, input_shape) is not None:
+            raise ValueError(f"the defense's {kind} failed on images outside [0, 1] that the attack gave it") from None
+        raise
+    expected = {"forward": (n, classes), "vjp": shape, "reject": (n,)}[kind]
+    if not isinstance(answer, np.ndarray) or answer.shape != expected or not np.isfinite(answer).all():
+        raise DefenseFault(f"{host.host.defense.label}: the defense's {kind} answered garbage in its own host")
     return answer
 
 
@@ -165,10 +206,10 @@ def classify(host: Host, x: torch.Tensor, draws: int, probe: bool = False) -> tu
 def _classify_in(box: Sandbox, host: Host, x: torch.Tensor, draws: int, probe: bool) -> tuple[referee.Verdict, dict]:
     """Classify ``x`` in the started host ``box`` and check the answer (see :func:`classify`)."""
     measured: dict[str, float] = {}
-    preds, rejected = call(box, ("classify", x.numpy(), draws))
+    preds, rejected = call(box, ("classify", x.numpy(), draws), host.budget, len(x) * draws)
     if probe:
         with contextlib.suppress(PluginFailure):  # no measure then: the board shows no diagnosis
-            norm = box.call(("gradient", x.numpy()))
+            norm = box.call(("gradient", x.numpy()), timeout=host.budget.seconds(len(x), BACKWARD_FACTOR))
             if isinstance(norm, float) and math.isfinite(norm):
                 measured["input_gradient"] = norm
     expected = (draws, len(x))
@@ -195,7 +236,11 @@ def _setup(_conn: Connection, host: Host):  # noqa: ANN202 (a sandbox handler)
     model = load_model(host.artifact, device, host.defense, host.cache_dir)
 
     def handle(request: tuple) -> Any:
+        if request[0] == "describe":
+            return {"reject": callable(getattr(model, "reject", None))}
         x = torch.from_numpy(request[1]).to(device)
+        if request[0] in ("forward", "vjp", "reject"):
+            return _apart(model, request[0], x, request[2], request[3])
         if request[0] == "replay":  # as the attack's process called it, gradients included
             _, _, grad, method = request
             if method == "reject" and not callable(getattr(model, "reject", None)):
@@ -220,3 +265,21 @@ def _setup(_conn: Connection, host: Host):  # noqa: ANN202 (a sandbox handler)
         return verdict.preds.cpu().numpy(), verdict.rejected.cpu().numpy()
 
     return handle
+
+
+def _apart(model: torch.nn.Module, kind: str, x: torch.Tensor, grad: np.ndarray | None, seed: int) -> np.ndarray:
+    """What :class:`arena.threats.RemoteModel` asks: the logits, the gradient of ``grad`` (the output's) with
+    respect to ``x``, or the detector's mask; each from the random seed the attack's side chose, so that a
+    randomized defense's backward pass follows its forward pass."""
+    torch.manual_seed(seed)
+    if kind == "reject":
+        with torch.no_grad():
+            return model.reject(x).bool().cpu().numpy()
+    if kind == "forward":
+        with torch.no_grad():
+            return model(x).float().cpu().numpy()
+    x.requires_grad_(True)
+    with torch.enable_grad():
+        output = model(x)
+        (found,) = torch.autograd.grad(output, x, torch.from_numpy(grad).to(output), allow_unused=True)
+    return (torch.zeros_like(x) if found is None else found).float().cpu().numpy()

@@ -26,6 +26,7 @@ import numpy as np
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
+from arena.access import relative_paths
 from arena.diagnostics import BASELINE, Played, diagnose
 from arena.hookspecs import THREATS
 from arena.store import Plugin, PluginVersion, Result, Round, RoundMatch, Team, Track
@@ -69,8 +70,12 @@ class Cell:
     success_rate: float | None = None
     target_hit_rate: float | None = None
     error: str | None = None
-    blame: str | None = None  # "defense": the defense's own code failed, and the match counts against it
+    #: a failed match's blame: "defense" (its code failed: the match counts against it), "disputed" (the defense's
+    #: code failed in the attack's process only, and the attack failed when played apart), "arena" (an input the
+    #: arena itself makes could not be made); no blame: the attack's failure
+    blame: str | None = None
     violations: int = 0  # samples the referee had to project back into the budget
+    disputed: bool = False  # played again with the defense apart (see arena.match), or disputed for good
 
 
 @dataclass
@@ -88,6 +93,7 @@ class DefenseStanding:
     below_floor: bool
     draws: int | None  # the most draws any of its matches was evaluated with (randomized defenses: several)
     diagnostics: list[dict[str, str]] = field(default_factory=list)  # see arena.diagnostics
+    disputed: int = 0  # matches played again with the defense apart, or disputed for good (see Cell.disputed)
     rank: int = 0  # shared by defenses equal on floor, worst-case and clean accuracy
 
 
@@ -106,6 +112,7 @@ class AttackStanding:
     failed: int  # its own failures (a failure of the defense's code is not the attack's)
     pending: int
     violations: int  # samples the referee had to project back into the budget, over its ok matches
+    disputed: int = 0  # matches played again with the defense apart, or disputed for good (each scores 0)
     rank: int = 0  # shared by attacks equal on mean success and unique breaks
 
 
@@ -380,22 +387,25 @@ def _defense(
         pending=_count(column, "pending"),
         below_floor=floor is not None and clean is not None and clean < floor,
         draws=max(draws) if draws else None,
+        disputed=sum(cell.disputed for cell in column),
     )
 
 
 def _attack(entry: Entry, unique_breaks: int, row: list[Cell], ok: list[dict[str, Any]]) -> AttackStanding:
+    disputed = sum(cell.status == "failed" and cell.blame == "disputed" for cell in row)
     return AttackStanding(
         entry=entry,
-        mean_success_rate=_mean(m.get("success_rate") for m in ok),
+        mean_success_rate=_mean([*(m.get("success_rate") for m in ok), *[0.0] * disputed]),
         unique_breaks=unique_breaks,
         mean_l0=_mean(m.get("mean_l0") for m in ok),
         mean_l2=_mean(m.get("mean_l2") for m in ok),
         mean_linf=_mean(m.get("mean_linf") for m in ok),
         mean_queries_per_sample=_mean(m.get("queries_per_sample") for m in ok),
         defenses=len(ok),
-        failed=sum(cell.status == "failed" and cell.blame != "defense" for cell in row),
+        failed=sum(cell.status == "failed" and cell.blame is None for cell in row),
         pending=_count(row, "pending"),
         violations=sum(int(m.get("violations") or 0) for m in ok),
+        disputed=sum(cell.disputed for cell in row),
     )
 
 
@@ -423,9 +433,10 @@ def _cell(key: str, row: Row[Any] | None) -> Cell:
         _number(metrics.get("robust_accuracy")),
         _number(metrics.get("success_rate")),
         _number(metrics.get("target_hit_rate")),
-        row.error,
+        relative_paths(row.error),
         metrics.get("blame"),
         int(metrics.get("violations") or 0),
+        metrics.get("blame") == "disputed" or bool(metrics.get("disputed")),
     )
 
 

@@ -10,8 +10,10 @@ frame inspection can reach parameters that are not there.
 from __future__ import annotations
 
 import functools
+import secrets
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,13 +90,37 @@ def output_problem(method: str, output: object, n: int, num_classes: int) -> str
     return None
 
 
+def notify(conn: Connection, payload: tuple) -> None:
+    """A one-way notice to the arena (:class:`arena.watch.DefenseWatch`): no reply comes."""
+    conn.send(("notice", payload))
+
+
+class _Boundary(torch.autograd.Function):
+    """The identity at the edge of the defense's graph: its backward pass tells the arena that the gradient
+    enters the defense's code (at the model's output) or leaves it (at the model's input)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, conn: Connection, payload: tuple) -> torch.Tensor:  # noqa: D102
+        ctx.conn, ctx.payload = conn, payload
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: D102
+        notify(ctx.conn, ctx.payload)
+        return grad, None, None
+
+
 class GuardedModel(nn.Module):
     """The defended model (or the twin) as an attack holds it; it computes exactly what the model computes.
 
-    When the defense's ``forward`` or ``reject`` raises or returns garbage for a valid batch of images,
-    the guard sends the batch to the arena, which replays it in a process without the attack's code
-    (a forged failure cannot pass that) and, when the defense fails there too, counts the match against
-    the defense; then the guard raises :class:`DefenseFailed`. Every other attribute is the model's own.
+    Around the defense's code (``forward``, ``reject`` and the backward pass through the model) the guard
+    tells the arena when it starts and ends (:mod:`arena.watch`), so that the time it takes is not charged to
+    the attack and a process that dies in it is replayed with the defense apart. When the defense's
+    ``forward`` or ``reject`` raises or returns garbage for a valid batch of images, the guard sends the batch
+    to the arena, which replays it in a process without the attack's code (a forged failure cannot pass that)
+    and, when the defense fails there too, counts the match against the defense; then the guard raises
+    :class:`DefenseFailed`. Every other attribute is the model's own (``inner`` is the model itself: an attack
+    that calls it unguarded answers for what happens in it).
     """
 
     def __init__(self, model: nn.Module, conn: Connection, input_shape: tuple[int, ...], num_classes: int) -> None:
@@ -114,13 +140,20 @@ class GuardedModel(nn.Module):
 
     def _guarded(self, method: str, x: torch.Tensor) -> torch.Tensor:
         call = self.inner if method == "forward" else self.inner.reject
+        images = len(x) if isinstance(x, torch.Tensor) and x.dim() > 0 else 0
+        backward = method == "forward" and isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()
+        notify(self._conn, ("enter", images, "forward"))
         try:
-            output = call(x)
+            output = call(_Boundary.apply(x, self._conn, ("leave",)) if backward else x)
         except Exception as exc:  # the defense's code failed: the arena decides whose fault it is
+            notify(self._conn, ("leave",))
             raise self._report(method, x, f"{type(exc).__name__}: {exc}") from exc
+        notify(self._conn, ("leave",))
         problem = output_problem(method, output, len(x), self._num_classes)
         if problem is not None:
             raise self._report(method, x, problem)
+        if backward and output.requires_grad:
+            output = _Boundary.apply(output, self._conn, ("enter", images, "backward"))
         return output
 
     def _report(self, method: str, x: torch.Tensor, problem: str) -> Exception:
@@ -130,8 +163,73 @@ class GuardedModel(nn.Module):
         batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
         self._conn.send(("defense-fault", (batch, bool(x.requires_grad and torch.is_grad_enabled()), method, problem)))
         confirmed = self._conn.recv()
-        said = "reproduced by the arena: the match counts against the defense" if confirmed else "not reproduced"
+        said = (
+            "reproduced by the arena: the match counts against the defense"
+            if confirmed
+            else "not reproduced: the match is played again with the defense apart"
+        )
         return DefenseFailed(f"the defense's {method} failed on a valid batch: {problem} ({said})")
+
+
+class _Apart(torch.autograd.Function):
+    """The defended model's forward pass in its host, and the backward pass too (a vector-Jacobian product
+    asked of the host, which runs the forward again from the same seed)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, model: RemoteModel) -> torch.Tensor:  # noqa: D102
+        ctx.model, ctx.seed = model, secrets.randbits(63)
+        ctx.save_for_backward(x)
+        return model.ask("forward", x, seed=ctx.seed)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        (x,) = ctx.saved_tensors
+        return ctx.model.ask("vjp", x, grad, seed=ctx.seed), None
+
+
+class RemoteModel(nn.Module):
+    """The defended model (or the twin) when a match is played again with the defense apart.
+
+    Its code runs in a host of its own, never in the attack's process: the model answers ``forward`` (with
+    gradients), ``reject`` if the defense has one, ``eval()`` and ``train()``; it holds no parameters of the
+    defense (a placeholder parameter tells its device). A match is played so when the defense's code failed
+    or stalled in the attack's process and the arena could not reproduce it on its own (:mod:`arena.watch`).
+    """
+
+    def __init__(self, conn: Connection, input_shape: tuple[int, ...], has_reject: bool, device: torch.device):
+        super().__init__()
+        self._conn, self._input_shape, self._has_reject = conn, tuple(input_shape), has_reject
+        self.anchor = nn.Parameter(torch.zeros(0, device=device), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        problem = image_problem(x, self._input_shape)
+        if problem is not None:
+            raise ValueError(f"the attack gave the model {problem}")
+        if x.requires_grad and torch.is_grad_enabled():
+            return _Apart.apply(x, self)
+        return self.ask("forward", x, seed=secrets.randbits(63))
+
+    def reject(self, x: torch.Tensor) -> torch.Tensor:
+        """The defense's detector's answer (all False for a defense without one)."""
+        if not self._has_reject:
+            return torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        return self.ask("reject", x, seed=secrets.randbits(63)).bool()
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            raise AttributeError(
+                f"{name!r}: this match is played with the defense apart (its code failed in the attack's process "
+                "and not on its own), so the model answers forward, reject and gradients only"
+            ) from None
+
+    def ask(self, kind: str, x: torch.Tensor, grad: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+        """One request to the defense's host, through the arena."""
+        batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        extra = None if grad is None else grad.detach().to("cpu", torch.float32).contiguous().numpy()
+        self._conn.send(("model", (kind, batch, extra, seed)))
+        return torch.from_numpy(self._conn.recv()).to(x.device)
 
 
 class ArenaTarget(Target):
@@ -146,6 +244,7 @@ class ArenaTarget(Target):
         num_classes: int,
         input_shape: tuple[int, ...],
         device: torch.device,
+        guard: bool = True,
     ) -> None:
         if threat == "black-box" and model is not None:
             raise ValueError("a black-box target never holds the defended model")
@@ -154,7 +253,7 @@ class ArenaTarget(Target):
         self.input_shape = tuple(input_shape)
         self.device = device
         self._conn = conn
-        self._model = None if model is None else GuardedModel(model, conn, input_shape, num_classes)
+        self._model = GuardedModel(model, conn, input_shape, num_classes) if model is not None and guard else model
         self._substitute = substitute
         self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._used = 0

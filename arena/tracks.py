@@ -104,7 +104,10 @@ class UnknownTrack(KeyError):
 
 
 _INTEGERS = ("eval_size", "max_queries", "epochs", "draws", "batch_size", "levels")
-_NUMBERS = ("eps", "clean_floor", "time_limit", "max_artifact_mb")
+_NUMBERS = ("eps", "clean_floor", "time_limit", "max_artifact_mb", "inference_ms")
+#: a defense's inference budget per image and draw when a track sets none (``inference_ms = 0``), per data set:
+#: five times what the slowest built-in defense (Defense-GAN's search) takes on the CPU of docs/defenses.md
+INFERENCE_MS = {"digits": 50.0, "mnist": 200.0}
 #: where a track's evaluation images come from (see :mod:`arena.evaluation`)
 EVALUATIONS = ("transformed", "public", "private")
 
@@ -123,8 +126,10 @@ class Track:
     held-out split, the default), ``public`` (the held-out split as published) or ``private`` (the
     ``.npz`` file at ``eval_path``, which only the arena reads). Every image a defense sees is
     quantised to ``levels`` grey levels (0: the data set's own, 17 for digits, 256 for MNIST). A
-    trained defense may weigh ``max_artifact_mb`` MiB at most. ``transform = "print-photo"`` prints and
-    photographs every image the defense judges (:mod:`arena.physical`), with the ranges of ``photo``.
+    trained defense may weigh ``max_artifact_mb`` MiB at most, and answer for an image within ``inference_ms``
+    milliseconds (0: the data set's default, :data:`INFERENCE_MS`; see :mod:`arena.watch`). ``transform =
+    "print-photo"`` prints and photographs every image the defense judges (:mod:`arena.physical`), with the
+    ranges of ``photo``.
     """
 
     name: str
@@ -144,6 +149,7 @@ class Track:
     eval_path: str = ""
     levels: int = 0
     max_artifact_mb: float = 16.0
+    inference_ms: float = 0.0
     transform: str = "none"
     photo: dict[str, float] = field(default_factory=dict, hash=False)
     description: str = ""
@@ -180,6 +186,7 @@ class Track:
             ),
             (self.levels >= 2, f"levels must be at least 2, not {self.levels}"),
             (self.max_artifact_mb > 0, f"max_artifact_mb must be positive, not {self.max_artifact_mb}"),
+            (self.inference_ms >= 0, f"inference_ms must not be negative, not {self.inference_ms}"),
             (self.transform in TRANSFORMS, f"transform {self.transform!r} not in {list(TRANSFORMS)}"),
             (self.transform != "none" or not self.photo, 'photo ranges need transform = "print-photo"'),
         ]
@@ -208,9 +215,16 @@ class Track:
 
     def config(self) -> dict[str, Any]:
         """Everything that defines the track, JSON-serialisable (the description aside): for cache keys.
-        A track without a transform leaves ``transform`` and ``photo`` out, so its keys stay as they were."""
+        A track without a transform leaves ``transform`` and ``photo`` out, and one with the default inference
+        budget ``inference_ms``, so their keys stay as they were."""
         unset = {"description"} | ({"transform", "photo"} if self.transform == "none" else set())
+        unset |= {"inference_ms"} if self.inference_ms == 0 else set()
         return {key: value for key, value in dataclasses.asdict(self).items() if key not in unset}
+
+    @property
+    def inference_seconds(self) -> float:
+        """A defense's inference budget per image and draw, in seconds."""
+        return (self.inference_ms or INFERENCE_MS.get(self.dataset, max(INFERENCE_MS.values()))) / 1000
 
     def load(self, data_dir: Path) -> Dataset:
         """The track's data set (cached per process); raises :class:`DataUnavailable` if absent."""

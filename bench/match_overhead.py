@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from arena import evaluation, match, plugins
+from arena import evaluation, judging, match, plugins
 from arena.config import Settings
 from arena.match import AttackPool, MatchSpec, play
 from arena.tracks import TRACKS
@@ -86,7 +86,7 @@ def main() -> None:
     fresh_times, warm_times, plain_times = [], [], []
     with AttackPool() as pool:
         for _ in range(args.repeat):
-            match.CLEAN_VERDICTS.clear()  # a cold worker: every process fresh, the clean verdict computed
+            judging.CLEAN_VERDICTS.clear()  # a cold worker: every process fresh, the clean verdict computed
             started = time.perf_counter()
             fresh = play(spec)
             fresh_times.append(time.perf_counter() - started)

@@ -154,45 +154,123 @@ def test_a_forfeit_counts_as_every_sample_broken_and_not_against_the_attack() ->
     assert scoring.DefenseStanding.__dataclass_fields__["forfeited"]
 
 
-#: a defense that tells the attack's process from its hosts (another plugin's module is loaded) and fails only there
-SABOTEUR = '''
-"""Fails only where an attack's code is loaded too."""
+#: a defense wrapping the plain CNN whose forward misbehaves first (``{forward}``): the blame tests' cheats
+WRAPPED = """
+\"\"\"A plain CNN whose forward misbehaves first.\"\"\"
 
+import ctypes
+import os
 import sys
+import time
 
+import torch
 from torch import nn
 
 from arena import Defense, hookimpl
 
 
-class Saboteur(nn.Module):
+class Wrapped(nn.Module):
     def __init__(self, cnn):
         super().__init__()
         self.cnn = cnn
 
     def forward(self, x):
-        if sum(name.startswith("arena_plugin_") for name in sys.modules) > 1:
-            raise RuntimeError("sabotage")
+        graded = x.requires_grad and torch.is_grad_enabled()
+        attacked = sum(name.startswith("arena_plugin_") for name in sys.modules) > 1
+        {forward}
         return self.cnn(x)
 
 
-class Sabotage(Defense):
+class Cheat(Defense):
     def train(self, ctx):
-        return Saboteur(ctx.make_model())
+        return Wrapped(ctx.make_model())
 
 
 @hookimpl
 def arena_defenses():
-    return [Sabotage]
-'''
+    return [Cheat]
+"""
 
 
-@pytest.mark.xfail(strict=True, reason="open loophole: the replay host is told apart from the attack's process")
-def test_a_defense_that_fails_only_in_the_attacks_process_loses_the_match(kit: Kit) -> None:
-    folder = kit.root / "plugins" / "saboteur"
+def cheat(kit: Kit, name: str, forward: str) -> Path:
+    """A defense plugin folder whose forward runs ``forward`` (one line) before the CNN's."""
+    folder = kit.root / "plugins" / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "plugin.toml").write_text('name = "saboteur"\nkind = "defense"\nteam = "t"\nsummary = "s"\n')
-    (folder / "saboteur.py").write_text(textwrap.dedent(SABOTEUR))
-    outcome = play(kit.spec(PLUGINS / "attacks" / "fgsm", folder, "white-box"))
-    assert "sabotage" in (outcome.error or "") and "not reproduced" in outcome.error  # it does fail, as the attack's
-    assert outcome.metrics == {"blame": "defense"}
+    (folder / "plugin.toml").write_text(f'name = "{name}"\nkind = "defense"\nteam = "t"\nsummary = "s"\n')
+    (folder / f"{name.replace('-', '_')}.py").write_text(WRAPPED.replace("{forward}", forward))
+    return folder
+
+
+FGSM = PLUGINS / "attacks" / "fgsm"
+
+
+@pytest.mark.parametrize(
+    ("name", "forward", "said"),
+    [
+        ("exits", "if graded: os._exit(0)", "exited with status 0"),
+        ("crashes", "if graded: ctypes.string_at(0)", "killed by signal SIGSEGV"),
+        ("stalls", "if graded: time.sleep(600)", "over its inference budget"),
+        ("hoards", "if graded: torch.empty(2**40)", "allocate"),
+    ],
+)
+def test_a_defense_that_fails_under_gradients_in_any_form_loses_the_match(
+    kit: Kit, name: str, forward: str, said: str
+) -> None:
+    """Exit, signal, hang or runaway allocation in the attack's process: the defense's code was running, the
+    match is replayed with the defense apart, fails there again, and counts against the defense."""
+    quick = dataclasses.replace(TRACK, inference_ms=20.0)
+    outcome = play(dataclasses.replace(kit.spec(FGSM, cheat(kit, name, forward), "white-box"), track=quick))
+    assert outcome.status == "failed" and outcome.metrics == {"blame": "defense"}, outcome.error
+    assert "the defense failed, so the match counts against it" in (outcome.error or "")
+    assert said in (outcome.error or ""), outcome.error
+    assert outcome.wall_time < 60
+
+
+@pytest.mark.parametrize("forward", ['if attacked: raise RuntimeError("sabotage")', "if attacked: os._exit(0)"])
+def test_a_defense_that_fails_only_in_the_attacks_process_is_played_apart(kit: Kit, forward: str) -> None:
+    """The saboteur tells the attack's process from its hosts (another plugin's module is loaded) and fails only
+    there. The arena cannot reproduce it alone, so the match is played again with the defense apart: in a host of
+    its own, it answers the attack's forward and backward passes, and the match's result is that one (the
+    plain CNN's, against FGSM), marked disputed."""
+    outcome = play(kit.spec(FGSM, cheat(kit, "saboteur", forward), "white-box"))
+    assert outcome.status == "ok", outcome.error
+    assert "played again with the defense apart" in outcome.metrics["disputed"]
+    honest = play(kit.spec(FGSM, PLUGINS / "defenses" / "undefended", "white-box"))
+    assert outcome.metrics["robust_accuracy"] <= honest.metrics["robust_accuracy"] + 0.2
+
+
+def test_a_slow_defense_does_not_make_the_attack_time_out(kit: Kit) -> None:
+    """Every forward pass takes 0.7 s: the attack's 12 calls spend 8.4 s in the defense's code, over the attack's
+    own limit of 5 s, which is not charged for them."""
+    body = """
+    for _ in range(6):
+        target.model(x)
+    return x
+    """
+    attack = write_attack(kit.root / "plugins", "patient", body, threats=("white-box",))
+    quick = dataclasses.replace(TRACK, time_limit=5.0)
+    slow = cheat(kit, "slow", "time.sleep(0.7)")
+    outcome = play(dataclasses.replace(kit.spec(attack, slow, "white-box"), track=quick))
+    assert outcome.status == "ok", outcome.error
+    assert "disputed" not in outcome.metrics
+
+
+def test_a_defense_too_slow_for_its_budget_forfeits_in_the_referees_hosts(kit: Kit) -> None:
+    quick = dataclasses.replace(TRACK, inference_ms=1.0)
+    slow = cheat(kit, "slower", "time.sleep(0.05 * len(x) + 6)")
+    outcome = play(dataclasses.replace(kit.spec(PLUGINS / "attacks" / "transfer", slow, "black-box"), track=quick))
+    assert outcome.metrics == {"blame": "defense"} and "over its inference budget" in (outcome.error or "")
+
+
+def test_an_attack_that_fakes_being_in_the_defenses_code_gains_nothing(kit: Kit) -> None:
+    """It says the defense's code runs, then exits: the match is played again with the defense apart, where it
+    exits again. Disputed: not its failure to count, and no result it could score with."""
+    body = """
+    from arena.threats import notify
+    notify(target._conn, ("enter", 10**9, "forward"))
+    os._exit(0)
+    """
+    attack = write_attack(kit.root / "plugins", "faker", body, threats=("white-box",), helpers="import os")
+    outcome = play(kit.spec(attack, PLUGINS / "defenses" / "undefended", "white-box"))
+    assert outcome.status == "failed" and outcome.metrics == {"blame": "disputed"}, outcome.error
+    assert outcome.error.startswith("disputed: the attack's process failed while the defense's code ran in it")

@@ -125,9 +125,12 @@ def test_a_failed_training_replays_its_matches(students: Path, monkeypatch: pyte
     first = shown(1)
     for threat in ("white-box", "gray-box"):
         cell = first["fgsm", "hungry", threat]
-        assert cell.status == "failed" and cell.error.startswith("an input could not be made: train-defense failed")
+        assert cell.status == "failed" and cell.blame == "defense", "the defense's failure, not the attack's"
+        assert cell.error.startswith("the defense could not be trained, so the match counts against it: students/hun")
+        assert "/" not in cell.error.split("students/hungry")[1].split(" ")[0], "no server path in a public reason"
         assert attempts(cell.result_key)[0].missing_inputs
     assert first["fgsm", "undefended", "white-box"].status == "ok"
+    assert failures("fgsm", 1) == 0
 
     monkeypatch.delenv("ARENA_SANDBOX_MEMORY")  # the machine has room again; no --retry-failed
     second = arena_cli("round", "run", "--track", "tiny", "--quiet")

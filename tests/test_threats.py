@@ -16,7 +16,7 @@ import torch
 from hostile import SPY, write_attack
 from torch import nn
 
-from arena import ThreatModelError, evaluation, hosts, match, physical, plugins, training
+from arena import ThreatModelError, evaluation, hosts, judging, match, physical, plugins, training
 from arena.match import MatchOutcome, MatchSpec, attack_view, play
 from arena.plugins import PluginSource
 from arena.records import unpack
@@ -352,32 +352,46 @@ def test_a_slow_attack_times_out_and_fails_only_its_own_match(arena: Arena) -> N
 
 
 # --------------------------------------------------------------------------------------------------
-# What a match costs: the clean verdict of a deterministic defense, once
+# What the referee judges: mixed batches; the clean verdict alone serves the diagnostics, computed once
 # --------------------------------------------------------------------------------------------------
 
 
-def test_a_deterministic_defense_is_classified_clean_once_with_the_same_records(
+def test_two_hosts_judge_a_match_each_a_secret_mix_and_the_records_match_the_clean_reference(
     arena: Arena, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = arena.spec(PLUGINS / "attacks" / "fgsm", "white-box")
-    match.CLEAN_VERDICTS.clear()
+    judging.CLEAN_VERDICTS.clear()
     first = play(spec)
-    hosts_started: list[int] = []
+    judged: list[np.ndarray] = []
     classify = hosts._classify_in
-    monkeypatch.setattr(hosts, "_classify_in", lambda *a, **kw: hosts_started.append(1) or classify(*a, **kw))
+
+    def spy(box, host, x, draws, probe):  # noqa: ANN001, ANN202
+        judged.append(x.numpy().copy())
+        return classify(box, host, x, draws, probe)
+
+    monkeypatch.setattr(hosts, "_classify_in", spy)
     second, gray = play(spec), play(arena.spec(PLUGINS / "attacks" / "fgsm", "gray-box"))
-    assert len(hosts_started) == 2, "only the adversarial inputs of each match were classified"
+    assert len(judged) == 4, "two mixed hosts a match; the reference verdict is kept"
     assert first.status == second.status == gray.status == "ok"
+    evaluation_set = evaluation.EvalSet.unpack(spec.evaluation)
+    clean = {tuple(image.flatten()) for image in evaluation_set.x.numpy()}
+    for batch in judged[:2]:
+        assert len(batch) == TRACK.eval_size, "half of the samples clean, the other half adversarial"
+        from_clean = sum(tuple(image.flatten()) in clean for image in batch)
+        assert 0 < from_clean < len(batch), "each host judges clean and adversarial images together"
     before, after = unpack(first.samples), unpack(second.samples)
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
     assert first.metrics["input_gradient"] == second.metrics["input_gradient"]
+    assert first.metrics["company_changes"] == second.metrics["company_changes"] == 0.0
     assert "input_gradient" not in gray.metrics, "the measure belongs to white-box matches"
 
 
-def test_a_randomized_defense_draws_its_clean_verdict_afresh_in_every_match(arena: Arena) -> None:
+def test_a_randomized_defense_is_judged_over_its_draws_in_the_mixed_hosts(arena: Arena) -> None:
     spec = dataclasses.replace(arena.spec(PLUGINS / "attacks" / "fgsm", "white-box"), randomized=True)
-    match.CLEAN_VERDICTS.clear()
-    assert play(spec).status == "ok" and not match.CLEAN_VERDICTS
+    judging.CLEAN_VERDICTS.clear()
+    outcome = play(spec)
+    assert outcome.status == "ok" and outcome.metrics["draws"] == TRACK.draws
+    assert "clean_disagreement" in outcome.metrics and "company_changes" not in outcome.metrics
 
 
 def test_a_warm_attack_process_plays_every_match_as_a_fresh_one_would(arena: Arena) -> None:
@@ -491,7 +505,7 @@ def test_on_a_gpu_worker_every_host_of_a_match_runs_where_it_was_decided_before_
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the arena's process believes it has a GPU
     monkeypatch.setattr(hosts, "CUDA_START_SECONDS", 0.0)  # and that every model is faster there
     monkeypatch.setattr(hosts, "_CPU_SECONDS", {})
-    monkeypatch.setattr(match, "CLEAN_VERDICTS", {})
+    monkeypatch.setattr(judging, "CLEAN_VERDICTS", {})
     asked: list[str] = []
     start = hosts.Host.sandbox
 
@@ -501,6 +515,6 @@ def test_on_a_gpu_worker_every_host_of_a_match_runs_where_it_was_decided_before_
 
     monkeypatch.setattr(hosts.Host, "sandbox", on_the_cpu_all_the_same)
     fine_match(arena)
-    assert asked == ["cpu", "cuda", "cuda"], "the probe, then the clean and the adversarial host"
+    assert asked == ["cpu", "cuda", "cuda", "cuda"], "the probe, the clean reference, then the two judging hosts"
     fine_match(arena)
-    assert asked[3:] == ["cuda"], "no probe for a model timed already (and its clean verdict is kept)"
+    assert asked[4:] == ["cuda", "cuda"], "no probe for a model timed already (and its clean reference is kept)"

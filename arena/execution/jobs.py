@@ -17,6 +17,7 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from arena.access import relative_paths
 from arena.config import Settings
 from arena.execution.inputs import Inputs, source_of
 from arena.match import AttackPool, MatchOutcome, MatchSpec, play
@@ -30,6 +31,8 @@ from arena.training import TrainSpec, derive_seed, train_defense, train_substitu
 
 #: how many times a job may start (an error of the arena, a lost worker) before it fails for good
 MAX_ATTEMPTS = 3
+#: how the reason of a job the arena itself failed to run starts (an error of the arena, not of a plugin)
+GAVE_UP = "gave up after"
 FINISHED = ("done", "failed")
 #: the job kinds that train from a secret seed (derived from the arena's secret, see :func:`training_seed`)
 SEEDED = {"train-defense": "defense", "train-twin": "twin"}
@@ -80,7 +83,7 @@ def execute(
         if job.state == "running":  # claimed before, never finished: that attempt's process is gone
             job.error = f"attempt {job.attempts} was lost: its worker {job.worker} stopped before finishing"
         if job.attempts >= max_attempts:
-            _fail(session, job, f"gave up after {job.attempts} attempt(s); the last: {job.error}")
+            _fail(session, job, f"{GAVE_UP} {job.attempts} attempt(s); the last: {job.error}")
             return "failed"
         job.state, job.attempts, job.error = "running", job.attempts + 1, None
         job.worker = worker or socket.gethostname()
@@ -157,7 +160,20 @@ def _fail(session: Session, job: Job, reason: str) -> None:
     job.state, job.error, job.finished_at = "failed", reason, datetime.now(UTC)
     if job.kind == "match":
         absent, _ = missing_inputs(session, job.depends_on)
-        _store_result(session, job.key, job.params, MatchOutcome("failed", error=reason), absent or None)
+        outcome = _unplayed(session, absent, reason) if absent else MatchOutcome("failed", error=reason)
+        _store_result(session, job.key, job.params, outcome, absent or None)
+
+
+def _unplayed(session: Session, absent: list[str], reason: str) -> MatchOutcome:
+    """A match that could not be played for want of ``absent`` inputs: never the attack's failure. When the
+    defense's own code could not train (its model or its twin), the match counts against the defense; when
+    the arena could not make an input (the substitute, a training it gave up on), against neither side."""
+    failed = session.execute(select(Job.kind, Job.error).where(Job.key.in_(absent), Job.state == "failed")).all()
+    defense = [error for kind, error in failed if kind in SEEDED and not (error or "").startswith(GAVE_UP)]
+    if defense:
+        error = f"the defense could not be trained, so the match counts against it: {relative_paths(defense[0])}"
+        return MatchOutcome("failed", {"blame": "defense"}, error=error)
+    return MatchOutcome("failed", {"blame": "arena"}, error=f"not played: {relative_paths(reason)}")
 
 
 def _record_error(db: Database, job_id: int, error: str, max_attempts: int) -> str:
@@ -165,7 +181,7 @@ def _record_error(db: Database, job_id: int, error: str, max_attempts: int) -> s
     with db.session() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job.attempts >= max_attempts:
-            _fail(session, job, f"gave up after {job.attempts} attempt(s); the last: {error}")
+            _fail(session, job, f"{GAVE_UP} {job.attempts} attempt(s); the last: {error}")
         else:
             job.state, job.error = "queued", f"attempt {job.attempts} failed: {error}"
         return job.state

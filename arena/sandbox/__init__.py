@@ -5,7 +5,7 @@ sandboxed process's side) <- ``zygote`` (the preloaded process sandboxes are for
 (:class:`Sandbox`, the arena's side). What the rest of the arena uses is here.
 """
 
-from arena.sandbox.box import LOG_TAIL_CHARS, Limits, PluginFailure, Sandbox
+from arena.sandbox.box import LOG_TAIL_CHARS, Limits, PluginFailure, Sandbox, Watch
 from arena.sandbox.child import KEEP_ENV, SANDBOX_USER
 from arena.sandbox.zygote import Isolation, SandboxError, isolation
 
@@ -18,5 +18,6 @@ __all__ = [
     "SANDBOX_USER",
     "Sandbox",
     "SandboxError",
+    "Watch",
     "isolation",
 ]

@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Pipe
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from arena.config import BUILTIN_PLUGIN_DIRS, Settings
 from arena.data import bundled_data_files
@@ -55,7 +55,7 @@ from arena.sandbox import namespaces
 from arena.sandbox.child import GIB, KEEP_ENV, STOP
 from arena.sandbox.zygote import Child, Isolation, OutputTail, SandboxError, get_zygote, isolation
 
-__all__ = ["KEEP_ENV", "Isolation", "Limits", "PluginFailure", "Sandbox", "SandboxError", "isolation"]
+__all__ = ["KEEP_ENV", "Isolation", "Limits", "PluginFailure", "Sandbox", "SandboxError", "Watch", "isolation"]
 
 LOG_TAIL_CHARS = 4000
 #: seconds the arena waits for a sandbox to be set up before it blames itself
@@ -73,6 +73,21 @@ _CLOSING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="arena-closing")
 Handler = Callable[[Any], Any]
 #: what the parent does for a child's ``(name, payload)`` message: its reply is sent back
 Service = Callable[[Any], Any]
+
+
+class Watch(Protocol):
+    """Keeps a call's time by whose code runs (see :class:`arena.watch.DefenseWatch`): the child's one-way
+    ``("notice", payload)`` messages say when another party's code starts and ends in it."""
+
+    def notice(self, payload: Any) -> None:
+        """Record a notice of the child's (untrusted: a malformed one is ignored)."""
+
+    def excused(self) -> float:
+        """Seconds of the call so far that are not charged to the child's time limit."""
+
+    def overdue(self) -> str | None:
+        """Why the call must stop now (another party's code has run past its budget), or None."""
+
 
 log = logging.getLogger(__name__)
 
@@ -223,17 +238,38 @@ class Sandbox:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def call(self, request: Any, services: Mapping[str, Service] | None = None) -> Any:
-        """Send ``request``, answer the child's service requests until the reply comes; raise :class:`PluginFailure`."""
+    def call(
+        self,
+        request: Any,
+        services: Mapping[str, Service] | None = None,
+        watch: Watch | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send ``request``, answer the child's service requests until the reply comes; raise :class:`PluginFailure`.
+
+        ``watch`` receives the child's notices and excuses the time another party's code ran in it, or stops
+        the call when that code overruns (:class:`Watch`); ``timeout`` bounds this call below the sandbox's limit.
+        """
         try:
             self._conn.send(request)
         except (BrokenPipeError, ConnectionResetError, OSError):
             raise self._failure(self._last_words() or self._death_reason()) from None
+        started = time.monotonic()
         while True:
-            remaining = self._deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = self._deadline + (watch.excused() if watch is not None else 0.0) - now
+            if timeout is not None and now - started >= timeout:
+                self._kill()
+                raise self._failure(f"time-out: no answer within {timeout:.1f} s")
             if remaining <= 0:
                 self._kill()
                 raise self._failure(f"time-out: exceeded the limit of {self.time_limit:.0f} s")
+            overdue = watch.overdue() if watch is not None else None
+            if overdue is not None:
+                self._kill()
+                raise self._failure(overdue)
+            if timeout is not None:
+                remaining = min(remaining, started + timeout - now)
             try:
                 ready = self._conn.poll(min(remaining, 1.0))
                 if not ready:
@@ -253,6 +289,10 @@ class Sandbox:
                 return message[1]
             if kind == "error":
                 raise self._failure(message[1])
+            if kind == "notice" and len(message) == 2:
+                if watch is not None:
+                    watch.notice(message[1])
+                continue
             if services is not None and kind in services and len(message) == 2:
                 self._conn.send(services[kind](message[1]))
                 continue
