@@ -366,6 +366,9 @@ def test_a_github_push_is_synced_and_listed_for_the_team_and_the_instructor_only
         assert ("Pushes the arena received" in page) is sees
         assert (f"@{commit[:8]}</span></td>" in page and "red/sign-step" in page) if sees else True
     assert "Pushes the arena received" not in client.get(f"/teams/{red.id}").get_data(as_text=True)
+    instructor = signed_in(app, admin)
+    for path in ("/teams", f"/teams/{red.id}", "/status", "/api/teams", f"/api/teams/{red.id}", "/api/status"):
+        assert red.secret not in instructor.get(path).get_data(as_text=True)  # the secret is never shown again
     assert client.get(f"/api/teams/{red.id}").get_json()["pushes"] is None
     listed = signed_in(app, red.token).get(f"/api/teams/{red.id}").get_json()["pushes"]
     assert [(p["commit"], p["status"], [f["status"] for f in p["folders"]]) for p in listed] == [
