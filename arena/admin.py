@@ -1,6 +1,7 @@
 """The instructor's commands: teams and their repositories, syncing pushes, git hooks, and rounds.
 
-``arena team add|list``, ``arena sync``, ``arena hook install``, and ``arena round open|close|publish|list``
+``arena team add|list|token`` (``import`` and ``secret``: :mod:`arena.enrolment`), ``arena sync``,
+``arena hook install``, and ``arena round open|close|publish|list``
 (beside ``arena round run``, which opens, closes and plays a round at once). Registered on the
 ``arena`` command by :func:`register`.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import click
 from sqlalchemy import func, select
 
-from arena import access, planner, roster, submissions
+from arena import access, enrolment, planner, roster, submissions
 from arena.config import Settings
 from arena.execution import follow, local
 from arena.redaction import redact
@@ -37,6 +38,8 @@ def register(main: click.Group, round_group: click.Group) -> None:
     """Add these commands to the ``arena`` command and to its ``round`` group."""
     for command in (team, sync, hook):
         main.add_command(command)
+    for command in (enrolment.import_command, enrolment.secret_command):
+        team.add_command(command)
     for command in (round_open, round_close, round_publish, round_list):
         round_group.add_command(command)
 
@@ -76,6 +79,9 @@ def team_add(name: str, repo: str, branch: str, folder: str | None, daily_limit:
     click.echo(f"{'added' if new else 'updated'} team {name}: {where}; `arena sync --team {name}` fetches it")
     if new:
         _print_token(db, name)
+        with db.session() as session:
+            secret = enrolment.issue_secret(session, session.scalar(select(Team.id).where(Team.name == name)))
+        enrolment.print_credentials(name, None, secret)
 
 
 @team.command("token")

@@ -87,6 +87,20 @@ def add_team(
     db: Database, name: str, repo: str, branch: str = "main", path: str | None = None, daily_limit: int | None = None
 ) -> bool:
     """Register team ``name``'s repository (and its folder in a shared one); return whether it is new."""
+    path = check_team(name, repo, branch, path, daily_limit)
+    with db.session() as session:
+        team = session.scalar(select(Team).where(Team.name == name))
+        new = team is None
+        team = team or Team(name=name)
+        team.repo_url, team.branch, team.path, team.daily_limit = repo, branch, path, daily_limit
+        session.add(team)
+    return new
+
+
+def check_team(
+    name: str, repo: str, branch: str = "main", path: str | None = None, daily_limit: int | None = None
+) -> str | None:
+    """Refuse a team's name, repository, branch, folder or limit that cannot be; return the folder normalised."""
     if not TEAM_PATTERN.fullmatch(name):
         raise SubmissionError(f"team name {name!r}: use letters, digits, '.', '_' and '-' (at most 100)")
     if name == plugins.BUILTIN_TEAM:
@@ -101,13 +115,7 @@ def add_team(
         path = _folder(path)
     if daily_limit is not None and daily_limit < 0:
         raise SubmissionError("the daily limit must not be negative")
-    with db.session() as session:
-        team = session.scalar(select(Team).where(Team.name == name))
-        new = team is None
-        team = team or Team(name=name)
-        team.repo_url, team.branch, team.path, team.daily_limit = repo, branch, path, daily_limit
-        session.add(team)
-    return new
+    return path
 
 
 def daily_limit(team: Team) -> int:

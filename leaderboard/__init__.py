@@ -1,7 +1,8 @@
 """The web board: read-only pages and a JSON API over the arena's database.
 
 Run it with ``arena serve`` (or ``flask --app leaderboard run``); ``ARENA_DATABASE_URL`` (or
-``ARENA_HOME``) says which database it reads. Nothing here writes: the admin acts through the
+``ARENA_HOME``) says which database it reads. Nothing here writes but ``POST /hooks/push``, which records the
+pushes git services announce and queues their syncs (:mod:`leaderboard.hooks`); the admin acts through the
 ``arena`` command.
 """
 
@@ -19,8 +20,9 @@ from leaderboard.standings import Standings
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Create the board; ``test_config`` overrides settings: ``DATABASE_URL``, ``ARENA_HOME`` (its
-    ``tracks.toml`` feeds the rules page) and ``STANDINGS_REFRESH`` (seconds a running round's standings
-    may lag behind the database, default 5)."""
+    ``tracks.toml`` feeds the rules page; a webhook's sync runs there), ``STANDINGS_REFRESH`` (seconds a
+    running round's standings may lag behind the database, default 5), ``BROKER_URL`` (where webhooks send
+    syncs; default ``ARENA_BROKER_URL``) and ``HOOK_MAX_BYTES`` (default ``ARENA_HOOK_MAX_BYTES``, else 1 MiB)."""
     app = Flask(__name__)
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
     config = dict(test_config or {})
@@ -32,10 +34,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["arena_db"] = Database(app.config["DATABASE_URL"])
     app.extensions["arena_standings"] = Standings(refresh=app.config.get("STANDINGS_REFRESH", 5.0))
 
-    from leaderboard import access, api, caching, filters, views
+    from leaderboard import access, api, caching, filters, hooks, views
 
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
+    hooks.init_app(app)
     filters.init_app(app)
     access.init_app(app)
     caching.init_app(app)

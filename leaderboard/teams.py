@@ -11,9 +11,11 @@ from flask import abort
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from arena import pushes
 from arena.redaction import redact
 from arena.roster import class_status
 from arena.store import WAITING, Plugin, PluginVersion, Round, RoundEntry, Team
+from leaderboard.access import may_see
 from leaderboard.caching import public
 from leaderboard.lookup import database, get_or_404
 from leaderboard.standing import plugin_standing
@@ -49,7 +51,8 @@ def _team(team_id: int) -> dict[str, Any]:
         played = _rounds_played(session, [p["id"] for p in plugins])
         for line in plugins:
             line["standing"] = plugin_standing(session, line["id"], line["kind"], played.get(line["id"], set()))
-    return {"team": team_line(row), "plugins": plugins, "instructor": sees_everything()}
+        received = pushes.history(session, team_id) if may_see({team_id}) else None  # the team's and the instructor's
+    return {"team": team_line(row), "plugins": plugins, "instructor": sees_everything(), "pushes": received}
 
 
 def _rounds_played(session: Session, plugin_ids: list[int]) -> dict[int, set[int]]:

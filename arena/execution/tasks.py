@@ -32,6 +32,7 @@ from celery import Celery, Task, bootsteps
 from kombu import Exchange, Queue
 from sqlalchemy import select
 
+from arena import pushes
 from arena.config import Settings
 from arena.execution import dispatch, jobs
 from arena.planner import JOB_ORDER
@@ -48,6 +49,7 @@ ROUTES = {
     dispatch.task_name("train-defense"): {"queue": "gpu"},
     dispatch.task_name("train-twin"): {"queue": "gpu"},
     dispatch.task_name("match"): {"queue": "gpu"},
+    pushes.TASK: {"queue": pushes.QUEUE},  # a webhook's push: a sync, with its small smoke match
 }
 #: seconds before Redis hands an unacknowledged message to another worker; above every job's hard limit
 VISIBILITY_TIMEOUT = 12 * 3600
@@ -99,6 +101,7 @@ def create_app(broker_url: str | None) -> Celery:
     app.conf.update(CONFIG)
     for kind in JOB_ORDER:
         app.task(bind=True, name=dispatch.task_name(kind), max_retries=None, shared=False)(run_job)
+    app.task(name=pushes.TASK, shared=False)(sync_pushes)
     app.user_options["worker"].add(
         click.Option(["--lease-seconds"], type=float, help=f"Lease on a running job [{dispatch.LEASE_SECONDS:g}].")
     )
@@ -132,6 +135,12 @@ def run_job(task: Task, job_id: int, track: dict, seed: int | None) -> str:
         raise task.retry(exc=exc, countdown=RETRY_SECONDS) from exc
     _after(db, task.app, keys, job_id, rules)
     return state
+
+
+def sync_pushes(push_ids: list[int]) -> None:
+    """Sync the teams of pushes a webhook announced, one after the other (see :mod:`arena.pushes`)."""
+    settings = Settings.from_env()
+    pushes.run_all(_database(settings.database_url), settings, push_ids)
 
 
 def _after(db: Database, app: Celery, keys: dispatch.Keys, job_id: int, track: Track) -> None:

@@ -85,6 +85,9 @@ class Team(Base):
     daily_limit: Mapped[int | None]  # versions evaluated per day; None: the arena's default
     synced_commit: Mapped[str | None] = mapped_column(String(64))  # the commit its last sync pinned
     synced_at: Mapped[datetime | None]
+    #: the key its git service signs push webhooks with (GitLab sends it as it is): kept as it is, since checking
+    #: a signature needs the key itself; shown once, by the command that made it
+    hook_secret: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     plugins: Mapped[list[Plugin]] = relationship(back_populates="team")
@@ -265,6 +268,35 @@ class Token(Base):
     team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), index=True)
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Push(Base):
+    """A push a git service announced by webhook, for one team (a push to a shared class repository is one per
+    team it concerns): what was pushed, and what the sync it queued found (``arena.pushes``)."""
+
+    __tablename__ = "pushes"
+    __table_args__ = (
+        UniqueConstraint("delivery", "team_id"),
+        Index("ix_pushes_team_received", "team_id", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
+    service: Mapped[str] = mapped_column(String(10))  # github | gitlab | gitea
+    delivery: Mapped[str] = mapped_column(String(200))  # the service's delivery id: a redelivery does nothing twice
+    ref: Mapped[str] = mapped_column(String(255))
+    commit: Mapped[str | None] = mapped_column(String(64))  # the commit pushed (the payload's ``after``)
+    pusher: Mapped[str | None] = mapped_column(String(100))
+    #: queued | running | done | failed (the sync could not fetch or read) | limited (over the daily limit)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    synced_commit: Mapped[str | None] = mapped_column(String(64))  # the commit its sync pinned
+    #: the plugin folders the sync found changed: path, label, kind, status, errors
+    folders: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    team: Mapped[Team] = relationship()
 
 
 class Artifact(Base):
