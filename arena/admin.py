@@ -112,8 +112,8 @@ def _print_token(db: Database, name: str | None) -> None:
 @team.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def team_list(as_json: bool) -> None:
-    """Every team: repository, daily limit, last sync, last push, versions valid, invalid and waiting, and
-    its last failure (see arena/roster.py)."""
+    """Every team: repository, daily limit, last sync, last push, versions valid, invalid and waiting, its
+    defenses' disputed matches and its last failure (see arena/roster.py)."""
     db = _open(Settings.from_env())
     with db.session() as session:
         limits = {t.name: submissions.daily_limit(t) for t in session.scalars(select(Team))}
@@ -131,7 +131,8 @@ def team_list(as_json: bool) -> None:
         where = f"{row['repo']}{folder} [{row['branch']}]" if row["repo"] else "no repository"
         click.echo(f"{row['name']:<20} {where}  limit {row['daily_limit']}/day  {synced}")
         versions = f"{row['valid']} valid, {row['invalid']} invalid, {row['waiting']} waiting"
-        click.echo(f"{'':<20} last push {row['last_push'] or 'none'}; versions: {versions}")
+        disputed = f"; {row['disputed']} disputed match(es) of its defenses" if row["disputed"] else ""
+        click.echo(f"{'':<20} last push {row['last_push'] or 'none'}; versions: {versions}{disputed}")
         failure = row["last_failure"]
         if failure:
             what = f"{failure['kind']} of {failure['plugin']} at {failure['at']}"

@@ -1,7 +1,8 @@
 """The class at a glance: one line per team for the instructor (``arena team list``, the board's ``/status``).
 
 Each line: repository (credentials redacted), last sync and its commit, last push (the newest version a
-sync recorded), versions valid, invalid and waiting for validation, and the team's last failure: a
+sync recorded), versions valid, invalid and waiting for validation, the matches of its defenses that were
+disputed (played again with the defense apart, see :mod:`arena.match`), and the team's last failure: a
 version that failed validation, a training of one of its defenses, or a match its own code lost (its
 attack's, or its defense's where the referee blamed the defense). Reasons come without server paths;
 logs never appear here.
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from arena.access import relative_paths
@@ -51,6 +52,7 @@ class TeamStatus:
     invalid: int
     waiting: int
     last_failure: Failure | None
+    disputed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The line as JSON-ready data."""
@@ -75,6 +77,7 @@ def class_status(session: Session, shown: Callable[[set[str]], set[str]] | None 
     for team_id, n in session.execute(select(Plugin.team_id, func.count()).group_by(Plugin.team_id)):
         plugins[team_id] = n
     failures = _last_failures(session, shown)
+    disputed = _disputed(session, shown)
     return [
         TeamStatus(
             id=team.id,
@@ -90,6 +93,7 @@ def class_status(session: Session, shown: Callable[[set[str]], set[str]] | None 
             invalid=counts[team.id]["invalid"],
             waiting=sum(counts[team.id][status] for status in WAITING),
             last_failure=failures.get(team.id),
+            disputed=disputed[team.id],
         )
         for team in teams
         if team.repo_url or plugins[team.id]
@@ -129,7 +133,8 @@ def _last_failures(session: Session, shown: Callable[[set[str]], set[str]] | Non
     failed = session.execute(matches).all()
     allowed = shown({r.key for r in failed}) if shown is not None else {r.key for r in failed}
     for result in failed:
-        if result.key not in allowed:
+        blame = (result.metrics or {}).get("blame")
+        if result.key not in allowed or blame in ("disputed", "arena"):  # neither side's failure
             continue
         blamed = (
             result.defense_version_id if (result.metrics or {}).get("blame") == "defense" else result.attack_version_id
@@ -141,6 +146,24 @@ def _last_failures(session: Session, shown: Callable[[set[str]], set[str]] | Non
     for _, team_id, failure in sorted(found, key=lambda item: item[0]):
         newest[team_id] = failure
     return newest
+
+
+def _disputed(session: Session, shown: Callable[[set[str]], set[str]] | None) -> dict[int, int]:
+    """Per team id: its defenses' disputed matches (``shown`` as in :func:`class_status`)."""
+    query = (
+        select(Result.key, Plugin.team_id)
+        .join(PluginVersion, PluginVersion.id == Result.defense_version_id)
+        .join(Plugin, Plugin.id == PluginVersion.plugin_id)
+        .where(
+            or_(Result.metrics["disputed"].as_string().is_not(None), Result.metrics["blame"].as_string() == "disputed")
+        )
+    )
+    rows = session.execute(query).all()
+    allowed = shown({key for key, _ in rows}) if shown is not None else {key for key, _ in rows}
+    counts: dict[int, int] = defaultdict(int)
+    for key, team_id in rows:
+        counts[team_id] += key in allowed
+    return counts
 
 
 def _failure(at: datetime, kind: str, plugin: str, reason: str | None, result_id: int | None = None) -> Failure:

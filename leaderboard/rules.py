@@ -17,7 +17,7 @@ from arena.plugins import MAX_PLUGIN_BYTES
 from arena.referee import GALLERY_SIZE, REFEREE_VERSION, TOLERANCE
 from arena.scoring import BREAK_SUCCESS_RATE
 from arena.store import Track as TrackRow
-from arena.tracks import TRACKS, Track, TrackError, load_tracks
+from arena.tracks import INFERENCE_MS, TRACKS, Track, TrackError, load_tracks
 from leaderboard.lookup import database
 
 #: what each threat model hands an attack (arena/threats.py builds these views)
@@ -46,6 +46,7 @@ FIELD_LABELS = {
     "evaluation": "evaluation images",
     "levels": "grey levels of every image",
     "max_artifact_mb": "trained model at most (MiB)",
+    "inference_ms": "inference budget per image and draw (ms)",
     "transform": "what the defense sees",
     "photo": "print-and-photo ranges (each image its own secret draw)",
 }
@@ -70,6 +71,7 @@ def rules() -> dict[str, Any]:
         mine = configured.get(name)
         now = mine.config() if mine else None
         config = played.get(name, now)
+        config = {"inference_ms": INFERENCE_MS.get(config.get("dataset", ""))} | config  # the data set's default
         shown = [k for k in order if k in config] + sorted(k for k in config if k not in order and k != "name")
         shown = [k for k in shown if k not in HIDDEN_FIELDS]
         tracks.append(

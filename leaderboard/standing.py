@@ -72,6 +72,7 @@ def _line(number: int, board: Board, column: int, kind: str) -> dict[str, Any]:
             "clean_accuracy": defense.clean_accuracy,
             "mean_robust_accuracy": defense.mean_robust_accuracy,
             "below_floor": defense.below_floor,
+            "disputed": defense.disputed,
             "weakest": [
                 {"attack": a.entry.label, "robust_accuracy": c.robust_accuracy, "result_id": c.result_id}
                 for a, c in ok[:WEAKEST]

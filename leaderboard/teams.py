@@ -70,7 +70,7 @@ def _rounds_played(session: Session, plugin_ids: list[int]) -> dict[int, set[int
 
 
 #: the columns the class status may be sorted by (``?sort=``, ``-`` first for descending)
-STATUS_SORTS = ("name", "synced_at", "last_push", "plugins", "valid", "invalid", "waiting")
+STATUS_SORTS = ("name", "synced_at", "last_push", "plugins", "valid", "invalid", "waiting", "disputed")
 
 
 def status(sort: str = "name") -> dict[str, Any]:

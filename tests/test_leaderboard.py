@@ -1249,6 +1249,21 @@ def test_the_class_status_page_gives_each_teams_sync_versions_and_last_failure(
     assert client.get("/status?sort=secret").status_code == 400
 
 
+def test_a_disputed_match_shows_on_both_rows_and_in_the_class_status(
+    instructor: FlaskClient, played: Played, rows: BoardRows
+) -> None:
+    ids = {"attack_version_id": played.crashy, "defense_version_id": played.plain, "track": "digits"}
+    rows.result(
+        played.pending, status="failed", error="disputed: x", metrics={"blame": "disputed"}, threat="white-box", **ids
+    )
+    page = instructor.get("/?round=2").get_data(as_text=True)
+    assert page.count("1 disputed") == 2, "the defense's row and the attack's"
+    status = {t["name"]: t for t in instructor.get("/api/status").json["teams"]}
+    assert status["blue"]["disputed"] == 1 and status[EVIL]["disputed"] == 0
+    assert status[EVIL]["last_failure"]["reason"] == "<b>boom</b>", "a disputed match is no team's failure"
+    assert "Disputed" in instructor.get("/status").get_data(as_text=True)
+
+
 def test_history_charts_draw_the_best_and_the_viewers_team_with_every_figure_in_a_table(
     app: Flask, rows: BoardRows
 ) -> None:

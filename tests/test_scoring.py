@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from arena.game import payoffs
 from arena.records import pack
 from arena.scoring import (
     BREAK_SUCCESS_RATE,
@@ -291,6 +292,27 @@ def test_failed_results_are_counted_but_never_scored(db: Database, rows: Rows) -
     cell = board.matrix[1][0]
     assert (cell.status, cell.error, cell.robust_accuracy) == ("failed", "TimeoutError: 60 s", None)
     assert cell.result_id is not None
+
+
+def test_a_disputed_match_is_neither_sides_failure_and_scores_nothing_for_the_attack(db: Database, rows: Rows) -> None:
+    """Disputed for good (the defense's code failed only in the attack's process, the attack failed apart): not the
+    attack's failure, 0 in its mean, not in the defense's worst case; played apart: scored, counted on both rows."""
+    a, b = rows.version("red", "a", "attack"), rows.version("red", "b", "attack")
+    d, e = rows.version("blue", "d", "defense"), rows.version("blue", "e", "defense")
+    r = rows.round(1)
+    rows.match(r, a, d, [1, 0, 1, 1])
+    rows.match(r, b, d, status="failed", error="disputed: ...", metrics={"blame": "disputed"})
+    rows.match(r, a, e, [0, 0, 1, 1], metrics={"disputed": "its forward failed ...; played again apart"})
+    rows.match(r, b, e, [1, 1, 1, 1])
+
+    (board,) = standings(db, r)
+    by_name = {s.entry.plugin: s for s in [*board.defenses, *board.attacks]}
+    assert (by_name["d"].worst_case_robust_accuracy, by_name["d"].disputed, by_name["d"].forfeited) == (0.75, 1, 0)
+    assert (by_name["e"].worst_case_robust_accuracy, by_name["e"].disputed) == (0.5, 1)
+    assert (by_name["b"].failed, by_name["b"].disputed, by_name["b"].mean_success_rate) == (0, 1, 0.0)
+    assert (by_name["a"].failed, by_name["a"].disputed) == (0, 1)
+    matrix, complete = payoffs(board)
+    assert not complete and matrix[[x.entry.plugin for x in board.attacks].index("b")][0] == 0.0
 
 
 def test_pending_cells_have_no_result_yet(db: Database, rows: Rows) -> None:
