@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ def judged(
 ) -> tuple[referee.Verdict, referee.Verdict, dict]:
     """The defense's verdicts on the clean and the adversarial images, and the board's measures.
 
-    Two fresh hosts judge them, each a secret mix: one gets the clean images of a random half of the samples
+    Two fresh hosts judge them at once, each a secret mix: one gets the clean images of a random half of the samples
     and the adversarial images of the other half, the other the rest, each in a random order drawn from the
     operating system's entropy. No host sees two versions of one image, and none sees a batch that is all
     clean or all adversarial: a defense that refuses a suspicious batch refuses clean images with it, and its
@@ -48,14 +49,19 @@ def judged(
     n, rng = len(clean), np.random.default_rng(secrets.randbits(128))
     order = torch.from_numpy(rng.permutation(n))
     halves = (order[: (n + 1) // 2], order[(n + 1) // 2 :])
+    mixes = [(own, other, torch.from_numpy(rng.permutation(n))) for own, other in (halves, halves[::-1])]
+    host = host_of(spec)
+
+    def judge(own: torch.Tensor, other: torch.Tensor, shuffle: torch.Tensor) -> referee.Verdict:
+        return hosts.classify(host, torch.cat([clean[own], adversarial[other]])[shuffle], draws)[0]
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="arena-judging") as pool:  # two hosts at once
+        answers = list(pool.map(lambda mix: judge(*mix), mixes))
     preds = torch.zeros(2, draws, n, dtype=torch.long)  # [clean, adversarial]
     rejected = torch.zeros(2, draws, n, dtype=torch.bool)
-    for own, other in (halves, halves[::-1]):
-        images = torch.cat([clean[own], adversarial[other]])
-        shuffle = torch.from_numpy(rng.permutation(len(images)))
-        verdict, _ = hosts.classify(host_of(spec), images[shuffle], draws)
+    for (own, other, shuffle), verdict in zip(mixes, answers, strict=True):
         unshuffled = torch.empty_like(shuffle)
-        unshuffled[shuffle] = torch.arange(len(shuffle))
+        unshuffled[shuffle] = torch.arange(n)
         got_preds, got_rejected = verdict.preds[:, unshuffled], verdict.rejected[:, unshuffled]
         for side, positions, part in ((0, own, slice(0, len(own))), (1, other, slice(len(own), None))):
             preds[side][:, positions], rejected[side][:, positions] = got_preds[:, part], got_rejected[:, part]
