@@ -88,6 +88,7 @@ class TrainSpec:
 def train_defense(spec: TrainSpec) -> tuple[bytes, dict[str, Any]]:
     """Train a defense (or its twin, with another seed) in its sandbox; raise ``PluginFailure``.
 
+    ``meta`` holds the training's seconds, device and epochs, and ``log_tail``: what the defense printed, if anything.
     The sandbox reads no data set: it receives the training split from here. A trained model heavier
     than the track's ``max_artifact_mb`` fails (a data set must not ride along in the weights).
     """
@@ -101,6 +102,8 @@ def train_defense(spec: TrainSpec) -> tuple[bytes, dict[str, Any]]:
     )
     with box:
         data, meta = box.call(("train",))
+    if box.log_tail:  # what the defense printed (``ctx.log``): its job keeps it, for the check and the team
+        meta["log_tail"] = box.log_tail
     limit = spec.track.max_artifact_mb
     if not isinstance(data, bytes) or len(data) > limit * MIB:
         size = f"{len(data) / MIB:.1f} MiB" if isinstance(data, bytes) else type(data).__name__

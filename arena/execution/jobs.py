@@ -102,7 +102,7 @@ def execute(
                 state, error, log_tail = "failed", outcome.error, outcome.log_tail
         else:
             try:
-                write = _run_training(db, settings, kind, key, params, track, seed)
+                write, log_tail = _run_training(db, settings, kind, key, params, track, seed)
             except PluginFailure as exc:
                 write = None
                 state, error, log_tail = "failed", exc.reason, exc.log_tail
@@ -189,8 +189,9 @@ def _record_error(db: Database, job_id: int, error: str, max_attempts: int) -> s
 
 def _run_training(
     db: Database, settings: Settings, kind: str, key: str, params: dict, track: Track, seed: int | None
-) -> Callable[[Session], None]:
-    """Train; return what writes the artifact (in the transaction that ends the job)."""
+) -> tuple[Callable[[Session], None], str | None]:
+    """Train; return what writes the artifact (in the transaction that ends the job) and what the defense printed
+    (kept with the job, as a failed training's log is: the board shows it to the team only)."""
     data_dir = settings.data_dir
     if kind == "train-substitute":
         data, meta = train_substitute(track, data_dir)
@@ -202,8 +203,9 @@ def _run_training(
             source, version_id = source_of(version), version.id
         spec = TrainSpec(source, track, seed, data_dir, settings.home / "plugin-cache")
         data, meta = train_defense(spec)
+    log_tail = meta.pop("log_tail", None)
     row = {"kind": kind.removeprefix("train-"), "plugin_version_id": version_id, "track": track.name}
-    return functools.partial(insert_once, model=Artifact, key=key, data=data, meta=meta, **row)
+    return functools.partial(insert_once, model=Artifact, key=key, data=data, meta=meta, **row), log_tail
 
 
 def _run_match(
