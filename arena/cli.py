@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -12,11 +11,11 @@ import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from arena import admin, course, export, planner, plugins, scaffold, scoring, validation
+from arena import admin, course, export, extras, planner, plugins, report, scaffold, scoring, workbench
 from arena.config import Settings, SettingsError
 from arena.execution import follow, local, rounds, workers
 from arena.sandbox import SandboxError
-from arena.store import Database, PluginVersion, Result, Round
+from arena.store import Database, Round
 from arena.submissions import SubmissionError
 from arena.tracks import Track, TrackError
 
@@ -47,6 +46,12 @@ class ArenaGroup(click.Group):
 @click.version_option(package_name="arena")
 def main() -> None:
     """Arena: a tournament of adversarial attacks against defenses."""
+    try:  # a built-in that cannot load is said at once, with its fix, never left silently out of the rounds
+        dirs = Settings.from_env().plugin_dirs
+    except SettingsError:
+        return  # the command itself says what is wrong
+    for line in extras.unloadable(dirs):
+        click.secho(line, fg="yellow", err=True)
 
 
 @main.command()
@@ -97,70 +102,6 @@ def plugin_new(kind: str, name: str, team: str, parent: Path | None) -> None:
         raise click.UsageError("NAME: use lowercase letters, digits and '-'")
     folder = scaffold.create(kind, name, team, parent or Path("plugins") / f"{kind}s")
     click.echo(f"created {folder}; try: arena plugin check {folder}")
-
-
-@plugin_group.command("check")
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--track", "track_name", default="digits", show_default=True)
-def plugin_check(path: Path, track_name: str) -> None:
-    """Validate a plugin folder (with the smoke match a push gets) and play it against the built-in plugins.
-
-    It plays in a scratch arena (ARENA_HOME/checks): nothing reaches the class's database or board.
-    """
-    track = admin.named_tracks(Settings.from_env(), (track_name,))[0]
-    settings = Settings.from_env().scratch()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    db = _open(settings)
-    source = plugins.read_folder(path.resolve())
-    try:
-        kit = validation.smoke_kit(db, settings)
-    except validation.BaselineError as exc:
-        raise click.ClickException(str(exc)) from None
-    checked = validation.validate(source, settings.home / "plugin-cache", kit)
-    if checked.errors:
-        click.secho(f"{source.label}: INVALID", fg="red")
-        for error in checked.errors:
-            click.echo(f"  {error}")
-        sys.exit(1)
-    smoke = checked.smoke or {}
-    click.secho(f"{source.label}: valid ({source.content_hash[:12]})", fg="green")
-    against = f"{smoke.get('against')} ({smoke.get('threat')})"
-    click.echo(f"  smoke match, as a push gets it: {smoke.get('status')} against {against}")
-    planner.sync(db, settings)
-    with db.session() as session:
-        version, _ = planner.record_version(session, source, settings)
-        others = [v for v in planner.latest_valid_versions(session) if v.plugin.kind != version.plugin.kind]
-        pairs = ([version], others) if version.plugin.kind == "attack" else (others, [version])
-        planner.plan_matches(session, settings, *pairs, [track], seed=0)
-        version_id = version.id
-    local.run_local(db, settings, {track.name: track}, round_id=None)
-    _print_check(db, version_id)
-
-
-def _print_check(db: Database, version_id: int) -> None:
-    with db.session() as session:
-        rows = session.scalars(
-            select(Result).where((Result.attack_version_id == version_id) | (Result.defense_version_id == version_id))
-        ).all()
-        header = f"{'attack':<28} {'defense':<28} {'threat':<10} {'robust':>7} {'success':>8} {'violations':>10}"
-        click.echo(f"{header}  status")
-        violated = 0
-        for r in sorted(rows, key=lambda r: (r.threat, r.attack_version.plugin.name, r.defense_version.plugin.name)):
-            m = r.metrics
-            ok = r.status == "ok"
-            robust, success = (f"{m['robust_accuracy']:.3f}", f"{m['success_rate']:.3f}") if ok else ("-", "-")
-            violations = f"{m['violations']}/{m['n']}" if ok else "-"
-            violated += m.get("violations", 0) if ok else 0
-            click.echo(
-                f"{_label(r.attack_version):<28} {_label(r.defense_version):<28} {r.threat:<10} "
-                f"{robust:>7} {success:>8} {violations:>10}  {r.status}{': ' + r.error if r.error else ''}"
-            )
-    if violated:
-        click.secho(
-            f"warning: the referee had to project {violated} sample(s) back into the budget (violations): "
-            "they count as judged, inside the budget, but the board flags the attack; stay inside it yourself",
-            fg="yellow",
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,33 +247,12 @@ def export_round(number: int | None, out: Path, as_json: bool) -> None:
 def _print_results(db: Database, round_id: int) -> None:
     with db.session() as session:
         number = session.get(Round, round_id).number
-        for board in scoring.round_standings(session, round_id):
-            click.secho(f"\nround {number} - {board.track} - {board.threat}", bold=True)
-            click.echo(f"  {'defense':<34} {'clean':>6} {'worst':>6} {'mean':>6}  flags")
-            for d in board.defenses:
-                flags = "below floor" if d.below_floor else ""
-                click.echo(
-                    f"  {d.entry.team + '/' + d.entry.plugin:<34} {_pct(d.clean_accuracy):>6} "
-                    f"{_pct(d.worst_case_robust_accuracy):>6} {_pct(d.mean_robust_accuracy):>6}  {flags}"
-                )
-            click.echo(f"  {'attack':<34} {'success':>7} {'unique':>6} {'failed':>6}")
-            for a in board.attacks:
-                click.echo(
-                    f"  {a.entry.team + '/' + a.entry.plugin:<34} {_pct(a.mean_success_rate):>7} "
-                    f"{a.unique_breaks:>6} {a.failed:>6}"
-                )
+        for line in report.rankings(scoring.round_standings(session, round_id), number):
+            click.secho(line, bold=line.startswith("round "))
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-def _label(version: PluginVersion) -> str:
-    return f"{version.plugin.team.name}/{version.plugin.name}"
-
-
-def _print_sync(report: list[planner.SyncedPlugin]) -> None:
-    for item in report:
+def _print_sync(synced: list[planner.SyncedPlugin]) -> None:
+    for item in synced:
         color = {"invalid": "red", "new": "green"}.get(item.status)
         click.secho(f"  {item.kind:<8} {item.label:<36} {item.content_hash[:12]}  {item.status}", fg=color)
         for error in item.errors:
@@ -418,3 +338,4 @@ def _serve(host: str, port: int, workers: int | None = None) -> None:
 main.add_command(workers.worker)
 main.add_command(workers.scheduler)
 admin.register(main, round_group)
+workbench.register(main, plugin_group)

@@ -19,11 +19,17 @@ import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-#: the repository's own plugin folders (built-in attacks and defenses), when running from a checkout
-BUILTIN_PLUGIN_DIRS = (
-    Path(__file__).resolve().parent.parent / "plugins" / "attacks",
-    Path(__file__).resolve().parent.parent / "plugins" / "defenses",
-)
+
+def _builtin_root() -> Path:
+    """The built-in plugins: the checkout's ``plugins/`` beside the package (a checkout, ``pip install -e``),
+    else the copy an installed package ships inside itself (``arena/builtin``, see pyproject.toml)."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "plugins"
+    return checkout if (checkout / "attacks").is_dir() else package / "builtin"
+
+
+#: the built-in attacks' and defenses' folders
+BUILTIN_PLUGIN_DIRS = (_builtin_root() / "attacks", _builtin_root() / "defenses")
 
 
 class SettingsError(ValueError):
@@ -39,6 +45,7 @@ class Settings:
     data_dir: Path
     plugin_dirs: tuple[Path, ...]
     broker_url: str | None
+    secret_home: Path | None = None  # where the secret lies when not in ``home`` (a check's scratch arena)
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -55,16 +62,19 @@ class Settings:
         return cls(home, database_url, data_dir, builtin + extra, env.get("ARENA_BROKER_URL") or None)
 
     def scratch(self) -> Settings:
-        """The settings of ``arena plugin check``: a home of its own (``HOME/checks``, its own SQLite database,
-        plugin cache and secret), so that checks never reach the class's database or board."""
+        """The settings of ``arena plugin check``: a home of its own (``HOME/checks``, its own SQLite database
+        and plugin cache), so that checks never reach the class's database or board. It shares the arena's
+        secret: a model the arena trained has the same key there, and a check copies it instead of training it
+        again (:mod:`arena.checks`)."""
         home = self.home / "checks"
-        return replace(self, home=home, database_url=f"sqlite:///{home / 'arena.db'}", broker_url=None)
+        url = f"sqlite:///{home / 'arena.db'}"
+        return replace(self, home=home, database_url=url, broker_url=None, secret_home=self.secret_home or self.home)
 
     def secret(self) -> bytes:
         """The arena's secret (seeds of defenses and twins derive from it); created on first use."""
-        path = self.home / "secret"
+        path = (self.secret_home or self.home) / "secret"
         if not path.exists():
-            self.home.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         return bytes.fromhex(path.read_text().strip())

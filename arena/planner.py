@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import product
@@ -177,20 +178,27 @@ def apply_validation(version: PluginVersion, checked: validation.Validation) -> 
     version.evaluated_at = datetime.now(UTC)
 
 
-def record_version(session: Session, source: PluginSource, settings: Settings) -> tuple[PluginVersion, bool]:
-    """Store a plugin version (validated once, without a smoke match) unless its content is known."""
+def record_version(
+    session: Session, source: PluginSource, settings: Settings, known: validation.Validation | None = None
+) -> tuple[PluginVersion, bool]:
+    """Store a plugin version (validated once, without a smoke match, unless ``known`` is its validation already)
+    unless its content is known."""
     version, new = store_version(session, source)
     if new:
-        apply_validation(version, validation.validate(source, settings.home / "plugin-cache"))
+        apply_validation(version, known or validation.validate(source, settings.home / "plugin-cache"))
     return version, new
 
 
-def sync(db: Database, settings: Settings) -> list[SyncedPlugin]:
-    """Discover every plugin (folders and entry points) and record the versions not seen before."""
+def sync(
+    db: Database, settings: Settings, known: Mapping[str, validation.Validation] | None = None
+) -> list[SyncedPlugin]:
+    """Discover every plugin (folders and entry points) and record the versions not seen before; ``known`` gives
+    validations by content hash (another database of this machine validated that code: see arena.checks)."""
     report = []
+    known = known or {}
     for source in plugins.discover(settings.plugin_dirs):
         with db.session() as session:
-            version, new = record_version(session, source, settings)
+            version, new = record_version(session, source, settings, known.get(source.content_hash))
             status = "invalid" if not version.valid else "new" if new else "unchanged"
             errors = version.errors.splitlines() if version.errors else []
             report.append(SyncedPlugin(source.label, version.plugin.kind, source.content_hash, status, errors))

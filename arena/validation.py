@@ -51,6 +51,8 @@ SMOKE_TRACK = dataclasses.replace(
 #: the budget of the smoke match in each norm
 SMOKE_EPS = {"linf": 0.2, "l2": 1.0, "l0": 3.0}
 BASELINE_ATTACK, BASELINE_DEFENSE = "fgsm", "undefended"
+#: the kit's models: the baseline defense, its twin, the track's substitute
+KIT_ROLES = ("defense", "twin", "substitute")
 TWIN_SEED, DEFENSE_SEED = 2, 1
 
 
@@ -139,12 +141,14 @@ def _smoke_attack(source: PluginSource, declared: dict[str, Any], kit: SmokeKit)
 
 def _smoke_defense(source: PluginSource, declared: dict[str, Any], kit: SmokeKit) -> tuple[dict[str, Any], str]:
     try:
-        trained, _ = train_defense(TrainSpec(source, kit.track, DEFENSE_SEED, kit.data_dir, kit.cache_dir))
+        trained, meta = train_defense(TrainSpec(source, kit.track, DEFENSE_SEED, kit.data_dir, kit.cache_dir))
     except PluginFailure as exc:
         return {"status": "failed", "error": f"training on {kit.track.name}: {exc.reason}"}, exc.log_tail
     spec = _spec(kit, kit.attack, source, kit.track, "white-box", trained, None)
     spec = dataclasses.replace(spec, randomized=bool(declared.get("randomized")))
-    return _play(spec, against=kit.attack.label)
+    smoke, log_tail = _play(spec, against=kit.attack.label)
+    smoke["training_seconds"] = round(meta["seconds"], 2)  # its one epoch: what a check estimates training from
+    return smoke, log_tail
 
 
 def _spec(
@@ -232,6 +236,13 @@ def smoke_kit(db: Database, settings: Settings, track: Track = SMOKE_TRACK) -> S
         cache_dir=cache_dir,
         track=track,
     )
+
+
+def kit_keys(track: Track = SMOKE_TRACK) -> list[str]:
+    """The artifact keys of the smoke kit's models on ``track``: the same in every arena (no secret is in them),
+    so a check's scratch arena may copy them from the arena's database (:mod:`arena.checks`)."""
+    defense = _builtin("defenses", BASELINE_DEFENSE)
+    return [_key(role, defense.content_hash, track) for role in KIT_ROLES]
 
 
 def _builtin(kind: str, name: str) -> PluginSource:
