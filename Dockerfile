@@ -18,10 +18,10 @@ COPY pyproject.toml README.md ./
 COPY arena arena
 COPY leaderboard leaderboard
 COPY plugins plugins
-# editable, as in a checkout: the built-in plugins are found beside the package
-RUN pip install --no-cache-dir -e ".[postgres,distributed]" "scipy>=1.7" "requests>=2.25" \
+# the package carries the built-in plugins (as arena/builtin); torchattacks (the built-in autoattack's APGD, APGD-T and
+# Square) goes in without its dependencies, whose torchvision would pull another torch build (see arena/extras.py)
+RUN pip install --no-cache-dir ".[postgres,distributed]" \
  && pip install --no-cache-dir --no-deps "torchattacks==3.5.1"
-# torchattacks without its torch and torchvision: the built-in autoattack plugin uses its APGD, APGD-T and Square
 
 RUN useradd --create-home --uid 1000 arena && mkdir -p /var/lib/arena && chown arena /var/lib/arena
 USER arena

@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the project's own range then installs nothing newer.
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test,postgres,distributed]"
-	# torchattacks (the built-in autoattack's parts, and the attacks' cross-check) without its torch and
-	# torchvision; its own deps are in [test].
+	# torchattacks (the built-in autoattack's parts, and the attacks' cross-check) without its dependencies:
+	# its torchvision would pull another torch build, and its code needs neither it nor requests (arena/extras.py).
 	$(BIN)/pip install --quiet --no-deps "torchattacks==3.5.1"
 	touch $(STAMP)
 
