@@ -274,6 +274,26 @@ def test_the_open_round_sits_above_the_published_results_which_export_as_csv(
         db.dispose()
 
 
+def test_the_round_switcher_keeps_each_number_apart(browser: object, board: str, finished_round: Settings) -> None:
+    """A newer round, played and not yet published: the public's overview shows round 1 and offers round 2 beside
+    it, as two numbers (the template once glued them into "Round: 21")."""
+    db = Database(finished_round.database_url)
+    round_id = planner.open_round(db, [load_tracks(finished_round.home)["tiny"]])
+    with db.session() as session:
+        session.get(Round, round_id).status = "done"
+    try:
+        browser.get(board + "/")
+        switcher = browser.find_element("css selector", "p.rounds")
+        assert re.match(r"Round: 2 · 1\b", switcher.text), switcher.text
+        assert [a.text for a in switcher.find_elements("tag name", "a")] == ["2"]
+        assert switcher.find_element("tag name", "strong").text == "1"
+        screenshot(browser, "round-switcher")
+    finally:
+        with db.session() as session:
+            session.delete(session.get(Round, round_id))
+        db.dispose()
+
+
 def test_lessons_page_puts_each_claim_beside_the_rounds_figure(browser: object, board: str) -> None:
     browser.get(board)
     browser.get(href(browser, "link text", "Lessons"))
