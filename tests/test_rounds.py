@@ -177,7 +177,7 @@ def test_plugin_check_plays_against_the_builtins(tmp_path: Path, student_dir: Pa
     assert out.exit_code == 0, out.output
     assert "valid" in out.output and "smoke match, as a push gets it: ok against arena/undefended" in out.output
     assert "arena/undefended" in out.output and "arena/fgsm-adv-training" in out.output
-    assert "violations" in out.output and "warning" not in out.output
+    assert "projected" in out.output and "warning" not in out.output
     home = Settings.from_env().home
     assert not (home / "arena.db").exists(), "a check never writes into the class's database"
     with Database(f"sqlite:///{home / 'checks' / 'arena.db'}").session() as session:
