@@ -163,25 +163,41 @@ def cost(db: Database, round_id: int | None, others: Iterable[Database | None] =
         in_round = Job.round_id.is_(None) if round_id is None else Job.round_id == round_id
         jobs = session.execute(select(Job.kind, Job.params).where(in_round, Job.state == "queued")).all()
         ids = {params.get("defense") for kind, params in jobs if kind != "match"} - {None}
-        versions = {v.id: v for v in session.scalars(select(PluginVersion).where(PluginVersion.id.in_(ids)))}
-        owners = {i: (v.plugin.team.name, v.plugin.name, _smoke_epoch(v)) for i, v in versions.items()}
-    trainings, tracks = [], []
-    for kind, params in jobs:
-        if kind == "match":
-            tracks.append(params["track"])
-            continue
-        owner = owners.get(params.get("defense"))
-        label = f"{owner[0]}/{owner[1]}" if owner else "the arena's substitute"
-        track = params["track"]
-        seconds, basis = _last_training(sources, TRAININGS[kind], track, owner and owner[:2]), "its last training here"
-        if seconds is None and owner and owner[2] is not None:
-            seconds, basis = _scaled(sources, track, owner[2]), f"its smoke epoch, scaled as {BASELINE}'s training here"
-        trainings.append(Training(TRAININGS[kind], label, track, seconds, basis))
+        owners = {
+            v.id: _Owner(v.plugin.team.name, v.plugin.name, _smoke_epoch(v))
+            for v in session.scalars(select(PluginVersion).where(PluginVersion.id.in_(ids)))
+        }
+    trainings = [
+        _estimate(sources, TRAININGS[kind], params["track"], owners.get(params.get("defense")))
+        for kind, params in jobs
+        if kind != "match"
+    ]
     order = list(TRAININGS.values())
     trainings.sort(key=lambda t: (order.index(t.kind), t.label))
-    per_match = [_median_match(sources, track) for track in tracks]
+    per_match = [_median_match(sources, params["track"]) for kind, params in jobs if kind == "match"]
     known = [s for s in per_match if s is not None]
-    return Cost(trainings, len(tracks), statistics.mean(known) if len(known) == len(per_match) and known else None)
+    return Cost(trainings, len(per_match), statistics.mean(known) if known and len(known) == len(per_match) else None)
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """Whose defense a training job trains, and how long its smoke match's one epoch took."""
+
+    team: str
+    plugin: str
+    smoke_epoch: float | None
+
+
+def _estimate(sources: list[Database], kind: str, track: str, owner: _Owner | None) -> Training:
+    """A training with its estimate: its plugin's last training of that kind here, else one from its smoke epoch."""
+    label = f"{owner.team}/{owner.plugin}" if owner else "the arena's substitute"
+    seconds = _last_training(sources, kind, track, (owner.team, owner.plugin) if owner else None)
+    if seconds is not None:
+        return Training(kind, label, track, seconds, "its last training here")
+    if owner is not None and owner.smoke_epoch is not None:
+        basis = f"its smoke epoch, scaled as {BASELINE}'s training here"
+        return Training(kind, label, track, _scaled(sources, track, owner.smoke_epoch), basis)
+    return Training(kind, label, track, None)
 
 
 def _scaled(sources: list[Database], track: str, smoke_epoch: float) -> float | None:
@@ -201,7 +217,7 @@ def _smoke_epoch(version: PluginVersion) -> float | None:
     return float(seconds) if isinstance(seconds, int | float) else None
 
 
-def _last_training(sources: list[Database], kind: str, track: str, owner: tuple[str, ...] | None) -> float | None:
+def _last_training(sources: list[Database], kind: str, track: str, owner: tuple[str, str] | None) -> float | None:
     """Seconds the newest training of ``kind`` on ``track`` took (of ``owner``'s plugin, any version)."""
     query = select(Artifact.meta).where(Artifact.kind == kind, Artifact.track == track)
     if owner:

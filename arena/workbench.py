@@ -80,6 +80,8 @@ def check(path: Path, track_name: str, quiet: bool) -> None:
             click.echo(f"reused {reused} trained model(s) of this machine's arena ({_where(lender)})")
         _say(report.cost_lines(checks.cost(db, None, [lender])))
         local.run_local(db, settings, {track.name: track}, round_id=None, progress=not quiet)
+    except validation.BaselineError as exc:  # the arena's baseline is missing or broken: not the plugin's fault
+        raise click.ClickException(str(exc)) from None
     finally:
         if lender is not None:
             lender.dispose()
@@ -96,10 +98,7 @@ def _validate(db: Database, settings: Settings, source: PluginSource) -> int:
         first = [f"the smoke baseline's {', '.join(missing)} (one epoch each)"] if missing else []
         first += ["this defense (one epoch)"] if source.manifest and source.manifest.kind == "defense" else []
         click.echo(f"{source.label}: loads{'; its smoke match first trains ' if first else ''}{' and '.join(first)}")
-        try:
-            loaded = validation.validate(source, cache, validation.smoke_kit(db, settings))
-        except validation.BaselineError as exc:
-            raise click.ClickException(str(exc)) from None
+        loaded = validation.validate(source, cache, validation.smoke_kit(db, settings))
     with db.session() as session:
         version, _ = planner.store_version(session, source)
         planner.apply_validation(version, loaded)
@@ -188,6 +187,8 @@ def play(paths: tuple[Path, ...], track_names: tuple[str, ...], quiet: bool, ser
         click.echo(f"round planned: {plan.cells_line()}")
         _say(report.cost_lines(checks.cost(db, round_id, [scratch])))
         local.run_local(db, settings, {t.name: t for t in tracks}, round_id, progress=not quiet)
+    except validation.BaselineError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         if scratch is not None:
             scratch.dispose()
