@@ -64,8 +64,13 @@ def test_a_builtin_that_cannot_load_is_named_at_start_up_with_its_fix(
         "warning: the built-in plugin autoattack cannot load here (torchattacks not installed), so it plays in no "
         f'round: {sys.executable} -m pip install --no-deps "torchattacks==3.5.1"'
     ]
+    monkeypatch.setenv("ARENA_BUILTINS", "autoattack,fgsm")  # chosen by name: the same line
+    chosen = CliRunner().invoke(main, ["plugin", "new", "attack", "more", "--dir", str(tmp_path)]).output
+    assert [line for line in chosen.splitlines() if line.startswith("warning:")] == warnings
     monkeypatch.setenv("ARENA_BUILTINS", "fgsm,undefended")  # autoattack not chosen: nothing to say
-    assert "warning" not in CliRunner().invoke(main, ["plugin", "new", "attack", "more", "--dir", str(tmp_path)]).output
+    assert (
+        "warning" not in CliRunner().invoke(main, ["plugin", "new", "attack", "other", "--dir", str(tmp_path)]).output
+    )
 
 
 def test_missing_imports_of_a_plugin_folder(tmp_path: Path) -> None:
