@@ -259,6 +259,11 @@ def test_play_publishes_a_round_the_board_shows_at_once(arena: dict[str, str], t
     assert "students" in overview and "player" in overview and "<strong>2</strong>" in overview
     plugin = client.get(page[1]).get_data(as_text=True)
     assert "smoke match" in plugin and "not played" not in plugin and "against <code>arena/undefended</code>" in plugin
+    smoke = re.search(
+        r"smoke match, as a push gets it: ok .*: clean ([\d.]+) %, robust ([\d.]+) %, success ([\d.]+) %", out
+    )
+    for name, figure in zip(("clean accuracy", "robust accuracy", "attack success"), smoke.groups(), strict=True):
+        assert f"{name} {figure}%" in plugin, "the page says what the command printed"
     assert "withheld" not in plugin and plugin.count('href="/matches/') == 4, "its results are public"
     app.extensions["arena_db"].dispose()
     again = invoke(arena, "play", str(probe), "--track", "tiny", "--quiet")
