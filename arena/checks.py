@@ -115,6 +115,16 @@ def verdicts(source: Database | None, content_hashes: Iterable[str]) -> dict[str
     return found
 
 
+def validated(sources: Iterable[Database | None], content_hash: str) -> validation.Validation | None:
+    """The validation, smoke match included, that one of ``sources`` recorded for this code: equal code, equal
+    verdict, so a check of unchanged code plays its smoke match once."""
+    for source in sources:
+        found = verdicts(source, [content_hash]).get(content_hash)
+        if found is not None and found.smoke is not None:
+            return found
+    return None
+
+
 def kit_missing(db: Database) -> list[str]:
     """The roles of the smoke kit's models that ``db`` does not hold yet (``KIT_ROLES`` order)."""
     keys = validation.kit_keys()

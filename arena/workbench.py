@@ -64,7 +64,7 @@ def check(path: Path, track_name: str, quiet: bool) -> None:
         hashes = [s.content_hash for s in plugins.discover(settings.plugin_dirs)]
         planner.sync(db, settings, checks.verdicts(lender, hashes))
         checks.borrow(lender, db, validation.kit_keys())
-        version_id = _validate(db, settings, source)
+        version_id = _validate(db, settings, source, lender)
         with db.session() as session:
             version = session.get(PluginVersion, version_id)
             kind = version.plugin.kind
@@ -88,12 +88,17 @@ def check(path: Path, track_name: str, quiet: bool) -> None:
     _print_matches(db, version_id, opponents, track)
 
 
-def _validate(db: Database, settings: Settings, source: PluginSource) -> int:
-    """Validate ``source`` as a push is (its smoke match included), saying first what the smoke match trains;
-    record the verdict with its version and return the version's id; exit with status 1 when it is invalid."""
+def _validate(db: Database, settings: Settings, source: PluginSource, lender: Database | None = None) -> int:
+    """Validate ``source`` as a push is (its smoke match included), saying first what the smoke match trains, unless
+    ``db`` or ``lender`` validated the same code so before; record the verdict with its version and return the
+    version's id; exit with status 1 when it is invalid."""
     cache = settings.home / "plugin-cache"
-    loaded = validation.validate(source, cache)
-    if not loaded.errors:
+    loaded = checks.validated([db, lender], source.content_hash) if not source.errors else None
+    if loaded is not None:
+        click.echo(f"{source.label}: validated before, smoke match included (the same code)")
+    else:
+        loaded = validation.validate(source, cache)
+    if not loaded.errors and loaded.smoke is None:
         missing = checks.kit_missing(db)
         first = [f"the smoke baseline's {', '.join(missing)} (one epoch each)"] if missing else []
         first += ["this defense (one epoch)"] if source.manifest and source.manifest.kind == "defense" else []
@@ -177,7 +182,7 @@ def play(paths: tuple[Path, ...], track_names: tuple[str, ...], quiet: bool, ser
     scratch, _ = checks.lender(settings.scratch())  # a check may have trained the smoke kit or your defense
     try:
         checks.borrow(scratch, db, validation.kit_keys())
-        versions = [_validate(db, settings, plugins.read_folder(path.resolve())) for path in paths]
+        versions = [_validate(db, settings, plugins.read_folder(path.resolve()), scratch) for path in paths]
         with db.session() as session:
             mine = [session.get(PluginVersion, version_id) for version_id in versions]
             defenses = [version for version in mine if version.plugin.kind == "defense"]
