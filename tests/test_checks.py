@@ -221,6 +221,7 @@ def test_a_check_after_the_demo_trains_nothing_the_arena_trained(arena: dict[str
         assert session.scalar(select(Plugin.id).where(Plugin.name == "probe")) is None
     again = invoke(arena, "plugin", "check", str(probe), "--track", "tiny", "--quiet")
     assert "nothing to train or play: every result is known already" in again
+    assert "students/probe: validated before, smoke match included (the same code)" in again
     main_db.dispose()
     scratch.dispose()
 
