@@ -1,5 +1,5 @@
-"""What ``arena plugin check`` and ``arena play`` share: trained models reused by key, the cost said before anything
-trains, and one plugin's matches read back.
+"""What ``arena plugin check`` and ``arena play`` share: trained models and validations reused by key, and one plugin's
+matches read back (what they will cost is :mod:`arena.costs`).
 
 Trained models are artifacts named by what made them (:func:`arena.planner.artifact_key`: the defense's code, the
 track, the arena's secret). A check's scratch arena shares the arena's secret (:meth:`arena.config.Settings.scratch`),
@@ -11,7 +11,6 @@ reach the class's board.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import product
@@ -24,16 +23,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from arena import planner, validation
 from arena.config import Settings
-from arena.plugins import BUILTIN_TEAM
 from arena.records import unpack
-from arena.store import Artifact, Database, Job, Plugin, PluginVersion, Result, Team
+from arena.store import Artifact, Database, Job, PluginVersion, Result
 from arena.store.db import insert_once
 from arena.tracks import Track
 
-#: the defense whose trainings calibrate an estimate from a smoke epoch (the smoke kit's defense)
-BASELINE = f"{BUILTIN_TEAM}/{validation.BASELINE_DEFENSE}"
-#: the jobs that train, and the kind of artifact each makes
-TRAININGS = {"train-defense": "defense", "train-twin": "twin", "train-substitute": "substitute"}
+#: the jobs that train a defense's code, and the model each makes
+DEFENSE_TRAININGS = {"train-defense": "defense", "train-twin": "twin"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,130 +130,6 @@ def kit_missing(db: Database) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# The cost, said before anything trains
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Training:
-    """A model to train: its kind (defense, twin, substitute), whose it is, where, and the estimate and its basis."""
-
-    kind: str
-    label: str
-    track: str
-    seconds: float | None
-    basis: str = ""
-
-
-@dataclass(frozen=True)
-class Cost:
-    """What a run will train and play, with estimates from what this machine measured before (None: unknown)."""
-
-    trainings: list[Training]
-    matches: int
-    seconds_per_match: float | None
-
-    @property
-    def seconds(self) -> float | None:
-        """The whole estimate, when every part of it is known."""
-        parts = [t.seconds for t in self.trainings] + [self.seconds_per_match if self.matches else 0.0]
-        return None if any(p is None for p in parts) else float(sum(p for p in parts if p is not None))
-
-
-def cost(db: Database, round_id: int | None, others: Iterable[Database | None] = ()) -> Cost:
-    """What the queued jobs of ``round_id`` (None: those of no round) will cost, estimated from earlier trainings
-    of the same plugins and earlier matches on the same tracks, in ``db`` and ``others``; a defense never trained
-    here is estimated from its smoke match's one epoch (:func:`_scaled`)."""
-    sources = [db, *(o for o in others if o is not None)]
-    with db.session() as session:
-        in_round = Job.round_id.is_(None) if round_id is None else Job.round_id == round_id
-        jobs = session.execute(select(Job.kind, Job.params).where(in_round, Job.state == "queued")).all()
-        ids = {params.get("defense") for kind, params in jobs if kind != "match"} - {None}
-        owners = {
-            v.id: _Owner(v.plugin.team.name, v.plugin.name, _smoke_epoch(v))
-            for v in session.scalars(select(PluginVersion).where(PluginVersion.id.in_(ids)))
-        }
-    trainings = [
-        _estimate(sources, TRAININGS[kind], params["track"], owners.get(params.get("defense")))
-        for kind, params in jobs
-        if kind != "match"
-    ]
-    order = list(TRAININGS.values())
-    trainings.sort(key=lambda t: (order.index(t.kind), t.label))
-    per_match = [_median_match(sources, params["track"]) for kind, params in jobs if kind == "match"]
-    known = [s for s in per_match if s is not None]
-    return Cost(trainings, len(per_match), statistics.mean(known) if known and len(known) == len(per_match) else None)
-
-
-@dataclass(frozen=True)
-class _Owner:
-    """Whose defense a training job trains, and how long its smoke match's one epoch took."""
-
-    team: str
-    plugin: str
-    smoke_epoch: float | None
-
-
-def _estimate(sources: list[Database], kind: str, track: str, owner: _Owner | None) -> Training:
-    """A training with its estimate: its plugin's last training of that kind here, else one from its smoke epoch."""
-    label = f"{owner.team}/{owner.plugin}" if owner else "the arena's substitute"
-    seconds = _last_training(sources, kind, track, (owner.team, owner.plugin) if owner else None)
-    if seconds is not None:
-        return Training(kind, label, track, seconds, "its last training here")
-    if owner is not None and owner.smoke_epoch is not None:
-        basis = f"its smoke epoch, scaled as {BASELINE}'s training here"
-        return Training(kind, label, track, _scaled(sources, track, owner.smoke_epoch), basis)
-    return Training(kind, label, track, None)
-
-
-def _scaled(sources: list[Database], track: str, smoke_epoch: float) -> float | None:
-    """A training on ``track`` estimated from the defense's smoke epoch: times the ratio of the baseline's training
-    on ``track`` to the baseline's smoke epoch, both measured on this machine (None where either is not)."""
-    full = _last_training(sources, "defense", track, (BUILTIN_TEAM, validation.BASELINE_DEFENSE))
-    with sources[0].session() as session:
-        kit = session.scalar(select(Artifact.meta).where(Artifact.key == validation.kit_keys()[0]))
-    epoch = kit.get("seconds") if kit else None
-    return smoke_epoch * full / epoch if full is not None and isinstance(epoch, int | float) and epoch > 0 else None
-
-
-def _smoke_epoch(version: PluginVersion) -> float | None:
-    """Seconds the version's smoke match trained its one epoch (validation records it), if it did."""
-    smoke = (version.checks or {}).get("smoke") or {}
-    seconds = smoke.get("training_seconds") if isinstance(smoke, dict) else None
-    return float(seconds) if isinstance(seconds, int | float) else None
-
-
-def _last_training(sources: list[Database], kind: str, track: str, owner: tuple[str, str] | None) -> float | None:
-    """Seconds the newest training of ``kind`` on ``track`` took (of ``owner``'s plugin, any version)."""
-    query = select(Artifact.meta).where(Artifact.kind == kind, Artifact.track == track)
-    if owner:
-        query = (
-            query.join(PluginVersion, Artifact.plugin_version_id == PluginVersion.id)
-            .join(Plugin, PluginVersion.plugin_id == Plugin.id)
-            .join(Team, Plugin.team_id == Team.id)
-            .where(Team.name == owner[0], Plugin.name == owner[1])
-        )
-    for source in sources:
-        with source.session() as session:
-            meta = session.scalars(query.order_by(Artifact.id.desc()).limit(1)).first()
-        if meta and isinstance(meta.get("seconds"), int | float):
-            return float(meta["seconds"])
-    return None
-
-
-def _median_match(sources: list[Database], track: str) -> float | None:
-    """The median seconds of the matches played on ``track``, in the first source that played any."""
-    for source in sources:
-        with source.session() as session:
-            times = session.scalars(
-                select(Result.wall_time).where(Result.track == track, Result.status == "ok").limit(2000)
-            ).all()
-        if times:
-            return float(statistics.median(times))
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
 # One plugin's matches, read back
 # --------------------------------------------------------------------------------------------------
 
@@ -341,10 +213,10 @@ def training_logs(db: Database, version_id: int) -> list[tuple[str, str, str]]:
     with db.session() as session:
         rows = session.execute(
             select(Job.kind, Job.params, Job.log_tail)
-            .where(Job.kind.in_(("train-defense", "train-twin")), Job.log_tail.is_not(None))
+            .where(Job.kind.in_(DEFENSE_TRAININGS), Job.log_tail.is_not(None))
             .order_by(Job.id)
         ).all()
-    logs = {(TRAININGS[kind], p["track"]): log for kind, p, log in rows if p.get("defense") == version_id}
+    logs = {(DEFENSE_TRAININGS[kind], p["track"]): log for kind, p, log in rows if p.get("defense") == version_id}
     return [(kind, track, log) for (kind, track), log in sorted(logs.items())]
 
 

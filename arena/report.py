@@ -3,7 +3,8 @@ plugin's matches (``arena plugin check``, ``arena play``). Plain text lines; the
 
 from __future__ import annotations
 
-from arena.checks import Cost, Match, worst_case
+from arena.checks import Match, worst_case
+from arena.costs import Cost
 from arena.scoring import AttackStanding, Board, DefenseStanding
 
 #: how many of a log's last lines a match shows
@@ -52,8 +53,8 @@ def cost_lines(cost: Cost) -> list[str]:
     for t in cost.trainings:
         took = f"{_duration(t.seconds)} ({t.basis})" if t.seconds is not None else "time unknown"
         lines.append(f"  train the {t.kind} {t.label} on {t.track}: {took}")
-    each = f", {_duration(cost.seconds_per_match)} each" if cost.seconds_per_match is not None else ""
-    lines.append(f"  play {cost.matches} match{'es' if cost.matches != 1 else ''}{each}")
+    took = f": {_duration(cost.match_seconds)}" if cost.match_seconds is not None else ": time unknown"
+    lines.append(f"  play {cost.matches} match{'es' if cost.matches != 1 else ''}{took if cost.matches else ''}")
     total = _duration(cost.seconds) if cost.seconds is not None else "time unknown until it has run once"
     return [f"to do: {len(cost.trainings)} training(s), {cost.matches} match(es); in all {total}", *lines]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from arena import admin, checks, planner, plugins, report, scoring, validation
+from arena import admin, checks, costs, planner, plugins, report, scoring, validation
 from arena.config import Settings
 from arena.execution import local, rounds
 from arena.plugins import PluginSource
@@ -78,7 +78,7 @@ def check(path: Path, track_name: str, quiet: bool) -> None:
             opponents = [v.id for v in others]
         if reused:
             click.echo(f"reused {reused} trained model(s) of this machine's arena ({_where(lender)})")
-        _say(report.cost_lines(checks.cost(db, None, [lender])))
+        _say(report.cost_lines(costs.cost(db, None, [lender])))
         local.run_local(db, settings, {track.name: track}, round_id=None, progress=not quiet)
     except validation.BaselineError as exc:  # the arena's baseline is missing or broken: not the plugin's fault
         raise click.ClickException(str(exc)) from None
@@ -190,7 +190,7 @@ def play(paths: tuple[Path, ...], track_names: tuple[str, ...], quiet: bool, ser
         round_id = planner.open_round(db, tracks, seed=0)
         plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks})
         click.echo(f"round planned: {plan.cells_line()}")
-        _say(report.cost_lines(checks.cost(db, round_id, [scratch])))
+        _say(report.cost_lines(costs.cost(db, round_id, [scratch])))
         local.run_local(db, settings, {t.name: t for t in tracks}, round_id, progress=not quiet)
     except validation.BaselineError as exc:
         raise click.ClickException(str(exc)) from None

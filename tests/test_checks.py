@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from test_rounds import TINY, write_plugin
 from test_scoring import Rows
 
-from arena import checks, planner, report
+from arena import checks, costs, planner, report
 from arena.cli import main
 from arena.config import Settings
 from arena.execution import local
@@ -26,6 +26,8 @@ from leaderboard import create_app
 REPO = Path(__file__).resolve().parents[1]
 #: the arena a student has after a (small) demo: two attacks, two defenses
 BUILTINS = "fgsm,transfer,undefended,fgsm-adv-training"
+#: a slow defense and a quick one, as the cost's estimates see them
+DEFENSES = (("defense-gan", "defense"), ("undefended", "defense"))
 
 GUARD = """
 import torch
@@ -124,39 +126,35 @@ def test_verdicts_lend_a_recorded_validation_by_content(tmp_path: Path) -> None:
     assert found[hashes[1]].errors == ["line one", "line two"]
 
 
-def test_the_cost_names_each_training_with_its_last_time_here(tmp_path: Path) -> None:
+def test_the_cost_names_each_training_and_estimates_each_match_by_its_defense(tmp_path: Path) -> None:
+    """Estimates from this machine's records: the plugin's last training, a slow defense's own matches."""
     db = migrated(f"sqlite:///{tmp_path / 'arena.db'}")
     rows = Rows(db)
     old, new = rows.version("students", "guard", "defense"), rows.version("students", "guard", "defense")
+    fgsm, slow, quick = (rows.version("arena", name, kind) for name, kind in (("fgsm", "attack"),) + DEFENSES)
+    jobs = [("train-defense", {"defense": new}), ("train-twin", {"defense": new}), ("train-substitute", {})]
+    jobs += [("match", {"attack": fgsm, "defense": d, "threat": "white-box"}) for d in (slow, quick, slow)]
     with db.session() as session:
-        session.add(
-            Artifact(key="old", kind="defense", plugin_version_id=old, track="tiny", data=b"", meta={"seconds": 12.0})
-        )
-        for kind, params in (
-            ("train-defense", {"track": "tiny", "defense": new}),
-            ("train-twin", {"track": "tiny", "defense": new}),
-            ("train-substitute", {"track": "tiny"}),
-            ("match", {"track": "tiny"}),
-            ("match", {"track": "tiny"}),
-        ):
-            session.add(Job(kind=kind, key=f"{kind}-{len(params)}-{id(params)}", params=params))
-    result = rows.result(
-        "played", [1, 0], attack_version_id=old, defense_version_id=old, track="tiny", threat="white-box"
-    )
-    with db.session() as session:
-        session.get(Result, result).wall_time = 0.5
-    cost = checks.cost(db, None)
+        meta = {"seconds": 12.0}
+        session.add(Artifact(key="old", kind="defense", plugin_version_id=old, track="tiny", data=b"", meta=meta))
+        for number, (kind, params) in enumerate(jobs):
+            session.add(Job(kind=kind, key=f"job-{number}", params={"track": "tiny"} | params))
+    for key, defense, seconds in (("a", slow, 9.0), ("b", slow, 11.0), ("c", quick, 0.25)):
+        ids = {"attack_version_id": old, "defense_version_id": defense, "track": "tiny", "threat": "white-box"}
+        with db.session() as session:
+            session.get(Result, rows.result(key, [1, 0], **ids)).wall_time = seconds
+    cost = costs.cost(db, None)
     assert [(t.kind, t.label, t.seconds) for t in cost.trainings] == [
         ("defense", "students/guard", 12.0),
         ("twin", "students/guard", None),  # no twin of guard was ever trained here
         ("substitute", "the arena's substitute", None),
     ]
-    assert (cost.matches, cost.seconds_per_match, cost.seconds) == (2, 0.5, None)
+    assert (cost.matches, cost.match_seconds, cost.seconds) == (3, 10.0 + 0.25 + 10.0, None)
     lines = report.cost_lines(cost)
-    assert lines[0] == "to do: 3 training(s), 2 match(es); in all time unknown until it has run once"
+    assert lines[0] == "to do: 3 training(s), 3 match(es); in all time unknown until it has run once"
     assert "  train the defense students/guard on tiny: about 12 s (its last training here)" in lines
     assert "  train the twin students/guard on tiny: time unknown" in lines
-    assert lines[-1] == "  play 2 matches, under a second each"
+    assert lines[-1] == "  play 3 matches: about 20 s"
 
 
 # --------------------------------------------------------------------------------------------------
