@@ -218,6 +218,7 @@ def _show_round(db: Database, round_id: int, versions: list[int], tracks: list[T
     click.echo(f"\nround {number} is published: `arena serve` shows it on http://127.0.0.1:5000/?round={number}")
     for plugin_id in pages.values():
         click.echo(f"  your plugin's page: http://127.0.0.1:5000/plugins/{plugin_id}")
+    click.echo("  its logs there are the instructor's, you in your own arena: `arena team token --admin`, then sign in")
 
 
 def _say(lines: list[str]) -> None:
