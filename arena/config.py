@@ -29,7 +29,7 @@ def _builtin_root() -> Path:
 
 
 #: the built-in attacks' and defenses' folders
-BUILTIN_PLUGIN_DIRS = (_builtin_root() / "attacks", _builtin_root() / "defenses")
+BUILTIN_PLUGIN_DIRS = tuple(_builtin_root() / kind for kind in ("attacks", "defenses"))
 
 
 class SettingsError(ValueError):
