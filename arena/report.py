@@ -17,12 +17,14 @@ def defense_flags(d: DefenseStanding) -> list[str]:
     flags += [f"{d.draws} draws"] if d.draws and d.draws > 1 else []
     flags += [g["name"].replace("-", " ") for g in d.diagnostics]
     flags += [f"{d.forfeited} failed by its own code"] if d.forfeited else []
+    flags += [f"{d.disputed} disputed"] if d.disputed else []
     return flags
 
 
 def attack_flags(a: AttackStanding) -> list[str]:
     """The flags the board's overview shows beside an attack."""
-    return [f"{a.violations} projected"] if a.violations else []
+    flags = [f"{a.violations} projected"] if a.violations else []
+    return flags + ([f"{a.disputed} disputed"] if a.disputed else [])
 
 
 def rankings(boards: list[Board], number: int) -> list[str]:
@@ -75,9 +77,10 @@ def attack_table(matches: list[Match]) -> list[str]:
             figures = f"{'-':>7} {'-':>6} {'-':>6} {'-':>5} {'-':>8} {'-':>9}"
         lines.append(f"{m.defense:<30} {m.threat:<10} {figures}  {_status(m)}")
         lines += _log(m.log_tail)
-    ok = [m.metrics["success_rate"] for m in matches if m.status == "ok"]
-    if ok:
-        lines.append(f"mean success rate: {_pct(sum(ok) / len(ok))} % over {len(ok)} match(es)")
+    rates = [m.metrics["success_rate"] for m in matches if m.status == "ok"]
+    rates += [0.0 for m in matches if m.status == "failed" and m.metrics.get("blame") == "disputed"]  # as ranked
+    if rates:
+        lines.append(f"mean success rate: {_pct(sum(rates) / len(rates))} % over {len(rates)} match(es)")
     return lines
 
 

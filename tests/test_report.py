@@ -1,6 +1,6 @@
 """`arena results` shows every flag the board's overview shows, in the board's words (issue 25): one round with a
-defense below the floor, a randomized one, one that masks its gradients, one whose own code failed, and an attack
-the referee had to project, read by the board (Flask's test client) and by the command line."""
+defense below the floor, a randomized one, one that masks its gradients, one whose own code failed, a disputed match,
+and an attack the referee had to project, read by the board (Flask's test client) and by the command line."""
 
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ def test_results_show_every_flag_the_board_shows(tmp_path: Path, monkeypatch) ->
     rows.match(round_id, fgsm, drawn, [1, 0, 1, 0], metrics={"draws": 3})
     rows.match(round_id, sloppy, baseline, [0, 0, 1, 1], metrics={"violations": 2})
     rows.match(round_id, sloppy, weak, status="failed", error="the defense failed", metrics={"blame": "defense"})
+    rows.match(round_id, sloppy, drawn, status="failed", error="disputed", metrics={"blame": "disputed"})
     db.dispose()
 
     app = create_app({"DATABASE_URL": url, "ARENA_HOME": str(tmp_path / "home"), "STANDINGS_REFRESH": 0})
@@ -86,8 +87,8 @@ def test_results_show_every_flag_the_board_shows(tmp_path: Path, monkeypatch) ->
     app.extensions["arena_db"].dispose()
     board = {label: {board_words(f) for f in flags} for label, flags in parser.rows.items()}
     assert board["arena/distillation"] == {"vanishing gradients"}
-    assert board["blue/weak"] == {"below floor", "1 failed by its own code"} and board["blue/drawn"] == {"3 draws"}
-    assert board["red/sloppy"] == {"2 projected"}
+    assert board["blue/weak"] == {"below floor", "1 failed by its own code"}
+    assert board["blue/drawn"] == {"3 draws", "1 disputed"} and board["red/sloppy"] == {"2 projected", "1 disputed"}
 
     monkeypatch.setenv("ARENA_DATABASE_URL", url)
     monkeypatch.setenv("ARENA_HOME", str(tmp_path / "home"))
@@ -98,6 +99,6 @@ def test_results_show_every_flag_the_board_shows(tmp_path: Path, monkeypatch) ->
         found = re.match(r"  (\S+/\S+)(?: +[-\d.]+){3} *(.*)$", line)
         if found:
             cli[found[1]] = {flag for flag in found[2].split(", ") if flag}
-    for label in ("arena/fgsm", "arena/undefended", "blue/drawn"):
+    for label in ("arena/fgsm", "arena/undefended", "blue/weak"):
         assert board.get(label, set()) == cli[label], label
     assert {label: flags for label, flags in cli.items() if flags} == {k: v for k, v in board.items() if v}
