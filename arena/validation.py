@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -207,8 +208,8 @@ def smoke_kit(db: Database, settings: Settings, track: Track = SMOKE_TRACK) -> S
     attack, defense = _builtin("attacks", BASELINE_ATTACK), _builtin("defenses", BASELINE_DEFENSE)
     cache_dir, data_dir = settings.home / "plugin-cache", settings.data_dir
 
-    def artifact(role: str, train: Any) -> bytes:
-        key = _key(role, defense.content_hash, track)
+    def artifact(role: str, train: Any, *parts: str) -> bytes:
+        key = _key(role, defense.content_hash, track, *parts)
         with db.session() as session:
             data = session.scalar(select(Artifact.data).where(Artifact.key == key))
         if data is not None:
@@ -225,13 +226,18 @@ def smoke_kit(db: Database, settings: Settings, track: Track = SMOKE_TRACK) -> S
     def defense_model(seed: int) -> Any:
         return lambda: train_defense(TrainSpec(defense, track, seed, data_dir, cache_dir))
 
+    def evaluation_set() -> tuple[bytes, dict[str, Any]]:  # kept too: building it loads the data set (seconds)
+        return evaluation.build(track, data_dir, settings.secret()).pack(track.levels), {"images": track.eval_size}
+
+    secret = hmac.new(settings.secret(), b"smoke evaluation", hashlib.sha256).hexdigest()  # names it, reveals nothing
+
     return SmokeKit(
         attack=attack,
         defense=defense,
         defense_artifact=artifact("defense", defense_model(DEFENSE_SEED)),
         twin_artifact=artifact("twin", defense_model(TWIN_SEED)),
         substitute_artifact=artifact("substitute", lambda: train_substitute(track, data_dir)),
-        evaluation=evaluation.build(track, data_dir, settings.secret()).pack(track.levels),
+        evaluation=artifact("evaluation", evaluation_set, secret, evaluation.EVALUATION_VERSION),
         data_dir=data_dir,
         cache_dir=cache_dir,
         track=track,
@@ -254,7 +260,7 @@ def _builtin(kind: str, name: str) -> PluginSource:
     raise BaselineError(f"the smoke baseline {kind[:-1]} '{name}' is not among the built-in plugins")
 
 
-def _key(role: str, defense_hash: str, track: Track) -> str:
-    """The artifact key of a smoke model (kind ``smoke`` keeps it apart from the rounds' models)."""
-    parts = ("smoke", role, defense_hash, track.config(), TRAINING_VERSION)
+def _key(role: str, defense_hash: str, track: Track, *extra: str) -> str:
+    """The artifact key of a smoke model or evaluation set (kind ``smoke`` keeps it apart from the rounds' own)."""
+    parts = ("smoke", role, defense_hash, track.config(), TRAINING_VERSION, *extra)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
