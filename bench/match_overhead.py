@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from arena import evaluation, judging, match, plugins
+from arena import evaluation, judging, plugins
 from arena.config import Settings
 from arena.match import AttackPool, MatchSpec, play
 from arena.tracks import TRACKS
