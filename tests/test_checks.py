@@ -230,9 +230,13 @@ def test_a_defense_check_shows_accuracy_rejections_the_worst_case_and_its_log(
 ) -> None:
     guard = write_plugin(tmp_path, "guard", "defense", GUARD)
     out = invoke(arena, "plugin", "check", str(guard), "--track", "tiny", "--quiet")
-    assert "students/guard: loads; its smoke match first trains this defense (one epoch)" in out
+    # the smoke kit's own models come first where no earlier check in this arena trained them
+    first = r"students/guard: loads; its smoke match first trains (the smoke baseline.s .* and )?this defense"
+    assert re.search(first, out), out
     assert "to do: 2 training(s), 3 match(es)" in out
-    assert re.search(r"train the defense students/guard on tiny: about \d+ s \(its smoke epoch, scaled as", out)
+    # the estimate's size varies by machine (under a second on a fast one): its basis is what is tested
+    estimate = r"students/guard on tiny: (about \d+ (s|min)|under a second) \(its smoke epoch, scaled as"
+    assert re.search(estimate, out), out
     table = out[out.index("students/guard on tiny: 3 match(es)") :]
     assert "rejected clean" in table and "rejected adv" in table
     rows = [line for line in table.splitlines() if line.startswith("arena/")]
