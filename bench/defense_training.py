@@ -8,6 +8,12 @@ in its sandbox, the clean accuracy and the share of clean inputs rejected on the
 (over the track's draws for randomized defenses, as the referee counts them), and the track's floor.
 
     python bench/defense_training.py --track digits --track mnist-linf [--defense magnet]... [--cache DIR] [--plain]
+    python bench/defense_training.py --track digits --secrets 3 [--train-once]
+
+``--secrets N`` measures what a floor must leave room for: each defense trained under N arenas' secrets (its seed
+as a round derives it) and judged on each secret's own evaluation images (photographed on a physical track), as a
+round's referee judges them; one row per defense, track and secret, then the lowest and the margin over the floor.
+``--train-once`` trains under the first secret only (MNIST: the evaluation images vary, the training once).
 
 ``--plain`` adds the raw PyTorch loop that does the undefended baseline's work (the track's reference CNN,
 Adam at 1e-3, batches of 128, the track's epochs) in this process, without the arena: the row to read
@@ -30,8 +36,9 @@ from typing import Any
 
 import torch
 
-from arena import plugins
+from arena import evaluation, plugins
 from arena.config import Settings
+from arena.judging import photographed
 from arena.plugins import PluginSource
 from arena.referee import classify, judge
 from arena.tracks import TRACKS, Track
@@ -53,10 +60,13 @@ class Trained:
     meta: dict[str, Any]
 
 
-def train_or_load(name: str, track: Track, data_dir: Path, cache: Path, retrain: bool = False) -> Trained:
-    """The defense ``name`` trained on ``track`` by the arena's own code; from ``cache`` when it is there."""
+def train_or_load(
+    name: str, track: Track, data_dir: Path, cache: Path, retrain: bool = False, secret: bytes = b"bench"
+) -> Trained:
+    """The defense ``name`` trained on ``track`` by the arena's own code, with the seed a round under ``secret``
+    derives; from ``cache`` when it is there."""
     source = plugins.read_folder(ROOT / "plugins" / "defenses" / name)
-    seed = derive_seed(b"bench", "defense", source.content_hash, track.name)
+    seed = derive_seed(secret, "defense", source.content_hash, track.name)
     key = hashlib.sha256(
         json.dumps([source.content_hash, track.config(), TRAINING_VERSION, seed], sort_keys=True).encode()
     ).hexdigest()[:24]
@@ -72,9 +82,14 @@ def train_or_load(name: str, track: Track, data_dir: Path, cache: Path, retrain:
     return Trained(name, source, model, bool(getattr(loaded.cls, "randomized", False)), meta)
 
 
-def clean_figures(trained: Trained, track: Track, data_dir: Path) -> dict[str, float]:
-    """Clean accuracy and rejection rate on the track's evaluation subset, as the referee counts them."""
-    x, y, _, _ = track.eval_set(data_dir)
+def clean_figures(trained: Trained, track: Track, data_dir: Path, secret: bytes | None = None) -> dict[str, float]:
+    """Clean accuracy and rejection rate on the track's public evaluation subset, or on the secret evaluation
+    images of an arena whose secret is ``secret``, as the referee counts them."""
+    if secret is None:
+        x, y, _, _ = track.eval_set(data_dir)
+    else:
+        secret_set = evaluation.build(track, data_dir, secret)
+        x, y = photographed(track, secret_set, secret_set.x), secret_set.y
     x, y = x.to(pick_device()), y.to(pick_device())
     draws = track.draws if trained.randomized else 1
     started = time.perf_counter()
@@ -118,8 +133,13 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"artifacts (default {DEFAULT_CACHE})")
     parser.add_argument("--retrain", action="store_true", help="train again even when the artifact is cached")
     parser.add_argument("--plain", action="store_true", help="add the plain PyTorch loop of the baseline's work")
+    parser.add_argument("--secrets", type=int, default=0, help="judge on the secret images of N arenas' secrets")
+    parser.add_argument("--train-once", action="store_true", help="with --secrets: train under the first only")
     args = parser.parse_args()
     data_dir = Settings.from_env().data_dir
+    if args.secrets:
+        floors(args, data_dir)
+        return
     print(f"{'defense':<22} {'track':<11} {'train s':>8} {'clean':>6} {'reject':>7} {'floor':>6}  classify s")
     for track_name in args.track or ["digits"]:
         track = TRACKS[track_name]
@@ -135,6 +155,30 @@ def main() -> None:
         if args.plain:
             seconds, accuracy = plain_training(track, data_dir)
             print(f"{'(plain PyTorch loop)':<22} {track.name:<11} {seconds:8.1f} {accuracy:6.3f}", flush=True)
+
+
+def floors(args: argparse.Namespace, data_dir: Path) -> None:
+    """Per defense and track, the clean accuracy on each secret's evaluation images; the lowest and its margin."""
+    secrets = [f"floor-{i}".encode() for i in range(args.secrets)]
+    print(f"{'defense':<22} {'track':<15} {'secret':<8} {'clean':>6} {'reject':>7}")
+    for track_name in args.track or ["digits"]:
+        track = TRACKS[track_name]
+        for name in args.defense or DEFENSES:
+            lowest = 1.0
+            for secret in secrets:
+                trained = train_or_load(
+                    name, track, data_dir, args.cache, args.retrain, secrets[0] if args.train_once else secret
+                )
+                figures = clean_figures(trained, track, data_dir, secret)
+                lowest = min(lowest, figures["clean_accuracy"])
+                print(
+                    f"{name:<22} {track.name:<15} {secret.decode():<8} {figures['clean_accuracy']:6.3f} "
+                    f"{figures['rejected']:7.3f}",
+                    flush=True,
+                )
+            margin = 100 * (lowest - track.clean_floor)
+            print(f"{name:<22} {track.name:<15} {'lowest':<8} {lowest:6.3f} floor {track.clean_floor:.2f}, "
+                  f"margin {margin:+.1f} points{'' if margin >= 2 else '  UNDER 2 POINTS'}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
