@@ -19,6 +19,9 @@ CHEATS = Path(__file__).resolve().parent / "cheats"
 #: the plugins that read or recognise data (issue 11), and those that hide their gradient (issue 12)
 DATA_CHEATS = ("lookup-package", "lookup-folder", "grid-detector")
 MASKERS = ("squeeze-masked", "squeeze-straight-through")
+#: the defenses that fail, stall or answer per batch to put their failure on the attack or to win black-box
+#: (issue 24): the cheats of tests/test_cheating.py's round against pgd-adv-training
+FAILURE_CHEATS = ("batch-detector", "grad-exit", "grad-stall", "slow-model", "saboteur")
 #: the attacks of a round of the data cheats: the issue's pool without the slow cw-l2 (pgd breaks a plain CNN)
 ATTACKS = ("fgsm", "pgd", "simba", "transfer")
 REFERENCE_ATTACKS = ("autoattack", "spsa")
@@ -69,8 +72,11 @@ def play(settings: Settings, track: Track) -> dict[tuple[str, ...], dict[str, An
                     "worst": standing.worst_case_robust_accuracy,
                     "mean": standing.mean_robust_accuracy,
                     "failed": standing.failed,
+                    "rank": standing.rank,
                     "diagnostics": [flag["name"] for flag in standing.diagnostics],
                 }
+            for standing in board.attacks:
+                figures[standing.entry.plugin, board.threat] = {"failed": standing.failed}
             for row, attack in zip(board.matrix, board.attacks, strict=True):
                 for cell, defense in zip(row, board.defenses, strict=True):
                     if cell is not None:
