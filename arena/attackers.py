@@ -28,7 +28,7 @@ import torch
 from arena import hosts, physical, plugins, referee
 from arena.evaluation import EvalSet
 from arena.hookspecs import Attack, Budget
-from arena.hosts import DefenseFault
+from arena.hosts import DefenseFault, Timings
 from arena.matchspec import MatchSpec, attack_view, host_of
 from arena.plugins import PluginSource
 from arena.sandbox import Limits, PluginFailure, Sandbox
@@ -145,15 +145,22 @@ class AttackPool:
         self.close()
 
 
+# over 60 lines: one loop of batches and the ways it ends (whose failure), read best in one place
 def play_attack(
-    spec: MatchSpec, evaluation: EvalSet, pool: AttackPool | None = None, scope: Hashable = None, apart: bool = False
+    spec: MatchSpec,
+    evaluation: EvalSet,
+    timings: Timings,
+    pool: AttackPool | None = None,
+    scope: Hashable = None,
+    apart: bool = False,
 ) -> Attacked:
     """Run ``spec``'s attack on every batch of ``evaluation``; raise :class:`PluginFailure` (the attack's
     failure, a malformed output included), :class:`DefenseFault` (the defense's) or :class:`Suspect`.
 
     The attack plays in a warm process of ``pool`` that serves only matches of the same ``scope`` (the round),
     else in a fresh one. ``apart``: the defended model (the twin under gray-box) runs in a host of its own, and
-    the attack holds a :class:`arena.threats.RemoteModel` (a fresh process, never a warm one).
+    the attack holds a :class:`arena.threats.RemoteModel` (a fresh process, never a warm one). ``timings``
+    say where the defense's hosts run (:func:`arena.hosts.device_for`).
     """
     track, started = spec.track, time.perf_counter()
     x, y, targets = evaluation.x, evaluation.y, evaluation.targets
@@ -163,20 +170,21 @@ def play_attack(
     watch = DefenseWatch(InferenceBudget(track.inference_seconds), excused, track.batch_size * MOST_IMAGES_PER_BATCH)
 
     with contextlib.ExitStack() as stack:
-        queries = stack.enter_context(hosts.LazyHost(host_of(spec)))
+        queries = stack.enter_context(hosts.LazyHost(host_of(spec, timings)))
         server = QueryServer(
             _excused(watch, queries.probs), track.input_shape, track.levels, _query_look(track, evaluation)
         )
         train_split = functools.cache(lambda: _train_split(spec))  # made once per match, if asked for
+        attacked_host = host_of(spec, timings, spec.attacked_artifact)
         services = {
             "query": server,
             "train-data": lambda _: train_split(),
-            "defense-fault": lambda report: _confirm(spec, report, faults, unreproduced),
+            "defense-fault": lambda report: _confirm(attacked_host, spec, report, faults, unreproduced),
         }
         remote = None
         if apart:  # no defense code runs in the attack's process: a report of its failure there is forged
             services["defense-fault"] = lambda _report: False
-            model = stack.enter_context(hosts.LazyHost(host_of(spec, spec.attacked_artifact)))
+            model = stack.enter_context(hosts.LazyHost(attacked_host))
             services["model"] = _excused(watch, lambda request: hosts.answer_apart(model, request, track.input_shape))
             remote = hosts.call(model.box, ("describe",))
         attacks = pool if pool is not None and not apart else stack.enter_context(AttackPool(size=1, matches=1))
@@ -254,8 +262,8 @@ def _query_look(track: Track, evaluation: EvalSet) -> Callable[[torch.Tensor], t
     return look
 
 
-def _confirm(spec: MatchSpec, report: object, faults: list[str], unreproduced: list[str]) -> bool:
-    """Replay a failure the attack's process reports (:class:`arena.threats.GuardedModel`) in a fresh host.
+def _confirm(host: hosts.Host, spec: MatchSpec, report: object, faults: list[str], unreproduced: list[str]) -> bool:
+    """Replay a failure the attack's process reports (:class:`arena.threats.GuardedModel`) in a fresh ``host``.
 
     Only a failure that happens again there, without the attack's code, is the defense's (``faults``); one
     that does not (``unreproduced``) has the match played again with the defense apart.
@@ -265,7 +273,7 @@ def _confirm(spec: MatchSpec, report: object, faults: list[str], unreproduced: l
     batch, grad, method, problem = report
     if image_problem(batch, spec.track.input_shape) or method not in ("forward", "reject"):
         return False
-    reason = hosts.replay(host_of(spec, spec.attacked_artifact), batch, bool(grad), method)
+    reason = hosts.replay(host, batch, bool(grad), method)
     said = f"its {method} failed on a valid batch in the attack's process ({str(problem)[:300]})"
     if reason is not None:
         faults.append(f"{said} and again when the arena replayed the batch ({reason})")

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from arena import referee
+from arena.lru import LRU
 from arena.plugins import PluginSource
 from arena.sandbox import PluginFailure, Sandbox
 from arena.threats import image_problem, output_problem
@@ -40,46 +41,45 @@ from arena.watch import BACKWARD_FACTOR, InferenceBudget
 #: what a fresh host on the GPU pays before its first answer: 0.25 s to make its CUDA context and about
 #: 0.2 s more for the model's copy and the first cuDNN and cuBLAS calls (an H200, docs/architecture.md)
 CUDA_START_SECONDS = 0.4
-#: per trained model (the sha256 of its artifact): how long it took to classify on the CPU (see :func:`probe`)
-_CPU_SECONDS: dict[bytes, float] = {}
+#: how many models' CPU timings a worker keeps (:class:`arena.warm.Warm`)
 MAX_TIMED_MODELS = 1024
+#: per trained model (the sha256 of its artifact): how long it took to classify on the CPU (see :func:`probe`)
+Timings = LRU[bytes, float]
 
 
 @functools.lru_cache(maxsize=32)
 def _digest(artifact: bytes) -> bytes:
-    """The model's key in :data:`_CPU_SECONDS`: hashed once, though every host of every match asks for it."""
+    """The model's key in its :data:`Timings`: hashed once, though every host of every match asks for it."""
     return hashlib.sha256(artifact).digest()
 
 
-def device_for(artifact: bytes) -> str:
+def device_for(artifact: bytes, timings: Timings) -> str:
     """Where every host of this trained model runs: the CPU, unless there is a GPU and the model's
-    classification on the CPU (:func:`probe`) took longer than a host's CUDA start."""
+    classification on the CPU (:func:`probe`, kept in ``timings``) took longer than a host's CUDA start."""
     if not torch.cuda.is_available():
         return "cpu"
-    seconds = _CPU_SECONDS.get(_digest(artifact))
+    seconds = timings.get(_digest(artifact))
     return "cuda" if seconds is not None and seconds > CUDA_START_SECONDS else "cpu"
 
 
-def timed(artifact: bytes, seconds: float) -> None:
-    """Remember how long a model took to classify on the CPU (its first time only)."""
-    while len(_CPU_SECONDS) >= MAX_TIMED_MODELS:
-        _CPU_SECONDS.pop(next(iter(_CPU_SECONDS)))
-    _CPU_SECONDS.setdefault(_digest(artifact), seconds)
+def timed(timings: Timings, artifact: bytes, seconds: float) -> None:
+    """Remember in ``timings`` how long a model took to classify on the CPU (its first time only)."""
+    timings.setdefault(_digest(artifact), seconds)
 
 
-def probe(host: Host, x: torch.Tensor) -> None:
+def probe(host: Host, x: torch.Tensor, timings: Timings) -> None:
     """On a GPU worker, before a model's first match here: time its classification of ``x`` on the CPU, in a
     throwaway host whose answer is discarded. Every host of the model then runs on the device this decides,
     the clean, the adversarial and the query host alike: none can tell which it is by its device (had the
     first real host been timed instead, a defense slow on purpose would have known its clean host by its CPU)."""
-    if not torch.cuda.is_available() or _digest(host.artifact) in _CPU_SECONDS:
+    if not torch.cuda.is_available() or _digest(host.artifact) in timings:
         return
     seconds = 0.0  # a model that fails here stays on the CPU, where its real hosts report the failure
     with contextlib.suppress(PluginFailure), replace(host, device="cpu").sandbox() as box:
         started = time.perf_counter()
         box.call(("classify", x.numpy(), 1))
         seconds = time.perf_counter() - started
-    timed(host.artifact, seconds)
+    timed(timings, host.artifact, seconds)
 
 
 class DefenseFault(Exception):
