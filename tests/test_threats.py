@@ -16,7 +16,7 @@ import torch
 from hostile import SPY, write_attack
 from torch import nn
 
-from arena import ThreatModelError, evaluation, hosts, physical, plugins, training
+from arena import ThreatModelError, evaluation, hosts, physical, plugins, training, wire
 from arena.match import MatchOutcome, MatchSpec, Warm, attack_view, play
 from arena.plugins import PluginSource
 from arena.records import unpack
@@ -134,11 +134,11 @@ def images(k: int) -> np.ndarray:
 def test_query_server_answers_probabilities_and_counts_images() -> None:
     answer = server()
     answer.allow(10)
-    status, probs, used, left = answer(images(4))
-    assert status == "ok" and (used, left) == (4, 6)
+    probs, used, left = answer(images(4))
+    assert (used, left) == (4, 6)
     assert probs.shape == (4, 10) and probs.dtype == np.float32
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and (probs >= 0).all()
-    assert answer(images(6))[2:] == (10, 0)
+    assert answer(images(6))[1:] == (10, 0)
     assert answer.used == answer.total == 10
 
 
@@ -147,10 +147,10 @@ def test_query_server_refuses_beyond_the_allowance_and_counts_nothing_refused() 
     answer.allow(10)
     answer(images(7))
     refused = answer(images(4))
-    assert refused[:2] == ("error", "budget") and "7 of 10" in refused[2]
+    assert refused.reason == "budget" and "7 of 10" in refused.text
     assert answer.used == answer.total == 7
-    assert answer(images(3))[0] == "ok"  # exactly the allowance is fine
-    assert answer(images(1))[:2] == ("error", "budget")
+    assert isinstance(answer(images(3)), wire.QueryAnswer)  # exactly the allowance is fine
+    assert answer(images(1)).reason == "budget"
     assert answer.total == 10
 
 
@@ -160,10 +160,10 @@ def test_query_server_allowance_resets_per_call_but_the_total_does_not() -> None
     answer(images(5))
     answer.allow(5)
     assert answer.used == 0
-    assert answer(images(5))[2:] == (5, 0)
+    assert answer(images(5))[1:] == (5, 0)
     assert answer.total == 10
     answer.allow(0)
-    assert answer(images(1))[:2] == ("error", "budget")
+    assert answer(images(1)).reason == "budget"
 
 
 @pytest.mark.parametrize(
@@ -183,8 +183,8 @@ def test_query_server_allowance_resets_per_call_but_the_total_does_not() -> None
 def test_query_server_refuses_malformed_queries(query: object) -> None:
     answer = server()
     answer.allow(100)
-    status, kind, text = answer(query)
-    assert (status, kind) == ("error", "value") and "query" in text
+    refused = answer(query)
+    assert isinstance(refused, wire.QueryRefused) and refused.reason == "value" and "query" in refused.text
     assert answer.used == answer.total == 0
 
 
@@ -493,7 +493,7 @@ def test_a_physical_tracks_queries_reach_the_defense_photographed_each_under_a_f
     query = QueryServer(answer, SHAPE, 17, look)
     query.allow(4)
     batch = images(2)
-    assert query(batch)[0] == "ok" and query(batch)[0] == "ok"
+    assert isinstance(query(batch), wire.QueryAnswer) and isinstance(query(batch), wire.QueryAnswer)
     assert not np.array_equal(seen[0], batch) and not np.array_equal(seen[0], seen[1])
     assert np.array_equal(seen[0] * 16, np.round(seen[0] * 16))  # on the track's grid
 
