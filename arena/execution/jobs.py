@@ -54,6 +54,7 @@ def training_seed(session: Session, settings: Settings, kind: str, params: dict)
     return derive_seed(settings.secret(), role, content_hash, params["track"])
 
 
+# over 60 lines with its docstring: one job's claim, run and end, in the order a reader checks them
 def execute(
     db: Database,
     settings: Settings,

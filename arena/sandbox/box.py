@@ -239,6 +239,7 @@ class Sandbox:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # over 60 lines: the one loop that waits for the reply and answers what comes meanwhile
     def call(
         self,
         request: Any,
