@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 from sqlalchemy import func, select
 
-from arena import access, enrolment, planner, roster, submissions
+from arena import access, enrolment, planner, roster, submissions, versions
 from arena.config import Settings
 from arena.execution import follow, local
 from arena.redaction import redact
@@ -242,7 +242,7 @@ def round_close(due: bool, quiet: bool, wait: bool, retry_failed: bool) -> None:
             return
         round_id, number, names = current.id, current.number, list(current.tracks)
     tracks = {name: track for name, track in load_tracks(settings.home).items() if name in names}
-    folders = planner.sync(db, settings)  # the plugins of folders (the built-ins); teams sync on push
+    folders = versions.sync(db, settings)  # the plugins of folders (the built-ins); teams sync on push
     fresh = sum(item.status == "new" for item in folders)
     click.echo(f"plugin folders: {len(folders)} plugins, {fresh} new version{'s' if fresh != 1 else ''}")
     plan = planner.plan_round(db, settings, round_id, tracks, retry_failed)

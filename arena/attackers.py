@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from arena import hosts, physical, plugins, referee
+from arena import hosts, physical, plugins, referee, wire
 from arena.evaluation import EvalSet
 from arena.hookspecs import Attack, Budget
-from arena.hosts import DefenseFault
+from arena.hosts import DefenseFault, Timings
 from arena.matchspec import MatchSpec, attack_view, host_of
 from arena.plugins import PluginSource
 from arena.sandbox import Limits, PluginFailure, Sandbox
@@ -145,15 +145,22 @@ class AttackPool:
         self.close()
 
 
+# over 60 lines: one loop of batches and the ways it ends (whose failure), read best in one place
 def play_attack(
-    spec: MatchSpec, evaluation: EvalSet, pool: AttackPool | None = None, scope: Hashable = None, apart: bool = False
+    spec: MatchSpec,
+    evaluation: EvalSet,
+    timings: Timings,
+    pool: AttackPool | None = None,
+    scope: Hashable = None,
+    apart: bool = False,
 ) -> Attacked:
     """Run ``spec``'s attack on every batch of ``evaluation``; raise :class:`PluginFailure` (the attack's
     failure, a malformed output included), :class:`DefenseFault` (the defense's) or :class:`Suspect`.
 
     The attack plays in a warm process of ``pool`` that serves only matches of the same ``scope`` (the round),
     else in a fresh one. ``apart``: the defended model (the twin under gray-box) runs in a host of its own, and
-    the attack holds a :class:`arena.threats.RemoteModel` (a fresh process, never a warm one).
+    the attack holds a :class:`arena.threats.RemoteModel` (a fresh process, never a warm one). ``timings``
+    say where the defense's hosts run (:func:`arena.hosts.device_for`).
     """
     track, started = spec.track, time.perf_counter()
     x, y, targets = evaluation.x, evaluation.y, evaluation.targets
@@ -163,34 +170,37 @@ def play_attack(
     watch = DefenseWatch(InferenceBudget(track.inference_seconds), excused, track.batch_size * MOST_IMAGES_PER_BATCH)
 
     with contextlib.ExitStack() as stack:
-        queries = stack.enter_context(hosts.LazyHost(host_of(spec)))
+        queries = stack.enter_context(hosts.LazyHost(host_of(spec, timings)))
         server = QueryServer(
             _excused(watch, queries.probs), track.input_shape, track.levels, _query_look(track, evaluation)
         )
         train_split = functools.cache(lambda: _train_split(spec))  # made once per match, if asked for
+        attacked_host = host_of(spec, timings, spec.attacked_artifact)
         services = {
-            "query": server,
-            "train-data": lambda _: train_split(),
-            "defense-fault": lambda report: _confirm(spec, report, faults, unreproduced),
+            wire.QUERY: server,
+            wire.TRAIN_DATA: lambda _: train_split(),
+            wire.DEFENSE_FAULT: lambda report: _confirm(attacked_host, spec, report, faults, unreproduced),
         }
         remote = None
         if apart:  # no defense code runs in the attack's process: a report of its failure there is forged
-            services["defense-fault"] = lambda _report: False
-            model = stack.enter_context(hosts.LazyHost(host_of(spec, spec.attacked_artifact)))
-            services["model"] = _excused(watch, lambda request: hosts.answer_apart(model, request, track.input_shape))
-            remote = hosts.call(model.box, ("describe",))
+            services[wire.DEFENSE_FAULT] = lambda _report: False
+            model = stack.enter_context(hosts.LazyHost(attacked_host))
+            services[wire.MODEL] = _excused(
+                watch, lambda request: hosts.answer_apart(model, request, track.input_shape)
+            )
+            remote = hosts.describe(model.box)
         attacks = pool if pool is not None and not apart else stack.enter_context(AttackPool(size=1, matches=1))
         box = attacks.acquire(spec, scope)
         mark = box.log_mark()
         box.renew()
         outputs: list[torch.Tensor] = []
         try:
-            box.call(("match", attack_view(spec), remote), services=services, watch=watch)
+            box.call(wire.StartMatch(attack_view(spec), remote), services=services, watch=watch)
             for start in range(0, len(x), track.batch_size):
                 stop = start + track.batch_size
                 server.allow(len(x[start:stop]) * track.max_queries)
-                request = ("batch", x[start:stop].numpy(), y[start:stop].numpy())
-                request += (targets[start:stop].numpy() if spec.targeted else None, server.allowance)
+                aimed = targets[start:stop].numpy() if spec.targeted else None
+                request = wire.Batch(x[start:stop].numpy(), y[start:stop].numpy(), aimed, server.allowance)
                 output = _decode(box.call(request, services=services, watch=watch))
                 outputs.append(referee.check_output(output, x[start:stop]))
         except PluginFailure as exc:
@@ -254,19 +264,20 @@ def _query_look(track: Track, evaluation: EvalSet) -> Callable[[torch.Tensor], t
     return look
 
 
-def _confirm(spec: MatchSpec, report: object, faults: list[str], unreproduced: list[str]) -> bool:
-    """Replay a failure the attack's process reports (:class:`arena.threats.GuardedModel`) in a fresh host.
+def _confirm(host: hosts.Host, spec: MatchSpec, report: object, faults: list[str], unreproduced: list[str]) -> bool:
+    """Replay a failure the attack's process reports (:class:`arena.threats.GuardedModel`) in a fresh ``host``.
 
     Only a failure that happens again there, without the attack's code, is the defense's (``faults``); one
     that does not (``unreproduced``) has the match played again with the defense apart.
     """
-    if not isinstance(report, tuple) or len(report) != 4:
+    try:
+        batch, grad, method, problem = wire.decode_fault_report(report)
+    except wire.ProtocolError:
         return False
-    batch, grad, method, problem = report
-    if image_problem(batch, spec.track.input_shape) or method not in ("forward", "reject"):
+    if image_problem(batch, spec.track.input_shape):
         return False
-    reason = hosts.replay(host_of(spec, spec.attacked_artifact), batch, bool(grad), method)
-    said = f"its {method} failed on a valid batch in the attack's process ({str(problem)[:300]})"
+    reason = hosts.replay(host, batch, grad, method)
+    said = f"its {method} failed on a valid batch in the attack's process ({problem})"
     if reason is not None:
         faults.append(f"{said} and again when the arena replayed the batch ({reason})")
     else:
@@ -280,30 +291,24 @@ def _train_split(spec: MatchSpec) -> tuple[np.ndarray, np.ndarray]:
     return x.numpy(), y.numpy()
 
 
-def _decode(reply: tuple) -> torch.Tensor:
-    """Rebuild the tensor the attack returned; anything else is a malformed output."""
-    if reply[0] == "object":
-        raise referee.MalformedOutput(f"the attack returned {reply[1]}, not a torch.Tensor")
-    if reply[0] == "device":
-        raise referee.MalformedOutput(f"the attack returned a tensor on {reply[1]}, expected {reply[2]}")
-    return torch.from_numpy(reply[1])
-
-
-def _encode(output: object, x: torch.Tensor) -> tuple:
-    if not isinstance(output, torch.Tensor):
-        return ("object", type(output).__name__)
-    if output.device != x.device:
-        return ("device", str(output.device), str(x.device))
-    return ("tensor", output.detach().cpu().numpy())
+def _decode(answer: object) -> torch.Tensor:
+    """Rebuild the tensor the attack returned; another object is a malformed output (its process is fine), a
+    malformed reply a protocol violation (its process is discarded)."""
+    try:
+        return torch.from_numpy(wire.decode_output(answer))
+    except wire.NotATensor as exc:
+        raise referee.MalformedOutput(str(exc)) from None
+    except wire.ProtocolError as exc:
+        raise PluginFailure(str(exc)) from None
 
 
 def _attack_setup(conn: Connection, process: AttackProcess):  # noqa: ANN202 (a sandbox handler)
     """An attack's process: its plugin and the substitute loaded once, then one match after another.
 
-    ``("match", spec, apart)`` starts a match (``spec`` is :func:`attack_view`'s: only what its threat allows):
-    a fresh instance of the attack, the model its threat hands over (with ``apart``, the defense's answers
-    from its own host: :class:`RemoteModel`), seeds from the match's seed; the previous match's model and
-    target are dropped. ``("batch", ...)`` runs the attack on a batch.
+    :class:`arena.wire.StartMatch` starts a match (its spec is :func:`attack_view`'s: only what its threat
+    allows): a fresh instance of the attack, the model its threat hands over (with ``apart``, the defense's
+    answers from its own host: :class:`RemoteModel`), seeds from the match's seed; the previous match's model
+    and target are dropped. :class:`arena.wire.Batch` runs the attack on a batch.
     """
     device = pick_device()
     track = process.track
@@ -317,9 +322,9 @@ def _attack_setup(conn: Connection, process: AttackProcess):  # noqa: ANN202 (a 
         if spec.threat != "black-box" and apart is not None:
             model = RemoteModel(conn, track.input_shape, apart["reject"], device)
         elif spec.threat != "black-box":  # loading runs the defense's code (its module): the arena is told
-            notify(conn, ("enter", 0, "forward"))
+            notify(conn, wire.enter(0, "forward"))
             model = load_model(spec.attacked_artifact, device, spec.defense, spec.cache_dir)
-            notify(conn, ("leave",))
+            notify(conn, wire.LEAVE)
         torch.manual_seed(spec.seed)
         match["attack"] = plugin.instantiate()
         assert isinstance(match["attack"], Attack)
@@ -329,10 +334,10 @@ def _attack_setup(conn: Connection, process: AttackProcess):  # noqa: ANN202 (a 
         match["generator"] = torch.Generator(device=device).manual_seed(spec.seed)
         return ("started",)
 
-    def handle(request: tuple) -> tuple:
-        if request[0] == "match":
-            return start(request[1], request[2])
-        _, x, y, targets, allowance = request
+    def handle(request: wire.StartMatch | wire.Batch) -> tuple:
+        if isinstance(request, wire.StartMatch):
+            return start(request.spec, request.apart)
+        x, y, targets, allowance = request
         target = match["target"]
         target.open_call(allowance)
         budget = Budget(
@@ -345,6 +350,6 @@ def _attack_setup(conn: Connection, process: AttackProcess):  # noqa: ANN202 (a 
             photo=track.photo_ranges if track.transform != "none" else None,
         )
         x = torch.from_numpy(x).to(device)
-        return _encode(match["attack"].run(target, x, torch.from_numpy(y).to(device), budget), x)
+        return wire.output(match["attack"].run(target, x, torch.from_numpy(y).to(device), budget), x)
 
     return handle

@@ -1,7 +1,7 @@
 """What ``arena plugin check`` and ``arena play`` share: trained models and validations reused by key, and one plugin's
 matches read back (what they will cost is :mod:`arena.costs`).
 
-Trained models are artifacts named by what made them (:func:`arena.planner.artifact_key`: the defense's code, the
+Trained models are artifacts named by what made them (:func:`arena.keys.artifact_key`: the defense's code, the
 track, the arena's secret). A check's scratch arena shares the arena's secret (:meth:`arena.config.Settings.scratch`),
 so a model the arena trained (a demo's defenses, their twins, the substitute) has the same key there: :func:`borrow`
 copies it in instead of training it again, and :func:`verdicts` lends the validation the arena recorded for the same
@@ -21,8 +21,9 @@ import numpy as np
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from arena import planner, validation
+from arena import validation
 from arena.config import Settings
+from arena.keys import artifact_key, evaluation_key, secret_fingerprint
 from arena.records import unpack
 from arena.store import Artifact, Database, Job, PluginVersion, Result
 from arena.store.db import insert_once
@@ -55,12 +56,12 @@ def lender(settings: Settings) -> tuple[Database | None, str | None]:
 
 def model_keys(settings: Settings, defenses: Iterable[PluginVersion], tracks: Iterable[Track]) -> list[str]:
     """The keys of every model and evaluation set a match of ``defenses`` on ``tracks`` reads."""
-    fingerprint = planner.secret_fingerprint(settings)
+    fingerprint = secret_fingerprint(settings)
     keys = []
     for track in tracks:
-        keys += [planner.artifact_key("substitute", track, fingerprint), planner.evaluation_key(track, fingerprint)]
+        keys += [artifact_key("substitute", track, fingerprint), evaluation_key(track, fingerprint)]
         for defense, kind in product(defenses, ("defense", "twin")):
-            keys.append(planner.artifact_key(kind, track, fingerprint, defense.content_hash))
+            keys.append(artifact_key(kind, track, fingerprint, defense.content_hash))
     return keys
 
 

@@ -11,7 +11,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from arena import admin, course, export, extras, planner, plugins, report, scaffold, scoring, workbench
+from arena import admin, course, export, extras, planner, plugins, report, scaffold, scoring, versions, workbench
 from arena.config import Settings, SettingsError
 from arena.execution import follow, local, rounds, workers
 from arena.sandbox import SandboxError
@@ -61,7 +61,7 @@ def init() -> None:
     db = _open(settings)
     settings.secret()
     click.echo(f"arena home: {settings.home}\ndatabase:   {db.url}")
-    _print_sync(planner.sync(db, settings))
+    _print_sync(versions.sync(db, settings))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def plugins_group() -> None:
 def plugins_list(as_json: bool) -> None:
     """Discover plugins (folders and entry points), record new versions, and list them."""
     settings = Settings.from_env()
-    report = planner.sync(_open(settings), settings)
+    report = versions.sync(_open(settings), settings)
     if as_json:
         click.echo(json.dumps([vars(r) for r in report], indent=2))
     else:
@@ -141,7 +141,7 @@ def _play_round(
     if not settings.broker_url:  # distributed rounds are kept moving by the workers' leases and the scheduler
         for unfinished, _ in rounds.unfinished_rounds(db):
             _resume(db, settings, unfinished, quiet)
-    _print_sync(planner.sync(db, settings))
+    _print_sync(versions.sync(db, settings))
     round_id = planner.open_round(db, tracks, seed)
     plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks}, retry_failed, teams)
     new = ", ".join(f"{n} {kind}" for kind, n in sorted(plan.new_jobs.items())) or "none"
@@ -251,7 +251,7 @@ def _print_results(db: Database, round_id: int) -> None:
             click.secho(line, bold=line.startswith("round "))
 
 
-def _print_sync(synced: list[planner.SyncedPlugin]) -> None:
+def _print_sync(synced: list[versions.SyncedPlugin]) -> None:
     for item in synced:
         color = {"invalid": "red", "new": "green"}.get(item.status)
         click.secho(f"  {item.kind:<8} {item.label:<36} {item.content_hash[:12]}  {item.status}", fg=color)

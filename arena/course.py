@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from arena.boards import Board, Cell, DefenseStanding
 from arena.plugins import BUILTIN_TEAM
-from arena.scoring import Board, Cell, DefenseStanding
 
 #: the team whose plugins the lessons read: the built-ins
 TEAM = BUILTIN_TEAM

@@ -16,8 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from arena.access import relative_paths
+from arena.boards import Board, Entry
 from arena.records import unpack
-from arena.scoring import Board, Entry, round_standings
+from arena.scoring import round_standings
 from arena.store import Result, Round
 
 TABLES = ("rankings", "matrix", "samples")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linprog
 
-from arena.scoring import Board
+from arena.boards import Board
 
 #: weights below this are reported as zero (the solver's tolerance)
 TINY = 1e-9

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arena import referee
+from arena import referee, wire
+from arena.lru import LRU
 from arena.plugins import PluginSource
 from arena.sandbox import PluginFailure, Sandbox
 from arena.threats import image_problem, output_problem
@@ -40,46 +41,47 @@ from arena.watch import BACKWARD_FACTOR, InferenceBudget
 #: what a fresh host on the GPU pays before its first answer: 0.25 s to make its CUDA context and about
 #: 0.2 s more for the model's copy and the first cuDNN and cuBLAS calls (an H200, docs/architecture.md)
 CUDA_START_SECONDS = 0.4
-#: per trained model (the sha256 of its artifact): how long it took to classify on the CPU (see :func:`probe`)
-_CPU_SECONDS: dict[bytes, float] = {}
+#: what a host is asked (:mod:`arena.wire`)
+HostRequest = wire.Describe | wire.Probs | wire.Classify | wire.Gradient | wire.Replay | wire.ModelCall
+#: how many models' CPU timings a worker keeps (:class:`arena.warm.Warm`)
 MAX_TIMED_MODELS = 1024
+#: per trained model (the sha256 of its artifact): how long it took to classify on the CPU (see :func:`probe`)
+Timings = LRU[bytes, float]
 
 
 @functools.lru_cache(maxsize=32)
 def _digest(artifact: bytes) -> bytes:
-    """The model's key in :data:`_CPU_SECONDS`: hashed once, though every host of every match asks for it."""
+    """The model's key in its :data:`Timings`: hashed once, though every host of every match asks for it."""
     return hashlib.sha256(artifact).digest()
 
 
-def device_for(artifact: bytes) -> str:
+def device_for(artifact: bytes, timings: Timings) -> str:
     """Where every host of this trained model runs: the CPU, unless there is a GPU and the model's
-    classification on the CPU (:func:`probe`) took longer than a host's CUDA start."""
+    classification on the CPU (:func:`probe`, kept in ``timings``) took longer than a host's CUDA start."""
     if not torch.cuda.is_available():
         return "cpu"
-    seconds = _CPU_SECONDS.get(_digest(artifact))
+    seconds = timings.get(_digest(artifact))
     return "cuda" if seconds is not None and seconds > CUDA_START_SECONDS else "cpu"
 
 
-def timed(artifact: bytes, seconds: float) -> None:
-    """Remember how long a model took to classify on the CPU (its first time only)."""
-    while len(_CPU_SECONDS) >= MAX_TIMED_MODELS:
-        _CPU_SECONDS.pop(next(iter(_CPU_SECONDS)))
-    _CPU_SECONDS.setdefault(_digest(artifact), seconds)
+def timed(timings: Timings, artifact: bytes, seconds: float) -> None:
+    """Remember in ``timings`` how long a model took to classify on the CPU (its first time only)."""
+    timings.setdefault(_digest(artifact), seconds)
 
 
-def probe(host: Host, x: torch.Tensor) -> None:
+def probe(host: Host, x: torch.Tensor, timings: Timings) -> None:
     """On a GPU worker, before a model's first match here: time its classification of ``x`` on the CPU, in a
     throwaway host whose answer is discarded. Every host of the model then runs on the device this decides,
     the clean, the adversarial and the query host alike: none can tell which it is by its device (had the
     first real host been timed instead, a defense slow on purpose would have known its clean host by its CPU)."""
-    if not torch.cuda.is_available() or _digest(host.artifact) in _CPU_SECONDS:
+    if not torch.cuda.is_available() or _digest(host.artifact) in timings:
         return
     seconds = 0.0  # a model that fails here stays on the CPU, where its real hosts report the failure
     with contextlib.suppress(PluginFailure), replace(host, device="cpu").sandbox() as box:
         started = time.perf_counter()
-        box.call(("classify", x.numpy(), 1))
+        box.call(wire.Classify(x.numpy(), 1))
         seconds = time.perf_counter() - started
-    timed(host.artifact, seconds)
+    timed(timings, host.artifact, seconds)
 
 
 class DefenseFault(Exception):
@@ -135,7 +137,7 @@ class LazyHost:
         self._stack.close()
 
 
-def call(host: Sandbox, request: tuple, budget: InferenceBudget | None = None, images: int = 0) -> Any:
+def call(host: Sandbox, request: HostRequest, budget: InferenceBudget | None = None, images: int = 0) -> Any:
     """A request to a host: its failure, or an answer past ``budget`` for ``images`` images, is the defense's
     (:class:`DefenseFault`)."""
     timeout = budget.seconds(images) if budget is not None else None
@@ -149,10 +151,21 @@ def call(host: Sandbox, request: tuple, budget: InferenceBudget | None = None, i
 
 def probs(host: Sandbox, batch: np.ndarray, num_classes: int, budget: InferenceBudget) -> np.ndarray:
     """The defense's probabilities for a query, checked before the attack sees them."""
-    answer = call(host, ("probs", batch), budget, len(batch))
-    if not isinstance(answer, np.ndarray) or answer.shape != (len(batch), num_classes) or not np.isfinite(answer).all():
-        raise DefenseFault(f"{host.label}: the defense answered a query with malformed probabilities")
-    return answer
+    answer = call(host, wire.Probs(batch), budget, len(batch))
+    return _decoded(host.label, wire.decode_array, answer, (len(batch), num_classes), "a query")
+
+
+def describe(host: Sandbox) -> dict[str, bool]:
+    """What the hosted model has (:class:`arena.wire.Describe`)."""
+    return _decoded(host.label, wire.decode_described, call(host, wire.Describe()))
+
+
+def _decoded(label: str, decode: Callable[..., Any], answer: object, *args: Any) -> Any:
+    """``decode(answer, *args)``: a malformed answer of a host is the defense's failure (:class:`DefenseFault`)."""
+    try:
+        return decode(answer, *args)
+    except wire.ProtocolError as exc:
+        raise DefenseFault(f"{label}: {exc}") from None
 
 
 def answer_apart(host: LazyHost, request: object, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -160,26 +173,18 @@ def answer_apart(host: LazyHost, request: object, input_shape: tuple[int, ...]) 
     defense apart), checked. A malformed request, or images outside [0, 1] that the defense failed on, are the
     attack's failure (``ValueError``); a failure on valid images, a late or a malformed answer the defense's
     (:class:`DefenseFault`)."""
-    if not (isinstance(request, tuple) and len(request) == 4 and request[0] in ("forward", "vjp", "reject")):
-        raise ValueError("protocol violation: a malformed request for the model")
-    kind, batch, grad, seed = request
-    shape = (len(batch), *input_shape) if isinstance(batch, np.ndarray) and batch.ndim == len(input_shape) + 1 else None
-    if shape is None or batch.shape != shape or batch.dtype != np.float32 or not isinstance(seed, int):
-        raise ValueError(f"the attack asked the model about a malformed batch (expected float32 (k, {input_shape}))")
+    model_call = wire.decode_model_call(request, input_shape, host.host.num_classes)
+    kind, batch = model_call.method, model_call.batch
     n, classes = len(batch), host.host.num_classes
-    if kind == "vjp" and (not isinstance(grad, np.ndarray) or grad.shape != (n, classes) or grad.dtype != np.float32):
-        raise ValueError("the attack asked for a gradient with a malformed output gradient")
     budget = InferenceBudget(host.host.budget.per_image * (BACKWARD_FACTOR if kind == "vjp" else 1.0))
     try:
-        answer = call(host.box, (kind, batch, grad, seed), budget, n)
+        answer = call(host.box, model_call, budget, n)
     except DefenseFault:
         if image_problem(batch, input_shape) is not None:
             raise ValueError(f"the defense's {kind} failed on images outside [0, 1] that the attack gave it") from None
         raise
-    expected = {"forward": (n, classes), "vjp": shape, "reject": (n,)}[kind]
-    if not isinstance(answer, np.ndarray) or answer.shape != expected or not np.isfinite(answer).all():
-        raise DefenseFault(f"{host.host.defense.label}: the defense's {kind} answered garbage in its own host")
-    return answer
+    expected = {"forward": (n, classes), "vjp": batch.shape, "reject": (n,)}[kind]
+    return _decoded(host.host.defense.label, wire.decode_array, answer, expected, f"its {kind} in its own host")
 
 
 def classify(host: Host, x: torch.Tensor, draws: int, probe: bool = False) -> tuple[referee.Verdict, dict]:
@@ -206,16 +211,13 @@ def classify(host: Host, x: torch.Tensor, draws: int, probe: bool = False) -> tu
 def _classify_in(box: Sandbox, host: Host, x: torch.Tensor, draws: int, probe: bool) -> tuple[referee.Verdict, dict]:
     """Classify ``x`` in the started host ``box`` and check the answer (see :func:`classify`)."""
     measured: dict[str, float] = {}
-    preds, rejected = call(box, ("classify", x.numpy(), draws), host.budget, len(x) * draws)
+    answer = call(box, wire.Classify(x.numpy(), draws), host.budget, len(x) * draws)
     if probe:
         with contextlib.suppress(PluginFailure):  # no measure then: the board shows no diagnosis
-            norm = box.call(("gradient", x.numpy()), timeout=host.budget.seconds(len(x), BACKWARD_FACTOR))
-            if isinstance(norm, float) and math.isfinite(norm):
+            norm = box.call(wire.Gradient(x.numpy()), timeout=host.budget.seconds(len(x), BACKWARD_FACTOR))
+            if wire.decode_gradient(norm) is not None:
                 measured["input_gradient"] = norm
-    expected = (draws, len(x))
-    for name, array in (("predictions", preds), ("rejections", rejected)):
-        if not isinstance(array, np.ndarray) or array.shape != expected:
-            raise DefenseFault(f"{host.defense.label}: the defense returned malformed {name}")
+    preds, rejected = _decoded(host.defense.label, wire.decode_verdict, answer, draws, len(x))
     if draws > 1:
         measured["clean_disagreement"] = float((preds != preds[:1]).any(axis=0).mean())
     return referee.Verdict(torch.from_numpy(preds).long(), torch.from_numpy(rejected).bool()), measured
@@ -225,7 +227,7 @@ def replay(host: Host, batch: np.ndarray, grad: bool, method: str) -> str | None
     """Run the defense's ``method`` (forward or reject) on ``batch`` in a fresh host; why it failed, or None."""
     try:
         with host.sandbox() as box:
-            box.call(("replay", batch, grad, method))
+            box.call(wire.Replay(batch, grad, method))
     except PluginFailure as exc:
         return exc.reason
     return None
@@ -235,23 +237,22 @@ def _setup(_conn: Connection, host: Host):  # noqa: ANN202 (a sandbox handler)
     device = torch.device(host.device)
     model = load_model(host.artifact, device, host.defense, host.cache_dir)
 
-    def handle(request: tuple) -> Any:
-        if request[0] == "describe":
+    def handle(request: HostRequest) -> Any:
+        if isinstance(request, wire.Describe):
             return {"reject": callable(getattr(model, "reject", None))}
-        x = torch.from_numpy(request[1]).to(device)
-        if request[0] in ("forward", "vjp", "reject"):
-            return _apart(model, request[0], x, request[2], request[3])
-        if request[0] == "replay":  # as the attack's process called it, gradients included
-            _, _, grad, method = request
-            if method == "reject" and not callable(getattr(model, "reject", None)):
+        if isinstance(request, wire.ModelCall):
+            return _apart(model, request.method, torch.from_numpy(request.batch).to(device), request.grad, request.seed)
+        x = torch.from_numpy(request[0]).to(device)
+        if isinstance(request, wire.Replay):  # as the attack's process called it, gradients included
+            if request.method == "reject" and not callable(getattr(model, "reject", None)):
                 return True  # nothing to fail: the report was no defense's failure
-            with torch.set_grad_enabled(grad):
-                output = (model if method == "forward" else model.reject)(x.requires_grad_(grad))
-            problem = output_problem(method, output, len(x), host.num_classes)
+            with torch.set_grad_enabled(request.grad):
+                output = (model if request.method == "forward" else model.reject)(x.requires_grad_(request.grad))
+            problem = output_problem(request.method, output, len(x), host.num_classes)
             if problem is not None:
                 raise ValueError(problem)
             return True
-        if request[0] == "gradient":  # the input gradient of the loss at the model's own prediction
+        if isinstance(request, wire.Gradient):  # the input gradient of the loss at the model's own prediction
             x.requires_grad_(True)
             with torch.enable_grad():
                 logits = model(x)
@@ -259,9 +260,9 @@ def _setup(_conn: Connection, host: Host):  # noqa: ANN202 (a sandbox handler)
                 (grad,) = torch.autograd.grad(loss, x)
             return float(grad.flatten(1).norm(dim=1).median())
         with torch.no_grad():
-            if request[0] == "probs":
+            if isinstance(request, wire.Probs):
                 return torch.softmax(model(x).float(), dim=1).cpu().numpy()
-            verdict = referee.classify(model, x, request[2])
+            verdict = referee.classify(model, x, request.draws)
         return verdict.preds.cpu().numpy(), verdict.rejected.cpu().numpy()
 
     return handle

@@ -17,11 +17,14 @@ import torch
 
 from arena import hosts, physical, referee
 from arena.evaluation import EvalSet
+from arena.hosts import Timings
+from arena.lru import LRU
 from arena.matchspec import MatchSpec, host_of
 from arena.tracks import Track
 
 #: reference clean verdicts, by (model, evaluation set, draws) digests: see :func:`_reference`
-CLEAN_VERDICTS: dict[tuple[bytes, bytes, int], tuple[referee.Verdict, dict]] = {}
+Verdicts = LRU[tuple[bytes, bytes, int], tuple[referee.Verdict, dict]]
+#: how many a worker keeps (:class:`arena.warm.Warm`)
 MAX_CLEAN_VERDICTS = 256
 
 
@@ -34,7 +37,7 @@ def photographed(track: Track, evaluation: EvalSet, images: torch.Tensor) -> tor
 
 
 def judged(
-    spec: MatchSpec, clean: torch.Tensor, adversarial: torch.Tensor, draws: int
+    spec: MatchSpec, clean: torch.Tensor, adversarial: torch.Tensor, draws: int, timings: Timings, verdicts: Verdicts
 ) -> tuple[referee.Verdict, referee.Verdict, dict]:
     """The defense's verdicts on the clean and the adversarial images, and the board's measures.
 
@@ -44,13 +47,14 @@ def judged(
     clean or all adversarial: a defense that refuses a suspicious batch refuses clean images with it, and its
     clean accuracy is what these same batches measured. A deterministic defense's verdict on the clean images
     alone (:func:`_reference`) is compared with the mixed one: where they differ, its answer depended on the
-    image's company (``company_changes``, a flag on the board).
+    image's company (``company_changes``, a flag on the board). ``timings`` says where the hosts run
+    (:func:`arena.hosts.device_for`); ``verdicts`` keeps the worker's reference verdicts.
     """
     n, rng = len(clean), np.random.default_rng(secrets.randbits(128))
     order = torch.from_numpy(rng.permutation(n))
     halves = (order[: (n + 1) // 2], order[(n + 1) // 2 :])
     mixes = [(own, other, torch.from_numpy(rng.permutation(n))) for own, other in (halves, halves[::-1])]
-    host = host_of(spec)
+    host = host_of(spec, timings)
 
     def judge(own: torch.Tensor, other: torch.Tensor, shuffle: torch.Tensor) -> referee.Verdict:
         return hosts.classify(host, torch.cat([clean[own], adversarial[other]])[shuffle], draws)[0]
@@ -65,15 +69,17 @@ def judged(
         got_preds, got_rejected = verdict.preds[:, unshuffled], verdict.rejected[:, unshuffled]
         for side, positions, part in ((0, own, slice(0, len(own))), (1, other, slice(len(own), None))):
             preds[side][:, positions], rejected[side][:, positions] = got_preds[:, part], got_rejected[:, part]
-    verdicts = referee.Verdict(preds[0], rejected[0]), referee.Verdict(preds[1], rejected[1])
-    measured = _reference_measures(spec, clean, draws, verdicts[0])
-    return *verdicts, measured
+    mixed = referee.Verdict(preds[0], rejected[0]), referee.Verdict(preds[1], rejected[1])
+    measured = _reference_measures(spec, clean, draws, mixed[0], _reference(spec, clean, draws, timings, verdicts))
+    return *mixed, measured
 
 
-def _reference_measures(spec: MatchSpec, clean: torch.Tensor, draws: int, mixed: referee.Verdict) -> dict:
-    """The board's measures of the clean verdict: the input gradient (white-box matches), how often a
-    randomized defense's draws disagree, and how many clean answers changed with their company."""
-    reference, measured = _reference(spec, clean, draws)
+def _reference_measures(
+    spec: MatchSpec, clean: torch.Tensor, draws: int, mixed: referee.Verdict, alone: tuple[referee.Verdict, dict]
+) -> dict:
+    """The board's measures of the clean verdict (``alone``: :func:`_reference`'s): the input gradient (white-box
+    matches), how often a randomized defense's draws disagree, and how many clean answers changed with their company."""
+    reference, measured = alone
     if spec.threat != "white-box":
         measured.pop("input_gradient", None)
     if spec.randomized:
@@ -84,17 +90,14 @@ def _reference_measures(spec: MatchSpec, clean: torch.Tensor, draws: int, mixed:
     return measured
 
 
-def _reference(spec: MatchSpec, clean: torch.Tensor, draws: int) -> tuple[referee.Verdict, dict]:
+def _reference(
+    spec: MatchSpec, clean: torch.Tensor, draws: int, timings: Timings, verdicts: Verdicts
+) -> tuple[referee.Verdict, dict]:
     """The defense's verdict on the clean images alone, in a fresh host, with the input gradient measured.
 
-    It is the same in every match of a trained model and evaluation set, so it is computed once per worker
-    process (:data:`CLEAN_VERDICTS`): the referee judges on mixed batches (:func:`_judged`), this one serves
-    the diagnostics only.
+    It is the same in every match of a trained model and evaluation set, so it is computed once per
+    worker (``verdicts``): the referee judges on mixed batches (:func:`judged`), this one serves the diagnostics only.
     """
     key = (hashlib.sha256(spec.defense_artifact).digest(), hashlib.sha256(spec.evaluation).digest(), draws)
-    if key not in CLEAN_VERDICTS:
-        while len(CLEAN_VERDICTS) >= MAX_CLEAN_VERDICTS:
-            CLEAN_VERDICTS.pop(next(iter(CLEAN_VERDICTS)))
-        CLEAN_VERDICTS[key] = hosts.classify(host_of(spec), clean, draws, probe=True)
-    verdict, measured = CLEAN_VERDICTS[key]
+    verdict, measured = verdicts.remember(key, lambda: hosts.classify(host_of(spec, timings), clean, draws, probe=True))
     return verdict, {k: v for k, v in measured.items() if k != "clean_disagreement"}

@@ -35,8 +35,9 @@ from arena.judging import judged, photographed
 from arena.matchspec import WITHHELD, MatchSpec, attack_view, host_of
 from arena.records import pack
 from arena.sandbox import PluginFailure
+from arena.warm import Warm
 
-__all__ = ["WITHHELD", "AttackPool", "MatchOutcome", "MatchSpec", "attack_view", "play"]
+__all__ = ["WITHHELD", "AttackPool", "MatchOutcome", "MatchSpec", "Warm", "attack_view", "play"]
 
 
 @dataclass
@@ -53,26 +54,31 @@ class MatchOutcome:
     wall_time: float = 0.0
 
 
-def play(spec: MatchSpec, pool: AttackPool | None = None, scope: Hashable = None) -> MatchOutcome:
+def play(spec: MatchSpec, warm: Warm | None = None, scope: Hashable = None) -> MatchOutcome:
     """Play one match; a plugin's failure fails only this match, with its reason and log tail.
 
-    The attack plays in a warm process of ``pool`` (see :class:`AttackPool`) that serves only matches of
-    the same ``scope`` (the round: what an attack learned in one round never reaches the next, where a
-    new version of a defense it queried may play), else in a fresh one.
+    With a worker's ``warm`` state, the attack plays in a warm process (see :class:`AttackPool`) that serves only
+    matches of the same ``scope`` (the round: what an attack learned in one round never reaches the next, where a
+    new version of a defense it queried may play), and the model's timing and clean verdict are kept; else in a
+    fresh process, with nothing kept.
     """
     started = time.perf_counter()
+    pool = warm.attacks if warm is not None else None
+    kept = warm if warm is not None else Warm()  # its attack pool unused: the match's process is a fresh one
     evaluation = EvalSet.unpack(spec.evaluation)
     disputed: Suspect | None = None
     log_tail = ""
     try:
-        hosts.probe(host_of(spec), evaluation.x)  # on a GPU worker, where this model's hosts run: decided first
+        hosts.probe(
+            host_of(spec, kept.timings), evaluation.x, kept.timings
+        )  # on a GPU worker, where this model's hosts run: decided first
         try:
-            attacked = play_attack(spec, evaluation, pool, scope)
+            attacked = play_attack(spec, evaluation, kept.timings, pool, scope)
         except Suspect as suspect:
             disputed, log_tail = suspect, suspect.log_tail
-            attacked = play_attack(spec, evaluation, apart=True)
+            attacked = play_attack(spec, evaluation, kept.timings, apart=True)
         log_tail = attacked.log_tail
-        outcome = _judge(spec, evaluation, attacked)
+        outcome = _judge(spec, evaluation, attacked, kept)
     except DefenseFault as fault:
         return _forfeit(fault, disputed, fault.log_tail or log_tail, time.perf_counter() - started)
     except PluginFailure as exc:
@@ -86,14 +92,14 @@ def play(spec: MatchSpec, pool: AttackPool | None = None, scope: Hashable = None
     return outcome
 
 
-def _judge(spec: MatchSpec, evaluation: EvalSet, attacked: Attacked) -> MatchOutcome:
+def _judge(spec: MatchSpec, evaluation: EvalSet, attacked: Attacked, kept: Warm) -> MatchOutcome:
     """The referee's part: project and round the attack's output, have it judged, and record the outcome."""
     track, x, y, targets = spec.track, evaluation.x, evaluation.y, evaluation.targets
     draws = track.draws if spec.randomized else 1
     x_adv, moved = referee.project(attacked.outputs, x, track.norm, track.eps)
     x_adv = referee.quantize_within(x_adv, x, track.levels, track.norm, track.eps)
     seen, seen_adv = photographed(track, evaluation, x), photographed(track, evaluation, x_adv)
-    clean, adv, measured = judged(spec, seen, seen_adv, draws)
+    clean, adv, measured = judged(spec, seen, seen_adv, draws, kept.timings, kept.verdicts)
     records = referee.judge(x, y, x_adv, moved, clean, adv, targets if spec.targeted else None)
     metrics = referee.metrics(records, spec.targeted, attacked.queries, attacked.seconds, draws) | measured
     return MatchOutcome(

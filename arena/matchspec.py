@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from arena import hosts
-from arena.hosts import Host
+from arena.hosts import Host, Timings
 from arena.plugins import PluginSource
 from arena.tracks import Track
 from arena.watch import InferenceBudget
@@ -54,11 +54,17 @@ def attack_view(spec: MatchSpec) -> MatchSpec:
     return replace(spec, defense=WITHHELD, defense_artifact=b"", twin_artifact=None)
 
 
-def host_of(spec: MatchSpec, artifact: bytes | None = None) -> Host:
-    """The host of the defended model (or of ``artifact``, the twin)."""
+def host_of(spec: MatchSpec, timings: Timings, artifact: bytes | None = None) -> Host:
+    """The host of the defended model (or of ``artifact``, the twin), on the device ``timings`` decide."""
     model = spec.defense_artifact if artifact is None else artifact
     track = spec.track
     budget = InferenceBudget(track.inference_seconds)
     return Host(
-        spec.defense, model, track.num_classes, spec.cache_dir, track.time_limit, hosts.device_for(model), budget
+        spec.defense,
+        model,
+        track.num_classes,
+        spec.cache_dir,
+        track.time_limit,
+        hosts.device_for(model, timings),
+        budget,
     )

@@ -3,9 +3,9 @@ plugin's matches (``arena plugin check``, ``arena play``). Plain text lines; the
 
 from __future__ import annotations
 
+from arena.boards import AttackStanding, Board, DefenseStanding
 from arena.checks import Match, worst_case
 from arena.costs import Cost
-from arena.scoring import AttackStanding, Board, DefenseStanding
 
 #: how many of a log's last lines a match shows
 LOG_LINES = 6

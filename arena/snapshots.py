@@ -19,7 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from arena import diagnostics, scoring
-from arena.scoring import AttackStanding, Board, Cell, DefenseStanding, Entry, round_standings
+from arena.boards import AttackStanding, Board, Cell, DefenseStanding, Entry
+from arena.scoring import round_standings
 from arena.store import RoundStandings
 
 #: the code that scored a snapshot: a change to scoring or diagnostics makes earlier snapshots stale

@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena import planner, plugins, validation
+from arena import plugins, validation, versions
 from arena.config import Settings
 from arena.plugins import MAX_PLUGIN_BYTES, PluginSource
 from arena.redaction import redact
@@ -190,7 +190,7 @@ def _record(
                 source.errors.append(
                     f"{path}/plugin.toml: team = '{source.manifest.team}', but this repository belongs to team '{name}'"
                 )
-            version, new = planner.store_version(session, source, team_name=name, path=path, name=plugin_name)
+            version, new = versions.store_version(session, source, team_name=name, path=path, name=plugin_name)
             if new:
                 version.checks = {"folder": source.errors}  # what reading the folder found, for evaluate()
             status = {"valid": "unchanged"}.get(version.status, version.status) if not new else "new"
@@ -280,7 +280,7 @@ def evaluate(db: Database, settings: Settings, version_id: int, kit: Callable[[]
         return "error"
     with db.session() as session:
         version = session.get(PluginVersion, version_id)
-        planner.apply_validation(version, checked)
+        versions.apply_validation(version, checked)
         return version.status
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from arena import wire
 from arena.hookspecs import DefenseFailed, QueryBudgetExceeded, Target, ThreatModelError
 from arena.referee import quantize
 
@@ -51,20 +52,20 @@ class QueryServer:
         self.allowance = images
         self.used = 0
 
-    def __call__(self, x: object) -> tuple:
-        """One query, as it arrives from the pipe: ``("ok", probs, used, left)`` or ``("error", kind, text)``."""
+    def __call__(self, x: object) -> wire.QueryAnswer | wire.QueryRefused:
+        """One query, as it arrives from the pipe: answered, or refused (a malformed batch, the budget spent)."""
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != len(self._input_shape) + 1:
             shape = ", ".join(map(str, self._input_shape))
-            return ("error", "value", f"query expects a float32 batch shaped (k, {shape})")
+            return wire.QueryRefused("value", f"query expects a float32 batch shaped (k, {shape})")
         if tuple(x.shape[1:]) != self._input_shape or not np.isfinite(x).all():
-            return ("error", "value", f"query got shape {tuple(x.shape)} or non-finite values")
+            return wire.QueryRefused("value", f"query got shape {tuple(x.shape)} or non-finite values")
         if self.used + len(x) > self.allowance:
-            return ("error", "budget", f"query budget exhausted: {self.used} of {self.allowance} images used")
+            return wire.QueryRefused("budget", f"query budget exhausted: {self.used} of {self.allowance} images used")
         seen = quantize(torch.from_numpy(x), self._levels)
         probs = self._answer((self._look(seen) if self._look is not None else seen).numpy())
         self.used += len(x)
         self.total += len(x)
-        return ("ok", probs, self.used, self.allowance - self.used)
+        return wire.QueryAnswer(probs, self.used, self.allowance - self.used)
 
 
 def image_problem(x: object, input_shape: tuple[int, ...]) -> str | None:
@@ -92,7 +93,7 @@ def output_problem(method: str, output: object, n: int, num_classes: int) -> str
 
 def notify(conn: Connection, payload: tuple) -> None:
     """A one-way notice to the arena (:class:`arena.watch.DefenseWatch`): no reply comes."""
-    conn.send(("notice", payload))
+    conn.send(wire.service(wire.NOTICE, payload))
 
 
 class _Boundary(torch.autograd.Function):
@@ -142,18 +143,18 @@ class GuardedModel(nn.Module):
         call = self.inner if method == "forward" else self.inner.reject
         images = len(x) if isinstance(x, torch.Tensor) and x.dim() > 0 else 0
         backward = method == "forward" and isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()
-        notify(self._conn, ("enter", images, "forward"))
+        notify(self._conn, wire.enter(images, "forward"))
         try:
-            output = call(_Boundary.apply(x, self._conn, ("leave",)) if backward else x)
+            output = call(_Boundary.apply(x, self._conn, wire.LEAVE) if backward else x)
         except Exception as exc:  # the defense's code failed: the arena decides whose fault it is
-            notify(self._conn, ("leave",))
+            notify(self._conn, wire.LEAVE)
             raise self._report(method, x, f"{type(exc).__name__}: {exc}") from exc
-        notify(self._conn, ("leave",))
+        notify(self._conn, wire.LEAVE)
         problem = output_problem(method, output, len(x), self._num_classes)
         if problem is not None:
             raise self._report(method, x, problem)
         if backward and output.requires_grad:
-            output = _Boundary.apply(output, self._conn, ("enter", images, "backward"))
+            output = _Boundary.apply(output, self._conn, wire.enter(images, "backward"))
         return output
 
     def _report(self, method: str, x: torch.Tensor, problem: str) -> Exception:
@@ -161,7 +162,8 @@ class GuardedModel(nn.Module):
         if invalid is not None:
             return ValueError(f"the attack gave the model {invalid}, and the defense's {method} failed: {problem}")
         batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        self._conn.send(("defense-fault", (batch, bool(x.requires_grad and torch.is_grad_enabled()), method, problem)))
+        grad = bool(x.requires_grad and torch.is_grad_enabled())
+        self._conn.send(wire.service(wire.DEFENSE_FAULT, (batch, grad, method, problem)))
         confirmed = self._conn.recv()
         said = (
             "reproduced by the arena: the match counts against the defense"
@@ -228,7 +230,7 @@ class RemoteModel(nn.Module):
         """One request to the defense's host, through the arena."""
         batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
         extra = None if grad is None else grad.detach().to("cpu", torch.float32).contiguous().numpy()
-        self._conn.send(("model", (kind, batch, extra, seed)))
+        self._conn.send(wire.service(wire.MODEL, (kind, batch, extra, seed)))
         return torch.from_numpy(self._conn.recv()).to(x.device)
 
 
@@ -275,7 +277,7 @@ class ArenaTarget(Target):
     def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Asked from the arena on first use (the attack's process reads no data set itself)."""
         if self._train_data is None:
-            self._conn.send(("train-data", None))
+            self._conn.send(wire.service(wire.TRAIN_DATA, None))
             x, y = self._conn.recv()
             self._train_data = torch.from_numpy(x), torch.from_numpy(y)
         return self._train_data
@@ -295,9 +297,9 @@ class ArenaTarget(Target):
     def query(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"query expects a torch.Tensor, got {type(x).__name__}")
-        self._conn.send(("query", x.detach().to("cpu", torch.float32).contiguous().numpy()))
-        reply = self._conn.recv()
-        if reply[0] == "error":
-            raise (QueryBudgetExceeded if reply[1] == "budget" else ValueError)(reply[2])
-        _, probs, self._used, self._left = reply
-        return torch.from_numpy(probs).to(x.device)
+        self._conn.send(wire.service(wire.QUERY, x.detach().to("cpu", torch.float32).contiguous().numpy()))
+        answer = self._conn.recv()
+        if isinstance(answer, wire.QueryRefused):
+            raise (QueryBudgetExceeded if answer.reason == "budget" else ValueError)(answer.text)
+        self._used, self._left = answer.used, answer.left
+        return torch.from_numpy(answer.probs).to(x.device)

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from arena import wire
+
 #: seconds any call to a defense may take beyond its per-image budget (a first call's lazy set-up, a busy machine)
 GRACE_SECONDS = 5.0
 #: a backward pass through the defense may take this many times its forward budget
@@ -74,17 +76,18 @@ class DefenseWatch:
         return self._depth > 0
 
     def notice(self, payload: Any) -> None:
-        """``("enter", images, "forward" | "backward")`` or ``("leave",)``; anything else is ignored."""
-        if payload == ("leave",) and self._depth > 0:
-            self._depth -= 1
-            if self._depth == 0:
-                self._excused += self._clock() - self._entered
+        """:func:`arena.wire.enter` or :data:`arena.wire.LEAVE`; anything else is ignored."""
+        try:
+            entered = wire.decode_notice(payload)
+        except wire.ProtocolError:
             return
-        if not (isinstance(payload, tuple) and len(payload) == 3 and payload[0] == "enter"):
+        if entered is None:
+            if self._depth > 0:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._excused += self._clock() - self._entered
             return
-        _, images, phase = payload
-        if not isinstance(images, int) or phase not in ("forward", "backward"):
-            return
+        images, phase = entered
         if self._depth == 0:  # an attack may forge the count: a call is allowed the time of so many images at most
             self._entered, self._images = self._clock(), min(max(images, 0), self._most_images)
             self._factor = BACKWARD_FACTOR if phase == "backward" else 1.0

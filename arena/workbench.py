@@ -23,6 +23,7 @@ from arena.execution import local, rounds
 from arena.plugins import PluginSource
 from arena.store import Database, PluginVersion, Round, RoundEntry, Team
 from arena.tracks import Track
+from arena.versions import apply_validation, latest_valid_versions, store_version, sync
 
 
 def register(main: click.Group, plugin_group: click.Group) -> None:
@@ -62,14 +63,14 @@ def check(path: Path, track_name: str, quiet: bool) -> None:
         click.echo(f"not reusing this machine's trained models: {problem}")
     try:
         hashes = [s.content_hash for s in plugins.discover(settings.plugin_dirs)]
-        planner.sync(db, settings, checks.verdicts(lender, hashes))
+        sync(db, settings, checks.verdicts(lender, hashes))
         checks.borrow(lender, db, validation.kit_keys())
         version_id = _validate(db, settings, source, lender)
         with db.session() as session:
             version = session.get(PluginVersion, version_id)
             kind = version.plugin.kind
             found = set(hashes)  # the built-ins and ARENA_PLUGIN_DIRS, not the plugins checked before
-            others = [v for v in planner.latest_valid_versions(session) if v.plugin.kind != kind]
+            others = [v for v in latest_valid_versions(session) if v.plugin.kind != kind]
             others = [v for v in others if v.content_hash in found]
             defenses = [version] if kind == "defense" else others
             reused = checks.borrow(lender, db, checks.model_keys(settings, defenses, [track]))
@@ -105,8 +106,8 @@ def _validate(db: Database, settings: Settings, source: PluginSource, lender: Da
         click.echo(f"{source.label}: loads{'; its smoke match first trains ' if first else ''}{' and '.join(first)}")
         loaded = validation.validate(source, cache, validation.smoke_kit(db, settings))
     with db.session() as session:
-        version, _ = planner.store_version(session, source)
-        planner.apply_validation(version, loaded)
+        version, _ = store_version(session, source)
+        apply_validation(version, loaded)
         version_id = version.id
     if loaded.errors:
         click.secho(f"{source.label}: INVALID", fg="red")
@@ -178,7 +179,7 @@ def play(paths: tuple[Path, ...], track_names: tuple[str, ...], quiet: bool, ser
     for round_id, number in rounds.unfinished_rounds(db):  # a round an interrupted run left: finish it first
         click.echo(f"finishing round {number} first")
         local.run_local(db, settings, rounds.recorded_tracks(db), round_id, progress=not quiet)
-    planner.sync(db, settings)
+    sync(db, settings)
     scratch, _ = checks.lender(settings.scratch())  # a check may have trained the smoke kit or your defense
     try:
         checks.borrow(scratch, db, validation.kit_keys())

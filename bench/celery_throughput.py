@@ -34,7 +34,7 @@ from pathlib import Path
 import redis
 from sqlalchemy import select, text
 
-from arena import planner, plugins
+from arena import planner, plugins, versions
 from arena.config import Settings
 from arena.execution import follow, local, tasks
 from arena.store import Database, Job, PluginVersion
@@ -119,7 +119,7 @@ class Run:
         """Record the plugins, open a round on ``track`` and play it; return its id and wall time."""
         for folder in folders:
             with self.db.session() as session:
-                planner.record_version(session, plugins.read_folder(folder), self.settings)
+                versions.record_version(session, plugins.read_folder(folder), self.settings)
         tracks = load_tracks(self.home)
         round_id = planner.open_round(self.db, [tracks[track]])
         planner.plan_round(self.db, self.settings, round_id, tracks)
@@ -163,7 +163,7 @@ def redelivery(run: Run, track: str, lease_seconds: float) -> float:
     (folder / "slow.py").write_text(SLOW)
     for f in (folder, ROOT / "plugins" / "defenses" / "undefended"):
         with run.db.session() as session:
-            planner.record_version(session, plugins.read_folder(f), run.settings)
+            versions.record_version(session, plugins.read_folder(f), run.settings)
     tracks = load_tracks(run.home)
     round_id = planner.open_round(run.db, [tracks[track]])
     planner.plan_round(run.db, run.settings, round_id, tracks)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from arena import evaluation, judging, plugins
+from arena import evaluation, plugins
 from arena.config import Settings
-from arena.match import AttackPool, MatchSpec, play
+from arena.match import MatchSpec, Warm, play
 from arena.tracks import TRACKS
 from arena.training import TrainSpec, derive_seed, load_model, pick_device, train_defense, train_substitute
 
@@ -84,14 +84,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     fresh_times, warm_times, plain_times = [], [], []
-    with AttackPool() as pool:
+    with Warm() as kept:
         for _ in range(args.repeat):
-            judging.CLEAN_VERDICTS.clear()  # a cold worker: every process fresh, the clean verdict computed
+            kept.verdicts.clear()  # a cold worker: every process fresh, the clean verdict computed
             started = time.perf_counter()
             fresh = play(spec)
             fresh_times.append(time.perf_counter() - started)
             started = time.perf_counter()
-            warm = play(spec, pool)  # a warm worker: the attack's process and the clean verdict kept
+            warm = play(spec, kept)  # a warm worker: the attack's process and the clean verdict kept
             warm_times.append(time.perf_counter() - started)
             started = time.perf_counter()
             robust = plain_fgsm(model, x, y, track.eps, track.batch_size)  # .item() waits for the GPU

@@ -31,7 +31,7 @@ from pathlib import Path
 from celery_throughput import Run
 from sqlalchemy import select
 
-from arena import planner
+from arena import planner, versions
 from arena.config import Settings
 from arena.execution import follow, local
 from arena.store import Database, Job, Result
@@ -136,7 +136,7 @@ def main() -> None:
     phases: dict[str, float] = {}
 
     started = time.perf_counter()
-    planner.sync(db, settings)
+    versions.sync(db, settings)
     phases["validation (sync)"] = time.perf_counter() - started
     started = time.perf_counter()
     round_id = planner.open_round(db, list(tracks.values()))

@@ -8,7 +8,8 @@ from typing import Any
 from flask import abort
 from sqlalchemy.orm import Session
 
-from arena.scoring import BREAK_SUCCESS_RATE, Board
+from arena.boards import Board
+from arena.history import BREAK_SUCCESS_RATE
 from arena.store import Round
 from leaderboard.access import team_name
 from leaderboard.caching import Page, state

@@ -11,11 +11,11 @@ from flask import current_app
 from sqlalchemy import select
 
 from arena.diagnostics import EXPLANATIONS
+from arena.history import BREAK_SUCCESS_RATE
 from arena.hookspecs import THREATS
 from arena.physical import PrintAndPhoto
 from arena.plugins import MAX_PLUGIN_BYTES
 from arena.referee import GALLERY_SIZE, REFEREE_VERSION, TOLERANCE
-from arena.scoring import BREAK_SUCCESS_RATE
 from arena.store import Track as TrackRow
 from arena.tracks import INFERENCE_MS, TRACKS, Track, TrackError, load_tracks
 from leaderboard.lookup import database

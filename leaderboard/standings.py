@@ -20,7 +20,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from arena import snapshots
-from arena.scoring import Board, OutcomeCache, history, round_standings, round_token
+from arena.boards import Board
+from arena.history import history
+from arena.scoring import OutcomeCache, round_standings, round_token
 from arena.store import Round
 
 

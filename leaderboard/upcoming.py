@@ -55,7 +55,7 @@ def _versions(session: Session, round_: Round) -> list[dict[str, Any]]:
     columns = (Team.id, Team.name, Plugin.id.label("plugin_id"), Plugin.name.label("plugin"), Plugin.kind)
     query = select(*columns, PluginVersion.content_hash).join(Plugin, PluginVersion.plugin_id == Plugin.id)
     query = query.join(Team, Plugin.team_id == Team.id)
-    if round_.status == "open":  # as arena.planner.latest_valid_versions chooses them, without the archives
+    if round_.status == "open":  # as arena.versions.latest_valid_versions chooses them, without the archives
         newest = func.coalesce(PluginVersion.seen_at, PluginVersion.created_at)
         rank = func.row_number().over(
             partition_by=PluginVersion.plugin_id, order_by=(newest.desc(), PluginVersion.id.desc())

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from arena import planner, scoring
+from arena import planner, scoring, versions
 from arena.config import Settings
 from arena.data import load_digits
 from arena.execution import local
@@ -59,7 +59,7 @@ def play(settings: Settings, track: Track) -> dict[tuple[str, ...], dict[str, An
     db = Database(settings.database_url)
     db.upgrade()
     tracks = {track.name: track}
-    planner.sync(db, settings)
+    versions.sync(db, settings)
     round_id = planner.open_round(db, [track])
     planner.plan_round(db, settings, round_id, tracks)
     local.run_local(db, settings, tracks, round_id, progress=False)

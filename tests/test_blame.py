@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hostile import write_attack
 
-from arena import evaluation, plugins, scoring, training
+from arena import boards, evaluation, plugins, training
+from arena.boards import Cell
 from arena.match import MatchSpec, play
-from arena.scoring import Cell
 from arena.tracks import TRACKS
 from arena.training import TrainSpec
 
@@ -141,7 +141,7 @@ def test_an_attack_cannot_frame_an_honest_defense(kit: Kit, body: str) -> None:
 
 
 def test_a_forfeit_counts_as_every_sample_broken_and_not_against_the_attack() -> None:
-    from arena.scoring import Entry, _attack, _defense
+    from arena.boards import Entry, _attack, _defense
 
     entry = Entry(1, "t", "p", "abc", None, 1, 1)
     forfeit = Cell("failed", "k", 1, error="the defense failed", blame="defense")
@@ -151,7 +151,7 @@ def test_a_forfeit_counts_as_every_sample_broken_and_not_against_the_attack() ->
     )
     assert _attack(entry, 0, [forfeit], []).failed == 0
     assert _attack(entry, 0, [Cell("failed", "k", 1, error="the attack raised")], []).failed == 1
-    assert scoring.DefenseStanding.__dataclass_fields__["forfeited"]
+    assert boards.DefenseStanding.__dataclass_fields__["forfeited"]
 
 
 #: a defense wrapping the plain CNN whose forward misbehaves first (``{forward}``): the blame tests' cheats

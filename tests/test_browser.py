@@ -25,7 +25,7 @@ from sqlalchemy import select
 from test_rounds import RAISES_IN_RUN, TINY, write_plugin
 from werkzeug.serving import make_server
 
-from arena import access, planner
+from arena import access, planner, versions
 from arena.config import Settings
 from arena.execution import local
 from arena.store import Database, Round, Team
@@ -56,7 +56,7 @@ def finished_round(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     db = Database(settings.database_url)
     db.upgrade()
     tracks = load_tracks(home)
-    planner.sync(db, settings)
+    versions.sync(db, settings)
     round_id = planner.open_round(db, [tracks["tiny"]])
     planner.plan_round(db, settings, round_id, tracks)
     local.run_local(db, settings, tracks, round_id, progress=False)

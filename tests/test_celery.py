@@ -26,7 +26,7 @@ from services import RedisServer, fresh_postgres_database, redis_url
 from sqlalchemy import func, select
 from test_rounds import write_plugin
 
-from arena import planner, plugins
+from arena import planner, plugins, versions
 from arena.cli import main
 from arena.config import Settings
 from arena.execution import dispatch, follow, tasks
@@ -174,7 +174,7 @@ class Cluster:
         """Record these plugin versions (the round freezes them)."""
         for folder in folders:
             with self.db.session() as session:
-                version, _ = planner.record_version(session, plugins.read_folder(folder), self.settings)
+                version, _ = versions.record_version(session, plugins.read_folder(folder), self.settings)
                 assert version.valid, version.errors
 
     def open_round(self) -> int:

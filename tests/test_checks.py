@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from test_rounds import TINY, write_plugin
 from test_scoring import Rows
 
-from arena import checks, costs, planner, report
+from arena import checks, costs, keys, planner, report, versions
 from arena.cli import main
 from arena.config import Settings
 from arena.execution import local
@@ -81,7 +81,7 @@ def test_a_check_shares_the_arenas_secret_but_not_its_database(tmp_path: Path) -
     home = Settings.from_env({"ARENA_HOME": str(tmp_path / "home")})
     scratch = home.scratch()
     assert scratch.home == home.home / "checks" and scratch.database_url != home.database_url
-    assert scratch.secret() == home.secret() and planner.secret_fingerprint(scratch) == planner.secret_fingerprint(home)
+    assert scratch.secret() == home.secret() and keys.secret_fingerprint(scratch) == keys.secret_fingerprint(home)
     assert (home.home / "secret").is_file() and not (scratch.home / "secret").exists()
     assert checks.lender(home) == (None, None), "no database yet: nothing to borrow from"
     assert not (home.home / "arena.db").exists(), "looking for a lender never creates the arena's database"
@@ -172,7 +172,7 @@ def arena(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (settings.home / "tracks.toml").write_text(TINY)
     db = migrated(settings.database_url)
     tracks = load_tracks(settings.home)
-    planner.sync(db, settings)
+    versions.sync(db, settings)
     round_id = planner.open_round(db, [tracks["tiny"]])
     planner.plan_round(db, settings, round_id, tracks)
     local.run_local(db, settings, tracks, round_id, progress=False)

@@ -12,9 +12,9 @@ from sqlalchemy import select
 from test_rounds import TINY, write_plugin
 
 from arena import access, course
+from arena.boards import AttackStanding, Board, Cell, DefenseStanding, Entry
 from arena.cli import main
 from arena.config import Settings
-from arena.scoring import AttackStanding, Board, Cell, DefenseStanding, Entry
 from arena.store import Database, Result, Round, RoundMatch
 from leaderboard import create_app
 

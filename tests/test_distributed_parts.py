@@ -22,6 +22,7 @@ from services import redis_url
 from arena.cli import main
 from arena.config import Settings
 from arena.execution import dispatch, jobs, rounds, tasks
+from arena.execution.state import WorkerState
 from arena.execution.workers import plan_workers
 from arena.store import Artifact, Database, Job, JobInput, Plugin, PluginVersion, Round, RoundMatch, Team
 from arena.tracks import TRACKS
@@ -69,16 +70,18 @@ def job_row(db: Database, job_id: int) -> Job:
 def test_an_error_of_the_arena_is_stored_retried_and_bounded(db: Database, settings: Settings) -> None:
     job_id = queued_job(db)
     with pytest.raises(KeyError):  # no such track: an error of the arena, not of a plugin
-        jobs.execute(db, settings, job_id, tracks={}, worker="w1", max_attempts=2)
+        jobs.execute(db, settings, job_id, tracks={}, state=WorkerState(), worker="w1", max_attempts=2)
     job = job_row(db, job_id)
     assert (job.state, job.attempts, job.worker) == ("queued", 1, "w1")
     assert job.error.startswith("attempt 1 failed: KeyError: 'digits'")
 
-    assert jobs.execute(db, settings, job_id, tracks={}, worker="w2", max_attempts=2) == "failed"
+    assert jobs.execute(db, settings, job_id, tracks={}, state=WorkerState(), worker="w2", max_attempts=2) == "failed"
     job = job_row(db, job_id)
     assert (job.state, job.attempts) == ("failed", 2)
     assert job.error.startswith("gave up after 2 attempt(s); the last: KeyError: 'digits'")
-    assert jobs.execute(db, settings, job_id, tracks={}, max_attempts=2) == "failed", "a finished job stays so"
+    assert jobs.execute(db, settings, job_id, tracks={}, state=WorkerState(), max_attempts=2) == "failed", (
+        "a finished job stays so"
+    )
 
 
 def test_an_attempt_whose_worker_was_lost_counts(db: Database, settings: Settings) -> None:
@@ -86,7 +89,7 @@ def test_an_attempt_whose_worker_was_lost_counts(db: Database, settings: Setting
     with db.session() as session:  # claimed by a worker that then died
         job = session.get(Job, job_id)
         job.state, job.attempts, job.worker = "running", 1, "gpu0@lost"
-    assert jobs.execute(db, settings, job_id, tracks={}, max_attempts=1) == "failed"
+    assert jobs.execute(db, settings, job_id, tracks={}, state=WorkerState(), max_attempts=1) == "failed"
     job = job_row(db, job_id)
     assert job.error == (
         "gave up after 1 attempt(s); the last: attempt 1 was lost: its worker gpu0@lost stopped before finishing"

@@ -24,10 +24,10 @@ from sqlalchemy import select
 from test_rounds import TINY, write_plugin
 
 from arena import scoring
+from arena.boards import Cell
 from arena.cli import main
 from arena.config import Settings
 from arena.sandbox import namespaces
-from arena.scoring import Cell
 from arena.store import Database, Result, Round
 from arena.store.db import migration_config
 from leaderboard import create_app

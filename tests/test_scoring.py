@@ -12,16 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from arena.game import payoffs
+from arena.history import BREAK_SUCCESS_RATE, history
 from arena.records import pack
-from arena.scoring import (
-    BREAK_SUCCESS_RATE,
-    OutcomeCache,
-    history,
-    latest_round,
-    played_boards,
-    round_standings,
-    round_token,
-)
+from arena.scoring import OutcomeCache, latest_round, played_boards, round_standings, round_token
 from arena.store import Database, Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, Track
 
 

@@ -15,11 +15,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from arena import planner, plugins, submissions, validation
+from arena import plugins, submissions, validation
 from arena.cli import main
 from arena.config import Settings
 from arena.store import Database, Plugin, PluginVersion, Team
 from arena.submissions import SubmissionError
+from arena.versions import latest_valid_versions
 
 BUILTIN = Path(__file__).resolve().parents[1] / "plugins"
 BROKEN = "from arena import Attack, hookimpl\nclass Broken(Attack)\n    pass\n"
@@ -164,7 +165,7 @@ def test_a_broken_push_is_rejected_and_the_previous_version_stays_in_the_round(h
     good, broken = versions(db, "yellow")
     assert good.valid and not broken.valid and broken.status == "invalid"
     with db.session() as session:
-        current = [v.id for v in planner.latest_valid_versions(session) if v.plugin.team.name == "yellow"]
+        current = [v.id for v in latest_valid_versions(session) if v.plugin.team.name == "yellow"]
     assert current == [good.id]
     listed = CliRunner().invoke(main, ["team", "list"]).output  # the instructor's view of the class
     assert f"synced {report.commit[:12]}" in listed and "versions: 1 valid, 1 invalid, 0 waiting" in listed
@@ -228,13 +229,13 @@ def test_a_removed_folder_withdraws_its_plugin_and_a_return_brings_it_back(home:
 
     assert [(f.label, f.status) for f in sync(db, "violet").folders] == [("violet/fleeting", "withdrawn")]
     with db.session() as session:
-        assert not [v for v in planner.latest_valid_versions(session) if v.plugin.team.name == "violet"]
+        assert not [v for v in latest_valid_versions(session) if v.plugin.team.name == "violet"]
 
     git("-C", str(remote.work), "revert", "--no-edit", "HEAD")
     remote.push()
     assert [f.status for f in sync(db, "violet").folders] == ["unchanged"]
     with db.session() as session:
-        assert [v.plugin.name for v in planner.latest_valid_versions(session) if v.plugin.team.name == "violet"]
+        assert [v.plugin.name for v in latest_valid_versions(session) if v.plugin.team.name == "violet"]
 
 
 def test_the_daily_limit_defers_versions_and_the_arenas_own_failures_do_not_count(

@@ -16,8 +16,8 @@ import torch
 from hostile import SPY, write_attack
 from torch import nn
 
-from arena import ThreatModelError, evaluation, hosts, judging, match, physical, plugins, training
-from arena.match import MatchOutcome, MatchSpec, attack_view, play
+from arena import ThreatModelError, evaluation, hosts, physical, plugins, training, wire
+from arena.match import MatchOutcome, MatchSpec, Warm, attack_view, play
 from arena.plugins import PluginSource
 from arena.records import unpack
 from arena.threats import ArenaTarget, QueryServer
@@ -82,10 +82,12 @@ class Arena:
             cache_dir=self.cache_dir,
         )
 
-    def play(self, name: str, body: str, threat: str = "black-box", track: Track = TRACK, **kw: Any) -> MatchOutcome:
-        """Write the attack ``name`` (see :func:`hostile.write_attack`) and play it under ``threat``."""
+    def play(
+        self, name: str, body: str, threat: str = "black-box", track: Track = TRACK, warm: Warm | None = None, **kw: Any
+    ) -> MatchOutcome:
+        """Write the attack ``name`` (see :func:`hostile.write_attack`) and play it under ``threat`` (in ``warm``)."""
         folder = write_attack(self.plugins_dir, name, body, threats=(threat,), **kw)
-        return play(self.spec(folder, threat, track))
+        return play(self.spec(folder, threat, track), warm)
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +102,9 @@ def arena(tmp_path_factory: pytest.TempPathFactory) -> Arena:
     return Arena(data_dir, cache_dir, root / "plugins", defense, defended, twin, substitute)
 
 
-def fine_match(arena: Arena, threat: str = "black-box") -> None:
+def fine_match(arena: Arena, threat: str = "black-box", warm: Warm | None = None) -> None:
     """A well-behaved attack still plays (and is judged) after whatever came before."""
-    outcome = arena.play(f"fine-{threat}", "return (x + 0.05).clamp(0, 1)", threat=threat)
+    outcome = arena.play(f"fine-{threat}", "return (x + 0.05).clamp(0, 1)", threat=threat, warm=warm)
     assert outcome.status == "ok", outcome.error
     assert outcome.metrics["n"] == TRACK.eval_size and outcome.samples is not None
 
@@ -132,11 +134,11 @@ def images(k: int) -> np.ndarray:
 def test_query_server_answers_probabilities_and_counts_images() -> None:
     answer = server()
     answer.allow(10)
-    status, probs, used, left = answer(images(4))
-    assert status == "ok" and (used, left) == (4, 6)
+    probs, used, left = answer(images(4))
+    assert (used, left) == (4, 6)
     assert probs.shape == (4, 10) and probs.dtype == np.float32
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and (probs >= 0).all()
-    assert answer(images(6))[2:] == (10, 0)
+    assert answer(images(6))[1:] == (10, 0)
     assert answer.used == answer.total == 10
 
 
@@ -145,10 +147,10 @@ def test_query_server_refuses_beyond_the_allowance_and_counts_nothing_refused() 
     answer.allow(10)
     answer(images(7))
     refused = answer(images(4))
-    assert refused[:2] == ("error", "budget") and "7 of 10" in refused[2]
+    assert refused.reason == "budget" and "7 of 10" in refused.text
     assert answer.used == answer.total == 7
-    assert answer(images(3))[0] == "ok"  # exactly the allowance is fine
-    assert answer(images(1))[:2] == ("error", "budget")
+    assert isinstance(answer(images(3)), wire.QueryAnswer)  # exactly the allowance is fine
+    assert answer(images(1)).reason == "budget"
     assert answer.total == 10
 
 
@@ -158,10 +160,10 @@ def test_query_server_allowance_resets_per_call_but_the_total_does_not() -> None
     answer(images(5))
     answer.allow(5)
     assert answer.used == 0
-    assert answer(images(5))[2:] == (5, 0)
+    assert answer(images(5))[1:] == (5, 0)
     assert answer.total == 10
     answer.allow(0)
-    assert answer(images(1))[:2] == ("error", "budget")
+    assert answer(images(1)).reason == "budget"
 
 
 @pytest.mark.parametrize(
@@ -181,8 +183,8 @@ def test_query_server_allowance_resets_per_call_but_the_total_does_not() -> None
 def test_query_server_refuses_malformed_queries(query: object) -> None:
     answer = server()
     answer.allow(100)
-    status, kind, text = answer(query)
-    assert (status, kind) == ("error", "value") and "query" in text
+    refused = answer(query)
+    assert isinstance(refused, wire.QueryRefused) and refused.reason == "value" and "query" in refused.text
     assert answer.used == answer.total == 0
 
 
@@ -360,8 +362,8 @@ def test_two_hosts_judge_a_match_each_a_secret_mix_and_the_records_match_the_cle
     arena: Arena, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = arena.spec(PLUGINS / "attacks" / "fgsm", "white-box")
-    judging.CLEAN_VERDICTS.clear()
-    first = play(spec)
+    warm = Warm()
+    first = play(spec, warm)
     judged: list[np.ndarray] = []
     classify = hosts._classify_in
 
@@ -370,7 +372,8 @@ def test_two_hosts_judge_a_match_each_a_secret_mix_and_the_records_match_the_cle
         return classify(box, host, x, draws, probe)
 
     monkeypatch.setattr(hosts, "_classify_in", spy)
-    second, gray = play(spec), play(arena.spec(PLUGINS / "attacks" / "fgsm", "gray-box"))
+    second, gray = play(spec, warm), play(arena.spec(PLUGINS / "attacks" / "fgsm", "gray-box"), warm)
+    warm.close()
     assert len(judged) == 4, "two mixed hosts a match; the reference verdict is kept"
     assert first.status == second.status == gray.status == "ok"
     evaluation_set = evaluation.EvalSet.unpack(spec.evaluation)
@@ -388,7 +391,6 @@ def test_two_hosts_judge_a_match_each_a_secret_mix_and_the_records_match_the_cle
 
 def test_a_randomized_defense_is_judged_over_its_draws_in_the_mixed_hosts(arena: Arena) -> None:
     spec = dataclasses.replace(arena.spec(PLUGINS / "attacks" / "fgsm", "white-box"), randomized=True)
-    judging.CLEAN_VERDICTS.clear()
     outcome = play(spec)
     assert outcome.status == "ok" and outcome.metrics["draws"] == TRACK.draws
     assert "clean_disagreement" in outcome.metrics and "company_changes" not in outcome.metrics
@@ -399,9 +401,9 @@ def test_a_warm_attack_process_plays_every_match_as_a_fresh_one_would(arena: Are
     specs = [arena.spec(fgsm, "white-box", seed=0), arena.spec(fgsm, "gray-box", seed=1)]
     specs += [arena.spec(fgsm, "white-box", seed=2), arena.spec(fgsm, "gray-box", seed=3)]
     cold = [play(spec) for spec in specs]
-    with match.AttackPool() as pool:
-        warm = [play(spec, pool) for spec in specs]
-        assert len(pool._boxes) == 2, "one process per threat"
+    with Warm() as kept:
+        warm = [play(spec, kept) for spec in specs]
+        assert len(kept.attacks._boxes) == 2, "one process per threat"
     for before, after in zip(cold, warm, strict=True):
         assert before.status == after.status == "ok"
         a, b = unpack(before.samples), unpack(after.samples)
@@ -425,8 +427,8 @@ def test_a_warm_process_gives_each_match_its_own_clock_and_log_and_a_crash_fails
     match 4 starts a fresh one."""
     track = dataclasses.replace(TRACK, time_limit=4.0)
     folder = write_attack(arena.plugins_dir, "counted", COUNTED, threats=("black-box",), helpers="CALLS = [0]")
-    with match.AttackPool() as pool:
-        outcomes = [play(arena.spec(folder, "black-box", track, seed=seed), pool) for seed in range(4)]
+    with Warm() as warm:
+        outcomes = [play(arena.spec(folder, "black-box", track, seed=seed), warm) for seed in range(4)]
     assert [o.status for o in outcomes] == ["ok", "ok", "failed", "ok"], [o.error for o in outcomes]
     assert "exit" in (outcomes[2].error or "") and "status 3" in (outcomes[2].error or "")
     assert "call 1" in outcomes[0].log_tail and "call 3" not in outcomes[0].log_tail
@@ -439,9 +441,9 @@ def test_a_warm_process_serves_the_matches_of_one_round_only(arena: Arena) -> No
     reaches the next round, where a new version of a defense may play."""
     body = 'CALLS[0] += 1\nprint(f"call {CALLS[0]}", flush=True)\nreturn x.clone()'
     folder = write_attack(arena.plugins_dir, "remembers", body, threats=("black-box",), helpers="CALLS = [0]")
-    with match.AttackPool() as pool:
+    with Warm() as warm:
         first, same_round, next_round = (
-            play(arena.spec(folder, "black-box", seed=seed), pool, scope=round_id)
+            play(arena.spec(folder, "black-box", seed=seed), warm, scope=round_id)
             for seed, round_id in ((0, 1), (1, 1), (0, 2))
         )
     assert "call 3" in same_round.log_tail, "the same round's process, warm"
@@ -491,7 +493,7 @@ def test_a_physical_tracks_queries_reach_the_defense_photographed_each_under_a_f
     query = QueryServer(answer, SHAPE, 17, look)
     query.allow(4)
     batch = images(2)
-    assert query(batch)[0] == "ok" and query(batch)[0] == "ok"
+    assert isinstance(query(batch), wire.QueryAnswer) and isinstance(query(batch), wire.QueryAnswer)
     assert not np.array_equal(seen[0], batch) and not np.array_equal(seen[0], seen[1])
     assert np.array_equal(seen[0] * 16, np.round(seen[0] * 16))  # on the track's grid
 
@@ -504,8 +506,6 @@ def test_on_a_gpu_worker_every_host_of_a_match_runs_where_it_was_decided_before_
     its clean host by the CPU and its adversarial one by the GPU (and rejected everything there)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the arena's process believes it has a GPU
     monkeypatch.setattr(hosts, "CUDA_START_SECONDS", 0.0)  # and that every model is faster there
-    monkeypatch.setattr(hosts, "_CPU_SECONDS", {})
-    monkeypatch.setattr(judging, "CLEAN_VERDICTS", {})
     asked: list[str] = []
     start = hosts.Host.sandbox
 
@@ -514,7 +514,8 @@ def test_on_a_gpu_worker_every_host_of_a_match_runs_where_it_was_decided_before_
         return start(dataclasses.replace(host, device="cpu"))
 
     monkeypatch.setattr(hosts.Host, "sandbox", on_the_cpu_all_the_same)
-    fine_match(arena)
+    warm = Warm()
+    fine_match(arena, warm=warm)
     assert asked == ["cpu", "cuda", "cuda", "cuda"], "the probe, the clean reference, then the two judging hosts"
-    fine_match(arena)
+    fine_match(arena, warm=warm)
     assert asked[4:] == ["cuda", "cuda"], "no probe for a model timed already (and its clean reference is kept)"

@@ -12,15 +12,15 @@ import functools
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
-from weakref import WeakKeyDictionary
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from arena.access import relative_paths
 from arena.config import Settings
-from arena.execution.inputs import Inputs, source_of
-from arena.match import AttackPool, MatchOutcome, MatchSpec, play
+from arena.execution.inputs import source_of
+from arena.execution.state import WorkerState
+from arena.match import MatchOutcome, MatchSpec, play
 from arena.plugins import describe_error
 from arena.referee import REFEREE_VERSION
 from arena.sandbox import PluginFailure
@@ -36,11 +36,6 @@ GAVE_UP = "gave up after"
 FINISHED = ("done", "failed")
 #: the job kinds that train from a secret seed (derived from the arena's secret, see :func:`training_seed`)
 SEEDED = {"train-defense": "defense", "train-twin": "twin"}
-#: this process's warm attack processes: consecutive matches of one attack (the planner orders a round's
-#: jobs by track, attack, defense, threat) share them; the local executor closes them when its round ends
-ATTACKS = AttackPool()
-#: the matches' inputs this process has read from each database (they never change)
-INPUTS: WeakKeyDictionary[Database, Inputs] = WeakKeyDictionary()
 
 
 class UnknownJob(LookupError):
@@ -59,16 +54,21 @@ def training_seed(session: Session, settings: Settings, kind: str, params: dict)
     return derive_seed(settings.secret(), role, content_hash, params["track"])
 
 
+# over 60 lines with its docstring: one job's claim, run and end, in the order a reader checks them
 def execute(
     db: Database,
     settings: Settings,
     job_id: int,
     tracks: dict[str, Track],
+    state: WorkerState,
     worker: str = "",
     seed: int | None = None,
     max_attempts: int = MAX_ATTEMPTS,
 ) -> str:
     """Run job ``job_id`` unless it has finished; return its final state (done or failed).
+
+    ``state`` is the worker's (its warm processes, its inputs read): consecutive matches of one attack (the
+    planner orders a round's jobs by track, attack, defense, threat) share a warm attack process.
 
     ``seed`` is the training seed (:func:`training_seed`) when the caller has it; else it is derived
     here from the arena's secret. An error of the arena is stored with the job, which goes back to
@@ -92,30 +92,30 @@ def execute(
         round_id = job.round_id
         if seed is None and kind in SEEDED:
             seed = training_seed(session, settings, kind, params)
-    state, error, log_tail = "done", None, None
+    result, error, log_tail = "done", None, None
     try:
         track = tracks[params["track"]]
         if kind == "match":
-            outcome = _run_match(db, settings, params, depends, track, round_id)
+            outcome = _run_match(db, settings, state, params, depends, track, round_id)
             write = functools.partial(_store_result, key=key, params=params, outcome=outcome)
             if outcome.status != "ok":
-                state, error, log_tail = "failed", outcome.error, outcome.log_tail
+                result, error, log_tail = "failed", outcome.error, outcome.log_tail
         else:
             try:
                 write, log_tail = _run_training(db, settings, kind, key, params, track, seed)
             except PluginFailure as exc:
                 write = None
-                state, error, log_tail = "failed", exc.reason, exc.log_tail
+                result, error, log_tail = "failed", exc.reason, exc.log_tail
         with db.session() as session:  # the output and the job's end in one transaction
             if write is not None:
                 write(session)
-            ended = {"state": state, "error": error, "log_tail": log_tail, "finished_at": datetime.now(UTC)}
+            ended = {"state": result, "error": error, "log_tail": log_tail, "finished_at": datetime.now(UTC)}
             session.execute(update(Job).where(Job.id == job_id).values(**ended))
     except Exception as exc:  # the arena's own error: stored, then retried or failed for good
         if _record_error(db, job_id, describe_error(exc), max_attempts) == "failed":
             return "failed"
         raise
-    return state
+    return result
 
 
 def missing_inputs(session: Session, depends: list[str]) -> tuple[list[str], list[str]]:
@@ -209,9 +209,15 @@ def _run_training(
 
 
 def _run_match(
-    db: Database, settings: Settings, params: dict, depends: list[str], track: Track, round_id: int | None
+    db: Database,
+    settings: Settings,
+    state: WorkerState,
+    params: dict,
+    depends: list[str],
+    track: Track,
+    round_id: int | None,
 ) -> MatchOutcome:
-    inputs = INPUTS.setdefault(db, Inputs())
+    inputs = state.inputs(db)
     with db.session() as session:
         by_kind = inputs.artifacts(session, depends)
         if "evaluation" not in by_kind:
@@ -232,7 +238,7 @@ def _run_match(
         targeted=bool(attack.declared.get("targeted")),
         randomized=bool(defense.declared.get("randomized")),
     )
-    return play(spec, ATTACKS, scope=round_id)  # warm processes never outlive their round's matches
+    return play(spec, state.warm, scope=round_id)  # warm processes never outlive their round's matches
 
 
 def _store_result(

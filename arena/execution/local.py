@@ -19,6 +19,7 @@ from tqdm import tqdm
 from arena.config import Settings
 from arena.execution import jobs
 from arena.execution.rounds import finish_round, local_worker, take_back
+from arena.execution.state import WorkerState
 from arena.planner import JOB_ORDER
 from arena.store import Database, Job
 from arena.tracks import Track
@@ -35,11 +36,11 @@ def run_local(
     (:func:`take_back`): running it again resumes an interrupted round.
     """
     with contextlib.ExitStack() as stack:
-        stack.callback(jobs.ATTACKS.close)
+        state = stack.enter_context(WorkerState())  # closed when the round ends: its warm processes too
         if round_id is not None:
             stack.enter_context(_round_lock(settings.home, round_id))
             take_back(db, round_id)
-        return _run_queued(db, settings, tracks, round_id, progress)
+        return _run_queued(db, settings, state, tracks, round_id, progress)
 
 
 class RoundBusy(RuntimeError):
@@ -60,7 +61,7 @@ def _round_lock(home: Path, round_id: int) -> Iterator[None]:
 
 
 def _run_queued(
-    db: Database, settings: Settings, tracks: dict[str, Track], round_id: int | None, progress: bool
+    db: Database, settings: Settings, state: WorkerState, tracks: dict[str, Track], round_id: int | None, progress: bool
 ) -> Counter[str]:
     with db.session() as session:
         in_round = Job.round_id.is_(None) if round_id is None else Job.round_id == round_id
@@ -77,16 +78,18 @@ def _run_queued(
             jobs.fail_job(db, job_id, f"an input could not be made: {reasons}")
             states["failed"] += 1
             continue
-        states[_execute_locally(db, settings, job_id, tracks)] += 1
+        states[_execute_locally(db, settings, state, job_id, tracks)] += 1
     if round_id is not None:
         finish_round(db, round_id)
     return states
 
 
-def _execute_locally(db: Database, settings: Settings, job_id: int, tracks: dict[str, Track]) -> str:
+def _execute_locally(
+    db: Database, settings: Settings, state: WorkerState, job_id: int, tracks: dict[str, Track]
+) -> str:
     """Run a job in-process; an error of the arena is tried again until the job's attempts run out."""
     while True:
         try:
-            return jobs.execute(db, settings, job_id, tracks, worker=local_worker())
+            return jobs.execute(db, settings, job_id, tracks, state, worker=local_worker())
         except Exception as exc:  # stored with the job by execute, which fails it at its last attempt
             log.warning("job %d: %s; trying again", job_id, exc)

@@ -35,6 +35,7 @@ from sqlalchemy import select
 from arena import pushes
 from arena.config import Settings
 from arena.execution import dispatch, jobs
+from arena.execution.state import WorkerState
 from arena.planner import JOB_ORDER
 from arena.store import Database, Job
 from arena.tracks import Track
@@ -81,6 +82,41 @@ CONFIG = {
 }
 
 
+class CeleryWorkerState(WorkerState):
+    """A Celery worker's state (:class:`WorkerState`), and the arena's keys in its broker."""
+
+    def __init__(self, broker_url: str) -> None:
+        super().__init__()
+        self.broker_url = broker_url
+
+    @functools.cached_property
+    def keys(self) -> dispatch.Keys:
+        """Sent marks and leases, in the broker's Redis."""
+        return dispatch.Keys(self.broker_url)
+
+
+class _WorkerStateStep(bootsteps.StartStopStep):
+    """Makes the worker's state with the worker (before it consumes a task) and closes it when the worker stops."""
+
+    def __init__(self, parent: object, **options: object) -> None:
+        super().__init__(parent, **options)
+        app = parent.app  # type: ignore[attr-defined]
+        app.arena_state = CeleryWorkerState(app.conf.broker_url)
+
+    def stop(self, parent: object) -> None:
+        parent.app.arena_state.close()  # type: ignore[attr-defined]
+
+    terminate = stop
+
+
+def worker_state(app: Celery) -> CeleryWorkerState:
+    """The state of the worker this task runs in (made by its start-up step)."""
+    state = getattr(app, "arena_state", None)
+    if state is None:
+        raise RuntimeError("no worker state: tasks run in an `arena worker` (a Celery worker of this app)")
+    return state
+
+
 class _WorkerOptions(bootsteps.Step):
     """Reads the arena's own ``celery worker`` options into the app's configuration."""
 
@@ -101,7 +137,7 @@ def create_app(broker_url: str | None) -> Celery:
     app.conf.update(CONFIG)
     for kind in JOB_ORDER:
         app.task(bind=True, name=dispatch.task_name(kind), max_retries=None, shared=False)(run_job)
-    app.task(name=pushes.TASK, shared=False)(sync_pushes)
+    app.task(bind=True, name=pushes.TASK, shared=False)(sync_pushes)
     app.user_options["worker"].add(
         click.Option(["--lease-seconds"], type=float, help=f"Lease on a running job [{dispatch.LEASE_SECONDS:g}].")
     )
@@ -109,6 +145,7 @@ def create_app(broker_url: str | None) -> Celery:
         click.Option(["--max-attempts"], type=click.IntRange(1), help=f"Starts per job [{jobs.MAX_ATTEMPTS}].")
     )
     app.steps["worker"].add(_WorkerOptions)
+    app.steps["worker"].add(_WorkerStateStep)
     return app
 
 
@@ -118,29 +155,31 @@ def run_job(task: Task, job_id: int, track: dict, seed: int | None) -> str:
     A duplicate delivery (another live worker holds the job's lease) does nothing. An error of the
     arena is retried (the database counts the attempts and stops them, see :func:`arena.execution.jobs.execute`).
     """
-    settings = Settings.from_env()
-    db, keys = _database(settings.database_url), _keys(task.app.conf.broker_url)
+    settings, state = Settings.from_env(), worker_state(task.app)
+    db = state.database(settings.database_url)
     worker, conf, rules = task.request.hostname, task.app.conf, Track(**track)
     try:
-        with keys.lease(job_id, worker, conf.arena_lease_seconds) as lease:
+        with state.keys.lease(job_id, worker, conf.arena_lease_seconds) as lease:
             if not lease.held:
                 log.info("job %d runs on another worker: this delivery is a duplicate", job_id)
                 return "duplicate"
             with _hard_limit(db, job_id, dispatch.hard_limit(rules)):
-                state = jobs.execute(db, settings, job_id, {rules.name: rules}, worker, seed, conf.arena_max_attempts)
+                ended = jobs.execute(
+                    db, settings, job_id, {rules.name: rules}, state, worker, seed, conf.arena_max_attempts
+                )
     except jobs.UnknownJob as exc:  # retrying cannot help
         log.error("dropping the message of job %d: %s", job_id, exc)
         return "unknown"
     except Exception as exc:  # the broker, the database or the arena failed: try again (the job counts attempts)
         raise task.retry(exc=exc, countdown=RETRY_SECONDS) from exc
-    _after(db, task.app, keys, job_id, rules)
-    return state
+    _after(db, task.app, state.keys, job_id, rules)
+    return ended
 
 
-def sync_pushes(push_ids: list[int]) -> None:
+def sync_pushes(task: Task, push_ids: list[int]) -> None:
     """Sync the teams of pushes a webhook announced, one after the other (see :mod:`arena.pushes`)."""
     settings = Settings.from_env()
-    pushes.run_all(_database(settings.database_url), settings, push_ids)
+    pushes.run_all(worker_state(task.app).database(settings.database_url), settings, push_ids)
 
 
 def _after(db: Database, app: Celery, keys: dispatch.Keys, job_id: int, track: Track) -> None:
@@ -156,16 +195,6 @@ def _after(db: Database, app: Celery, keys: dispatch.Keys, job_id: int, track: T
         dispatch.Dispatcher(db, app, keys).advance(round_id, {track.name: track}, only=None if everything else [key])
     except dispatch.BROKER_ERRORS as exc:
         log.warning("job %d: could not send the jobs it made ready (%s); the next sweep will", job_id, exc)
-
-
-@functools.cache
-def _database(url: str) -> Database:
-    return Database(url)
-
-
-@functools.cache
-def _keys(broker_url: str) -> dispatch.Keys:
-    return dispatch.Keys(broker_url)
 
 
 @contextlib.contextmanager

@@ -49,10 +49,11 @@ from multiprocessing.connection import Pipe
 from pathlib import Path
 from typing import Any, Protocol
 
+from arena import wire
 from arena.config import BUILTIN_PLUGIN_DIRS, Settings
 from arena.data import bundled_data_files
 from arena.sandbox import namespaces
-from arena.sandbox.child import GIB, KEEP_ENV, STOP
+from arena.sandbox.child import GIB, KEEP_ENV
 from arena.sandbox.zygote import Child, Isolation, OutputTail, SandboxError, get_zygote, isolation
 
 __all__ = ["KEEP_ENV", "Isolation", "Limits", "PluginFailure", "Sandbox", "SandboxError", "Watch", "isolation"]
@@ -238,6 +239,7 @@ class Sandbox:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # over 60 lines: the one loop that waits for the reply and answers what comes meanwhile
     def call(
         self,
         request: Any,
@@ -280,24 +282,26 @@ class Sandbox:
             except (EOFError, ConnectionResetError, OSError):
                 raise self._failure(self._death_reason()) from None
             try:
-                message = _ChildUnpickler(io.BytesIO(data)).load()
+                kind, payload = wire.open_message(_ChildUnpickler(io.BytesIO(data)).load())
+            except wire.ProtocolError as exc:
+                self._kill()
+                raise self._failure(str(exc)) from None
             except Exception as exc:  # untrusted bytes: failing to decode them is the plugin's failure
                 self._kill()
                 raise self._failure(f"protocol violation: unreadable message ({exc})") from None
-            kind = message[0] if isinstance(message, tuple) and message and isinstance(message[0], str) else None
             if kind == "reply":
-                return message[1]
+                return payload
             if kind == "error":
-                raise self._failure(message[1])
-            if kind == "notice" and len(message) == 2:
+                raise self._failure(str(payload))
+            if kind == wire.NOTICE:
                 if watch is not None:
-                    watch.notice(message[1])
+                    watch.notice(payload)
                 continue
-            if services is not None and kind in services and len(message) == 2:
-                self._conn.send(services[kind](message[1]))
+            if services is not None and kind in services:
+                self._conn.send(services[kind](payload))
                 continue
             self._kill()
-            raise self._failure(f"protocol violation: unexpected message of type {type(message).__name__}")
+            raise self._failure(f"protocol violation: unexpected message {kind!r}")
 
     def renew(self) -> None:
         """Start the wall-clock limit afresh: a warm sandbox serves each match within its own limit."""
@@ -327,7 +331,7 @@ class Sandbox:
             return
         if self._alive():
             with contextlib.suppress(OSError):
-                self._conn.send(STOP)
+                self._conn.send(wire.STOP)
             self._child.wait(2)
         self._kill()
         self._conn.close()
@@ -387,9 +391,9 @@ class Sandbox:
                 message = _ChildUnpickler(io.BytesIO(self._conn.recv_bytes())).load()
             except (EOFError, OSError, pickle.UnpicklingError):
                 break
-            if message == ("ready",):
+            if message == wire.READY:
                 return
-            if isinstance(message, tuple) and message[:1] == ("sandbox-error",):
+            if isinstance(message, tuple) and message[:1] == (wire.SETUP_ERROR,):
                 raise SandboxError(f"{self.label}: the sandbox could not be set up: {message[1]}")
             break
         else:
@@ -414,9 +418,9 @@ class Sandbox:
         """The error a child that died before reading its request had already sent, if any."""
         with contextlib.suppress(Exception):
             if self._conn.poll(0):
-                message = _ChildUnpickler(io.BytesIO(self._conn.recv_bytes())).load()
-                if isinstance(message, tuple) and len(message) == 2 and message[0] == "error":
-                    return str(message[1])
+                kind, payload = wire.open_message(_ChildUnpickler(io.BytesIO(self._conn.recv_bytes())).load())
+                if kind == "error":
+                    return str(payload)
         return None
 
     def _death_reason(self) -> str:

@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
+from arena import wire
 from arena.plugins import describe_error
 
 #: the variables a sandbox inherits; LD_LIBRARY_PATH because CUDA's container images find the driver's libraries by it
@@ -40,7 +41,6 @@ SANDBOX_USER = "arena-sandbox"
 EX_SETUP = 71
 #: exit status of a sandbox's served process (pid 1 of its namespace) that exceeded its CPU-time limit
 EX_CPU = 128 + signal.SIGXCPU  # as a shell reports death by SIGXCPU
-STOP = ("stop",)
 GIB = 1024**3
 NO_NETWORK = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.EADDRNOTAVAIL)
 
@@ -60,17 +60,17 @@ def serve(conn: Connection, config: dict[str, Any]) -> NoReturn:
     except BaseException as exc:  # the arena's fault: the plugin has not run yet
         traceback.print_exc()
         with contextlib.suppress(OSError):
-            conn.send(("sandbox-error", describe_error(exc)))
+            conn.send(wire.setup_error(describe_error(exc)))
         os._exit(EX_SETUP)
     try:
-        conn.send(("ready",))
+        conn.send(wire.READY)
         handler = setup(conn, *args)
-        while (request := conn.recv()) != STOP:
-            conn.send(("reply", handler(request)))
+        while not isinstance(request := conn.recv(), wire.Stop):
+            conn.send(wire.reply(handler(request)))
     except BaseException as exc:  # the plugin's failure, reported to the parent, never raised further
         traceback.print_exc()
         with contextlib.suppress(OSError):
-            conn.send(("error", describe_error(exc) + _hint(exc, config)))
+            conn.send(wire.error(describe_error(exc) + _hint(exc, config)))
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
+from arena import wire
 from arena.sandbox import namespaces
 from arena.sandbox.child import EX_CPU, EX_SETUP, minimal_env, serve
 from arena.sandbox.namespaces import View
@@ -489,7 +490,7 @@ def _proxy(request: int, output: int, lifeline: int, sandboxed: bool) -> NoRetur
 
 def _setup_failed(conn: Connection, exc: BaseException) -> NoReturn:
     try:
-        conn.send(("sandbox-error", f"{type(exc).__name__}: {exc}"))
+        conn.send(wire.setup_error(f"{type(exc).__name__}: {exc}"))
     finally:
         os._exit(EX_SETUP)
 

@@ -206,7 +206,7 @@ class RoundMatch(Base):
 
 
 class RoundStandings(Base):
-    """A published round's scored boards (compressed JSON of ``arena.scoring.Board``), written when it is
+    """A published round's scored boards (compressed JSON of ``arena.boards.Board``), written when it is
     published: a published round never changes, so no board process scores it again."""
 
     __tablename__ = "round_standings"
@@ -322,7 +322,7 @@ def _same_as_key(context: DefaultExecutionContext) -> str:
 class Result(Base):
     """The outcome of one attempt at a match, written once under its key.
 
-    ``content_key`` names the match by content (``arena.planner.result_key``). Its first attempt is
+    ``content_key`` names the match by content (``arena.keys.result_key``). Its first attempt is
     stored under that key; a replay (``attempt`` 1, 2, ...) under a key of its own, so the rounds that
     showed an earlier attempt keep showing it. A match failed without running, because inputs could
     not be made, lists their artifact keys in ``missing_inputs`` (None for a match that ran).
