@@ -1,0 +1,151 @@
+"""A local round one job at a time against several side by side (`arena round run --jobs N`), paired in one run.
+
+For each job count (by default 1, then the machine's default, :func:`arena.config.default_jobs`), in turn and
+``--repeats`` times: a fresh arena home (the same secret, so the same keys), `arena round run` in a process of its
+own, and what it measured:
+
+* wall: the round's wall-clock seconds (the whole command: sync, planning, every job);
+* cpu: the CPU seconds of the command and every process it waited for (workers, sandboxes, warm attack
+  processes: ``RUSAGE_CHILDREN``), and cpu / wall: the cores the round kept busy on average;
+* busy: the machine's busy share (``/proc/stat``, every core, sampled each second) over the whole round and over its
+  match phase (the first match's start to the last match's end): on a shared machine it counts the others' work too;
+* the results: every result's figures and every artifact's bytes are compared with the first count's (bit for bit).
+
+    python bench/local_parallel.py [--track digits] [--builtins NAMES] [--jobs 1,2] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from arena.config import default_jobs  # noqa: E402
+
+#: a smaller round than the demo's (every built-in: about 15 minutes on 2 cores): two trained defenses, a
+#: gray-box twin each, the substitute, and the course's quick attacks under every threat
+DEFAULT_BUILTINS = "fgsm,pgd,transfer,deepfool,undefended,fgsm-adv-training"
+SECRET = "5e" * 32
+
+
+def cpu_times() -> tuple[float, float]:
+    """The machine's (busy, total) jiffies since boot, every core together."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class Sampler(threading.Thread):
+    """``/proc/stat`` every second: (time, busy, total) samples until stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float, float]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.samples.append((time.time(), *cpu_times()))
+            self.stopped.wait(1.0)
+
+    def busy(self, start: float, end: float) -> float | None:
+        """The busy share between two times (the samples nearest inside them)."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return None
+        (_, b0, t0), (_, b1, t1) = inside[0], inside[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else None
+
+
+def play(home: Path, track: str, builtins: str, jobs: int) -> dict:
+    """One round in a fresh home; what it measured and what it made."""
+    home.mkdir(parents=True)
+    (home / "secret").write_text(SECRET)
+    env = os.environ | {"ARENA_HOME": str(home), "ARENA_BUILTINS": builtins}
+    env.pop("OMP_NUM_THREADS", None)  # each job's share of the cores is the executor's choice
+    sampler = Sampler()
+    sampler.start()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    command = [sys.executable, "-c", "from arena.cli import main; main()", "round", "run", "--track", track]
+    done = subprocess.run([*command, "--quiet", "--jobs", str(jobs)], env=env, capture_output=True, text=True)
+    ended = time.time()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sampler.stopped.set()
+    sampler.join()
+    if done.returncode != 0:
+        raise RuntimeError(f"the round failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with sqlite3.connect(home / "arena.db") as db:
+        results = {
+            key: (status, metrics) for key, status, metrics in db.execute("select key, status, metrics from results")
+        }
+        artifacts = {
+            key: hashlib.sha256(data).hexdigest() for key, data in db.execute("select key, data from artifacts")
+        }
+        phase = "select min(started_at), max(finished_at) from jobs where kind = 'match'"
+        first, last = db.execute(phase).fetchone()
+        kinds = dict(db.execute("select kind, count(*) from jobs group by kind").fetchall())
+    match_start, match_end = (datetime.fromisoformat(t).timestamp() for t in (first, last))
+    return {
+        "wall": ended - started,
+        "cpu": cpu,
+        "busy": sampler.busy(started, ended),
+        "match_busy": sampler.busy(match_start, match_end),
+        "match_wall": match_end - match_start,
+        "results": results,
+        "artifacts": artifacts,
+        "kinds": kinds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--track", default="digits")
+    parser.add_argument("--builtins", default=DEFAULT_BUILTINS, help="ARENA_BUILTINS of the round ('' : the demo's)")
+    parser.add_argument("--jobs", default=f"1,{default_jobs()}", help="job counts to pair, comma-separated")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    counts = [int(n) for n in args.jobs.split(",")]
+    print(
+        f"{os.cpu_count()} cores, default {default_jobs()} jobs; track {args.track}; builtins {args.builtins or 'all'}"
+    )
+    runs: dict[int, list[dict]] = {n: [] for n in counts}
+    with tempfile.TemporaryDirectory(prefix="local-parallel-") as scratch:
+        for repeat in range(args.repeats):
+            for n in counts:
+                run = play(Path(scratch) / f"{repeat}-{n}", args.track, args.builtins, n)
+                runs[n].append(run)
+                match_busy = f"{100 * run['match_busy']:.0f} %" if run["match_busy"] is not None else "?"
+                print(
+                    f"--jobs {n}: wall {run['wall']:.1f} s (matches {run['match_wall']:.1f} s), cpu {run['cpu']:.1f} s"
+                    f" = {run['cpu'] / run['wall']:.2f} cores busy; machine busy {100 * (run['busy'] or 0):.0f} %,"
+                    f" during matches {match_busy}; jobs {run['kinds']}",
+                    flush=True,
+                )
+    reference = runs[counts[0]][0]
+    for n in counts:
+        for run in runs[n]:
+            same = run["results"] == reference["results"] and run["artifacts"] == reference["artifacts"]
+            assert same, f"--jobs {n} made other results or artifacts than --jobs {counts[0]}"
+    print(f"every run made the same {len(reference['results'])} results and {len(reference['artifacts'])} artifacts")
+    base = min(r["wall"] for r in runs[counts[0]])
+    for n in counts[1:]:
+        best = min(r["wall"] for r in runs[n])
+        print(f"--jobs {n}: {base / best:.2f}x the speed of --jobs {counts[0]} (best of {args.repeats} each, paired)")
+
+
+if __name__ == "__main__":
+    main()
