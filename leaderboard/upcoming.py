@@ -83,8 +83,9 @@ def _versions(session: Session, round_: Round) -> list[dict[str, Any]]:
 
 def time_left(session: Session, round_id: int) -> float | None:
     """Seconds until the round's open jobs end, estimated (None: unknown): each takes what the round's ended jobs
-    of its kind took (their median), else what :mod:`arena.costs` estimates from this arena's past jobs; the jobs
-    running now count half, and the jobs run as many at a time as run now."""
+    of its kind took (their median), else what :mod:`arena.costs` estimates from this arena's past jobs, else (a
+    training) what the round's other trainings took; the jobs running now count half, and the jobs run as many at a
+    time as run now."""
     query = select(Job.kind, Job.state, Job.started_at, Job.finished_at).where(Job.round_id == round_id)
     took: dict[str, list[float]] = defaultdict(list)
     left: dict[str, float] = defaultdict(float)
@@ -100,6 +101,10 @@ def time_left(session: Session, round_id: int) -> float | None:
     each = {kind: statistics.median(took[kind]) for kind in left if took[kind]}
     if len(each) < len(left):
         each = _estimated(round_id) | each
+    trained = [seconds for kind, times in took.items() if kind.startswith("train-") for seconds in times]
+    for kind in set(left) - set(each):
+        if kind.startswith("train-") and trained:  # a twin trains as its defense does
+            each[kind] = statistics.median(trained)
     if len(each) < len(left):
         return None
     return sum(n * each[kind] for kind, n in left.items()) / max(1, running)
@@ -107,7 +112,10 @@ def time_left(session: Session, round_id: int) -> float | None:
 
 def _estimated(round_id: int) -> dict[str, float]:
     """The seconds :mod:`arena.costs` expects a queued job of each kind of the round to take, where it knows."""
-    cost = costs.cost(database(), round_id)
+    try:
+        cost = costs.cost(database(), round_id)
+    except KeyError:  # a job without the plugins a cost is read for (made by hand, not by the planner)
+        return {}
     kinds = {made: kind for kind, made in costs.TRAININGS.items()}
     by_kind: dict[str, list[float | None]] = defaultdict(list)
     for training in cost.trainings:
