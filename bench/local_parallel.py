@@ -5,10 +5,11 @@ For each job count (by default 1, then the machine's default, :func:`arena.confi
 own, and what it measured:
 
 * wall: the round's wall-clock seconds (the whole command: sync, planning, every job);
-* cpu: the CPU seconds of the command and every process it waited for (workers, sandboxes, warm attack
-  processes: ``RUSAGE_CHILDREN``), and cpu / wall: the cores the round kept busy on average;
-* busy: the machine's busy share (``/proc/stat``, every core, sampled each second) over the whole round and over its
-  match phase (the first match's start to the last match's end): on a shared machine it counts the others' work too;
+* cpu: the CPU seconds of the command and every process descending from it (workers, sandboxes, warm attack
+  processes; read from ``/proc`` every half second, each process's last reading), and cpu / wall: the cores the
+  round kept busy on average (on a shared machine, its share of them);
+* busy: the machine's busy share (``/proc/stat``, every core, sampled each half second) over the whole round and
+  over its match phase (the first match's start to the last match's end): on a shared machine, the others' too;
 * the results: every result's figures and every artifact's bytes are compared with the first count's (bit for bit).
 
     python bench/local_parallel.py [--track digits] [--builtins NAMES] [--jobs 1,2] [--repeats N]
@@ -18,15 +19,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
-import resource
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,7 @@ from arena.config import default_jobs  # noqa: E402
 #: gray-box twin each, the substitute, and the course's quick attacks under every threat
 DEFAULT_BUILTINS = "fgsm,pgd,transfer,deepfool,undefended,fgsm-adv-training"
 SECRET = "5e" * 32
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_times() -> tuple[float, float]:
@@ -47,18 +49,39 @@ def cpu_times() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
-class Sampler(threading.Thread):
-    """``/proc/stat`` every second: (time, busy, total) samples until stopped."""
+def processes() -> dict[int, tuple[int, float]]:
+    """Every process now: pid -> (parent pid, CPU seconds it used so far)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            found[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS)
+    return found
 
-    def __init__(self) -> None:
+
+class Sampler(threading.Thread):
+    """Every half second: ``/proc/stat`` as (time, busy, total) samples, and the CPU seconds of ``root`` and every
+    process descending from it (the last seen of each: a process living less than a sample between is missed)."""
+
+    def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
         self.samples: list[tuple[float, float, float]] = []
+        self.tree, self.cpu = {root}, {}
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
             self.samples.append((time.time(), *cpu_times()))
-            self.stopped.wait(1.0)
+            now = processes()
+            for pid in sorted(now):  # a parent's pid is nearly always smaller: one pass finds most of a tree
+                parent, seconds = now[pid]
+                if parent in self.tree or pid in self.tree:
+                    self.tree.add(pid)
+                    self.cpu[pid] = seconds
+            self.stopped.wait(0.5)
 
     def busy(self, start: float, end: float) -> float | None:
         """The busy share between two times (the samples nearest inside them)."""
@@ -69,36 +92,39 @@ class Sampler(threading.Thread):
         return (b1 - b0) / (t1 - t0) if t1 > t0 else None
 
 
+def _figures(metrics: str) -> dict:
+    """A result's figures but its timings (they measure the machine: they differ between any two runs)."""
+    return {name: value for name, value in json.loads(metrics).items() if name != "attack_seconds"}
+
+
 def play(home: Path, track: str, builtins: str, jobs: int) -> dict:
     """One round in a fresh home; what it measured and what it made."""
     home.mkdir(parents=True)
     (home / "secret").write_text(SECRET)
     env = os.environ | {"ARENA_HOME": str(home), "ARENA_BUILTINS": builtins}
     env.pop("OMP_NUM_THREADS", None)  # each job's share of the cores is the executor's choice
-    sampler = Sampler()
-    sampler.start()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     command = [sys.executable, "-c", "from arena.cli import main; main()", "round", "run", "--track", track]
-    done = subprocess.run([*command, "--quiet", "--jobs", str(jobs)], env=env, capture_output=True, text=True)
+    run = subprocess.Popen([*command, "--quiet", "--jobs", str(jobs)], env=env, stdout=subprocess.PIPE, text=True)
+    sampler = Sampler(run.pid)
+    sampler.start()
+    out, _ = run.communicate()
     ended = time.time()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     sampler.stopped.set()
     sampler.join()
-    if done.returncode != 0:
-        raise RuntimeError(f"the round failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if run.returncode != 0:
+        raise RuntimeError(f"the round failed:\n{out[-3000:]}")
+    cpu = sum(sampler.cpu.values())
     with sqlite3.connect(home / "arena.db") as db:
-        results = {
-            key: (status, metrics) for key, status, metrics in db.execute("select key, status, metrics from results")
-        }
+        rows = db.execute("select key, status, metrics from results")
+        results = {key: (status, _figures(metrics)) for key, status, metrics in rows}
         artifacts = {
             key: hashlib.sha256(data).hexdigest() for key, data in db.execute("select key, data from artifacts")
         }
         phase = "select min(started_at), max(finished_at) from jobs where kind = 'match'"
         first, last = db.execute(phase).fetchone()
         kinds = dict(db.execute("select kind, count(*) from jobs group by kind").fetchall())
-    match_start, match_end = (datetime.fromisoformat(t).timestamp() for t in (first, last))
+    match_start, match_end = (datetime.fromisoformat(t).replace(tzinfo=UTC).timestamp() for t in (first, last))
     return {
         "wall": ended - started,
         "cpu": cpu,
