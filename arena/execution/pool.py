@@ -6,7 +6,9 @@ matches of one attack share a worker's warm attack processes where they can). A 
 out of memory) loses its job's attempt: the job is put back in the queue, as :func:`arena.execution.rounds.take_back`
 does after a killed run, and played again by a fresh worker; :func:`arena.execution.jobs.execute` counts the
 attempts, so a job that kills every worker fails for good. Each worker gets an equal share of the cores (its
-torch and OpenMP threads) unless ``OMP_NUM_THREADS`` says otherwise.
+torch and OpenMP threads) unless ``OMP_NUM_THREADS`` says otherwise; with the same threads per job the outputs are
+those of one job at a time, bit for bit (another thread count adds floats in another order:
+docs/distributed.md).
 """
 
 from __future__ import annotations
