@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -21,6 +25,20 @@ from arena.tracks import Track, TrackError
 
 #: the demo's default: the track that plays a whole round of every built-in plugin in minutes on a CPU
 DEMO_TRACKS = ("digits",)
+#: how much lower than the board's the demo's jobs run (``nice``)
+DEMO_NICENESS = 10
+
+
+#: the local executor's ``--jobs`` option (``arena round run``, ``round resume``, ``demo``)
+JOBS = click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    help="Jobs run side by side by the local executor [ARENA_JOBS, else one per core and 1.5 GiB of memory].",
+)
+
+
+def _with_jobs(settings: Settings, jobs: int | None) -> Settings:
+    return dataclasses.replace(settings, jobs=jobs) if jobs else settings
 
 
 def _open(settings: Settings) -> Database:
@@ -120,9 +138,12 @@ def round_group() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--wait", is_flag=True, help="With ARENA_BROKER_URL: follow the round until the workers finish it.")
 @click.option("--retry-failed", is_flag=True, help=admin.RETRY_FAILED_HELP)
-def round_run(track_names: tuple[str, ...], seed: int, quiet: bool, wait: bool, retry_failed: bool) -> None:
+@JOBS
+def round_run(
+    track_names: tuple[str, ...], seed: int, quiet: bool, wait: bool, retry_failed: bool, jobs: int | None
+) -> None:
     """Freeze the latest valid plugins, plan the round's jobs, run them (on Celery workers with ARENA_BROKER_URL)."""
-    settings = Settings.from_env()
+    settings = _with_jobs(Settings.from_env(), jobs)
     db = _open(settings)
     tracks = admin.usable_tracks(settings, track_names)
     _play_round(db, settings, tracks, seed, quiet, wait, retry_failed)
@@ -137,6 +158,7 @@ def _play_round(
     wait: bool = True,
     retry_failed: bool = False,
     teams: set[str] | None = None,
+    planned: Callable[[int], None] | None = None,
 ) -> int:
     if not settings.broker_url:  # distributed rounds are kept moving by the workers' leases and the scheduler
         for unfinished, _ in rounds.unfinished_rounds(db):
@@ -148,6 +170,8 @@ def _play_round(
     click.echo(f"round planned: {plan.cells_line()}; new jobs: {new}")
     for line in plan.summary():
         click.echo(f"  {line}")
+    if planned is not None:
+        planned(round_id)
     started = time.perf_counter()
     if settings.broker_url:
         states = follow.run_celery(db, settings, {t.name: t for t in tracks}, round_id, wait, progress=not quiet)
@@ -165,13 +189,14 @@ def _play_round(
 @round_group.command("resume")
 @click.argument("number", type=int, required=False)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def round_resume(number: int | None, quiet: bool) -> None:
+@JOBS
+def round_resume(number: int | None, quiet: bool, jobs: int | None) -> None:
     """Finish an interrupted round [every unfinished one]: its jobs left running by a killed process are run again.
 
     `arena round run` does it too, before it plans a new round. With ARENA_BROKER_URL, follow the round
     until the workers finish it.
     """
-    settings = Settings.from_env()
+    settings = _with_jobs(Settings.from_env(), jobs)
     db = _open(settings)
     unfinished = rounds.unfinished_rounds(db)
     chosen = [round_id for round_id, n in unfinished if number is None or n == number]
@@ -269,19 +294,40 @@ def _print_sync(synced: list[versions.SyncedPlugin]) -> None:
 @click.option("--track", "track_names", multiple=True, help="Track to play (repeatable) [default: digits].")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
-def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int) -> None:
-    """A whole round of the built-in plugins (on digits unless --track says otherwise), published, then the board."""
-    settings = Settings.from_env()
+@JOBS
+def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int, jobs: int | None) -> None:
+    """A whole round of the built-in plugins (on digits unless --track says otherwise), shown on the board as it
+    plays (published from the start: the demo is the instructor), published again once done."""
+    settings = _with_jobs(Settings.from_env(), jobs)
     db = _open(settings)
     tracks = admin.usable_tracks(settings, track_names or DEMO_TRACKS)
-    round_id = _play_round(db, settings, tracks, seed=0, quiet=False)
+    board = None if no_serve else _start_board(host, port)
+    os.nice(DEMO_NICENESS)  # the round's jobs (and their sandboxes) yield the cores to the board
+
+    def show(round_id: int) -> None:
+        planner.publish_round(db, round_id, while_running=True)
+        if board is not None:
+            click.secho(f"the board shows the round as it plays: http://{host}:{port}/ (its jobs: /jobs)", bold=True)
+
+    round_id = _play_round(db, settings, tracks, seed=0, quiet=False, planned=show)
     try:  # the demo is the instructor: its round is public on the board
         planner.publish_round(db, round_id)
         click.echo("round published: the board shows its scores to everyone")
     except planner.RoundError as error:
         click.echo(f"round not published: {error}")
-    if not no_serve:
-        _serve(host, port)
+    if board is not None:
+        click.echo(f"the board stays on http://{host}:{port}/ (Ctrl+C to stop)")
+        with contextlib.suppress(KeyboardInterrupt):
+            board.join()
+
+
+def _start_board(host: str, port: int) -> multiprocessing.process.BaseProcess:
+    """Serve the board in a process of its own (at this process's priority), before the round starts."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(host, port, None, False), name="arena-board", daemon=True
+    )  # daemonic: it ends with the demo, however the demo ends (gunicorn forks its workers itself)
+    process.start()
+    return process
 
 
 @main.command("course")
@@ -327,12 +373,12 @@ def serve(host: str, port: int, workers: int | None) -> None:
     _serve(host, port, workers)
 
 
-def _serve(host: str, port: int, workers: int | None = None) -> None:
+def _serve(host: str, port: int, workers: int | None = None, access_log: bool = True) -> None:
     from leaderboard.server import serve as run_server
 
     count = workers or 2 * (os.cpu_count() or 1) + 1
     click.echo(f"leaderboard on http://{host}:{port} ({count} server processes; Ctrl+C to stop)")
-    run_server(host, port, count)
+    run_server(host, port, count, access_log=access_log)
 
 
 main.add_command(workers.worker)

@@ -9,6 +9,7 @@ variable                  meaning                                             de
 ``ARENA_PLUGIN_DIRS``     extra plugin folders, separated by ``os.pathsep``   the built-in ``plugins/``
 ``ARENA_BUILTINS``        built-in plugins to load, comma-separated names     all of them
 ``ARENA_BROKER_URL``      Celery broker (Redis); unset means local executor   unset
+``ARENA_JOBS``            jobs the local executor runs side by side           a core each, 1.5 GiB each
 ========================  ==================================================  =========================
 """
 
@@ -46,6 +47,7 @@ class Settings:
     plugin_dirs: tuple[Path, ...]
     broker_url: str | None
     secret_home: Path | None = None  # where the secret lies when not in ``home`` (a check's scratch arena)
+    jobs: int = 1  # jobs the local executor runs side by side (from the environment: :func:`default_jobs`)
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -59,7 +61,8 @@ class Settings:
         if missing:
             raise SettingsError(f"ARENA_PLUGIN_DIRS names {', '.join(missing)}, which is not a folder")
         builtin = _builtins(env.get("ARENA_BUILTINS"))
-        return cls(home, database_url, data_dir, builtin + extra, env.get("ARENA_BROKER_URL") or None)
+        broker = env.get("ARENA_BROKER_URL") or None
+        return cls(home, database_url, data_dir, builtin + extra, broker, jobs=_jobs(env.get("ARENA_JOBS")))
 
     def scratch(self) -> Settings:
         """The settings of ``arena plugin check``: a home of its own (``HOME/checks``, its own SQLite database
@@ -78,6 +81,22 @@ class Settings:
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         return bytes.fromhex(path.read_text().strip())
+
+
+def default_jobs() -> int:
+    """The jobs a machine runs side by side by default: one per core this process may use, at most one per
+    1.5 GiB of memory (a job, its sandboxes and its warm attack processes)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(cores, int(memory / (1.5 * 2**30))))
+
+
+def _jobs(value: str | None) -> int:
+    if not value:
+        return default_jobs()
+    if not value.isdigit() or int(value) < 1:
+        raise SettingsError(f"ARENA_JOBS must be a whole number of jobs, at least 1, not {value!r}")
+    return int(value)
 
 
 def _builtins(chosen: str | None) -> tuple[Path, ...]:

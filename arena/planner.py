@@ -131,16 +131,19 @@ def plan_round(
         return plan
 
 
-def publish_round(db: Database, round_id: int) -> None:
+def publish_round(db: Database, round_id: int, while_running: bool = False) -> None:
     """Publish a finished round: the board then shows its scores to everyone, read from the standings kept
-    here (:mod:`arena.snapshots`; publishing a published round again scores it anew)."""
+    here (:mod:`arena.snapshots`; publishing a published round again scores it anew). ``while_running`` (the
+    demo's round) publishes a running round too: the board scores it live as its matches end, until it is
+    published again once done."""
     with db.session() as session:
         round_ = session.get(Round, round_id)
         if round_ is None:
             raise LookupError(f"no round with id {round_id}")
-        if round_.status != "done":
+        if round_.status != "done" and not (while_running and round_.status == "running"):
             raise RoundError(f"round {round_.number} is {round_.status}: publish it once it is done")
-        snapshots.store(session, round_id)
+        if round_.status == "done":
+            snapshots.store(session, round_id)
         round_.published, round_.published_at = True, datetime.now(UTC)
 
 

@@ -9,12 +9,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import abort
+from sqlalchemy.orm import Session
 
+from arena.store import Round
 from leaderboard.caching import Page, public, state
 from leaderboard.lookup import database, standings, summary
-from leaderboard.upcoming import progress, upcoming
+from leaderboard.upcoming import progress, time_left, upcoming
 from leaderboard.visibility import rounds, sees_everything, shows_results
 
+#: seconds between reloads of a page showing a running round
+REFRESH_SECONDS = 5
 #: what a matrix cell can show, each a share in [0, 1]
 METRICS = ("robust_accuracy", "success_rate", "target_hit_rate")
 #: the columns each ranking may be sorted by (``?dsort=`` and ``?asort=``, ``-`` first for descending)
@@ -43,6 +47,7 @@ def overview(args: Mapping[str, str]) -> Page:
         scored = standings().of(session, chosen) if chosen and not withheld else None
         cells = progress(session, chosen.id) if chosen and withheld else scored.cells if scored else None
         in_play = public(("upcoming",), lambda: upcoming(session))
+        left = playing(session, chosen)
     data = {
         "rounds": [r.number for r in every],
         "round": summary(chosen),
@@ -54,7 +59,7 @@ def overview(args: Mapping[str, str]) -> Page:
         "asort": asort,
         "upcoming": in_play,
         "instructor": sees_everything(),
-    }
+    } | left
     return Page(data, state("overview", scored.serial if scored else None, data, "boards"))
 
 
@@ -69,6 +74,7 @@ def matrix(args: Mapping[str, str]) -> Page:
         every, chosen = rounds(session, args.get("round") or None)
         withheld = chosen is not None and not shows_results(chosen)
         scored = standings().of(session, chosen) if chosen and not withheld else None
+        left = playing(session, chosen)
     boards = scored.boards if scored else []
     wanted = [i for i, b in enumerate(boards) if track in (None, b.track) and threat in (None, b.threat)]
     if (track or threat) and not wanted and not withheld:
@@ -87,8 +93,16 @@ def matrix(args: Mapping[str, str]) -> Page:
         "attacks": [a["entry"] for a in board["attacks"]] if board else [],
         "defenses": [d["entry"] for d in board["defenses"]] if board else [],
         "cells": board["matrix"] if board else [],
-    }
+    } | left
     return Page(data, state("matrix", scored.serial if scored else None, data, "attacks", "defenses", "cells"))
+
+
+def playing(session: Session, round_: Round | None) -> dict[str, Any]:
+    """While ``round_`` runs: the estimated seconds ``left`` and the page's ``refresh`` period (it reloads itself);
+    else both None."""
+    if round_ is None or round_.status != "running":
+        return {"left": None, "refresh": None}
+    return {"left": time_left(session, round_.id), "refresh": REFRESH_SECONDS}
 
 
 def _arrange(boards: list[dict[str, Any]], q: str, dsort: str, asort: str) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from arena.scoring import plugin_entries
 from arena.store import Job
 from leaderboard.access import private_log
 from leaderboard.lookup import database, rounds, summary
+from leaderboard.upcoming import time_left
 
 STATES = ("queued", "running", "done", "failed")
 #: jobs listed per state (the counts cover them all)
@@ -42,11 +43,13 @@ def jobs(args: Mapping[str, str]) -> dict[str, Any]:
                 ).all()
         versions = {v for js in listed.values() for j in js for v in (j.params.get("attack"), j.params.get("defense"))}
         entries = plugin_entries(session, {v for v in versions if isinstance(v, int)})
+        left = time_left(session, chosen.id) if chosen is not None and chosen.status == "running" else None
     kinds = sorted(counts, key=lambda k: (JOB_ORDER.index(k) if k in JOB_ORDER else len(JOB_ORDER), k))
     return {
         "rounds": [r.number for r in every],
         "round": summary(chosen),
         "refresh": REFRESH_SECONDS if chosen is not None and chosen.status == "running" else None,
+        "left": left,
         "states": list(STATES),
         "counts": [{"kind": k} | {s: counts[k][s] for s in STATES} for k in kinds],
         "totals": {s: sum(c[s] for c in counts.values()) for s in STATES},

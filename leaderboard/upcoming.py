@@ -3,6 +3,7 @@ and how far its matches have come; scores stay embargoed until it is published (
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from datetime import UTC, datetime
 from functools import partial
@@ -11,9 +12,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena.store import Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team
+from arena import costs
+from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team
 from leaderboard.caching import public
-from leaderboard.lookup import summary
+from leaderboard.lookup import database, summary
 
 
 def upcoming(session: Session) -> dict[str, Any] | None:
@@ -77,3 +79,48 @@ def _versions(session: Session, round_: Round) -> list[dict[str, Any]]:
             {"plugin_id": row.plugin_id, "plugin": row.plugin, "kind": row.kind, "version": row.content_hash[:12]}
         )
     return [{"team": name, "team_id": team_id, "plugins": plugins} for (name, team_id), plugins in teams.items()]
+
+
+def time_left(session: Session, round_id: int) -> float | None:
+    """Seconds until the round's open jobs end, estimated (None: unknown): each takes what the round's ended jobs
+    of its kind took (their median), else what :mod:`arena.costs` estimates from this arena's past jobs, else (a
+    training) what the round's other trainings took; the jobs running now count half, and the jobs run as many at a
+    time as run now."""
+    query = select(Job.kind, Job.state, Job.started_at, Job.finished_at).where(Job.round_id == round_id)
+    took: dict[str, list[float]] = defaultdict(list)
+    left: dict[str, float] = defaultdict(float)
+    running = 0
+    for kind, state, started, finished in session.execute(query):
+        if state == "done" and started and finished:
+            took[kind].append((finished - started).total_seconds())
+        elif state in ("queued", "running"):
+            left[kind] += 1 if state == "queued" else 0.5
+            running += state == "running"
+    if not left:
+        return None
+    each = {kind: statistics.median(took[kind]) for kind in left if took[kind]}
+    if len(each) < len(left):
+        each = _estimated(round_id) | each
+    trained = [seconds for kind, times in took.items() if kind.startswith("train-") for seconds in times]
+    for kind in set(left) - set(each):
+        if kind.startswith("train-") and trained:  # a twin trains as its defense does
+            each[kind] = statistics.median(trained)
+    if len(each) < len(left):
+        return None
+    return sum(n * each[kind] for kind, n in left.items()) / max(1, running)
+
+
+def _estimated(round_id: int) -> dict[str, float]:
+    """The seconds :mod:`arena.costs` expects a queued job of each kind of the round to take, where it knows."""
+    try:
+        cost = costs.cost(database(), round_id)
+    except KeyError:  # a job without the plugins a cost is read for (made by hand, not by the planner)
+        return {}
+    kinds = {made: kind for kind, made in costs.TRAININGS.items()}
+    by_kind: dict[str, list[float | None]] = defaultdict(list)
+    for training in cost.trainings:
+        by_kind[kinds[training.kind]].append(training.seconds)
+    each = {kind: sum(s) / len(s) for kind, s in by_kind.items() if None not in s}  # type: ignore[arg-type]
+    if cost.matches and cost.match_seconds is not None:
+        each["match"] = cost.match_seconds / cost.matches
+    return each

@@ -29,9 +29,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def arena_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh ``ARENA_HOME`` (SQLite database, artifacts, secret) for one test."""
+    """A fresh ``ARENA_HOME`` (SQLite database, artifacts, secret) for one test; its rounds run one job at a time
+    (the suite runs files side by side already; tests/test_local_parallel.py runs several)."""
     home = tmp_path / "arena-home"
     monkeypatch.setenv("ARENA_HOME", str(home))
+    monkeypatch.setenv("ARENA_JOBS", "1")
     monkeypatch.delenv("ARENA_DATABASE_URL", raising=False)
     monkeypatch.delenv("ARENA_BROKER_URL", raising=False)
     return home

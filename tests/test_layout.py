@@ -10,7 +10,7 @@ import pytest
 ARENA = Path(__file__).resolve().parents[1] / "arena"
 #: each package's modules in their order: a module imports only those before it
 LAYERS = {
-    "execution": ["inputs", "state", "jobs", "rounds", "local", "dispatch", "tasks", "follow", "workers"],
+    "execution": ["inputs", "state", "jobs", "rounds", "pool", "local", "dispatch", "tasks", "follow", "workers"],
     "sandbox": ["namespaces", "child", "zygote", "box"],
 }
 

@@ -174,7 +174,7 @@ def test_an_empty_database_gives_friendly_pages(client: FlaskClient) -> None:
     assert b"there are no jobs" in client.get("/jobs").data
     empty = {"rounds": [], "round": None, "cells": None, "withheld": False, "boards": [], "upcoming": None}
     sorting = {"q": "", "dsort": "rank", "asort": "rank"}
-    assert client.get("/api/leaderboard").json == empty | sorting | {"instructor": False}
+    assert client.get("/api/leaderboard").json == empty | sorting | {"instructor": False, "left": None, "refresh": None}
     assert client.get("/api/matrix").json["cells"] == []
     assert client.get("/api/rounds").json["history"] is None
     assert client.get("/api/teams").json == {"teams": []}
