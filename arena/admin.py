@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 from sqlalchemy import func, select
 
-from arena import access, enrolment, planner, roster, submissions
+from arena import access, config, enrolment, planner, roster, submissions
 from arena.config import Settings
 from arena.execution import follow, local
 from arena.redaction import redact
@@ -68,7 +68,7 @@ def team() -> None:
 @click.option(
     "--daily-limit",
     type=click.IntRange(min=0),
-    help=f"Versions evaluated per 24 hours [ARENA_DAILY_LIMIT, else {submissions.DEFAULT_DAILY_LIMIT}].",
+    help=f"Versions evaluated per 24 hours [ARENA_DAILY_LIMIT, else {config.DAILY_LIMIT}].",
 )
 def team_add(name: str, repo: str, branch: str, folder: str | None, daily_limit: int | None) -> None:
     """Register team NAME and the repository it pushes its plugins to (again: update it)."""

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from arena import admin, course, export, extras, planner, plugins, report, scaffold, scoring, workbench
-from arena.config import Settings, SettingsError
+from arena.config import PROCESS_DEFAULTS, Settings, SettingsError
 from arena.execution import follow, local, rounds, workers
 from arena.sandbox import SandboxError
 from arena.store import Database, Round
@@ -46,6 +46,8 @@ class ArenaGroup(click.Group):
 @click.version_option(package_name="arena")
 def main() -> None:
     """Arena: a tournament of adversarial attacks against defenses."""
+    for key, value in PROCESS_DEFAULTS.items():  # for the processes this command starts (workers, sandboxes)
+        os.environ.setdefault(key, value)
     try:  # a built-in that cannot load is said at once, with its fix, never left silently out of the rounds
         dirs = Settings.from_env().plugin_dirs
     except SettingsError:

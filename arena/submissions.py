@@ -35,16 +35,14 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena import planner, plugins, validation
-from arena.config import Settings
+from arena import config, planner, plugins, validation
+from arena.config import Settings, SettingsError
 from arena.plugins import MAX_PLUGIN_BYTES, PluginSource
 from arena.redaction import redact
 from arena.sandbox import SandboxError
 from arena.store import WAITING, Database, Plugin, PluginVersion, Team
 
 PLUGIN_ROOTS = {"plugins/attacks": "attack", "plugins/defenses": "defense"}
-DEFAULT_DAILY_LIMIT = 10
-LIMIT_ENV = "ARENA_DAILY_LIMIT"
 GIT_TIMEOUT = 300.0
 TEAM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 HOOK_MARKER = "# installed by `arena hook install`"
@@ -122,10 +120,10 @@ def daily_limit(team: Team) -> int:
     """How many versions of ``team`` may be evaluated per 24 hours (its own limit, else ``ARENA_DAILY_LIMIT``)."""
     if team.daily_limit is not None:
         return team.daily_limit
-    text = os.environ.get(LIMIT_ENV, str(DEFAULT_DAILY_LIMIT))
-    if not text.isdigit():
-        raise SubmissionError(f"{LIMIT_ENV}={text!r}: give a whole number")
-    return int(text)
+    try:
+        return config.daily_limit()
+    except SettingsError as exc:
+        raise SubmissionError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------
