@@ -148,7 +148,7 @@ def sync(team_name: str | None, as_json: bool) -> None:
     Exits with status 1 when a repository could not be fetched or read.
     """
     settings = Settings.from_env()
-    reports = submissions.sync(_open(settings), settings, team_name)
+    reports = submissions.sync_teams(_open(settings), settings, team_name)
     if as_json:
         click.echo(json.dumps([_as_dict(r) for r in reports], indent=2))
     else:
@@ -242,7 +242,7 @@ def round_close(due: bool, quiet: bool, wait: bool, retry_failed: bool) -> None:
             return
         round_id, number, names = current.id, current.number, list(current.tracks)
     tracks = {name: track for name, track in load_tracks(settings.home).items() if name in names}
-    folders = planner.sync(db, settings)  # the plugins of folders (the built-ins); teams sync on push
+    folders = planner.record_plugins(db, settings)  # the plugins of folders (the built-ins); teams sync on push
     fresh = sum(item.status == "new" for item in folders)
     click.echo(f"plugin folders: {len(folders)} plugins, {fresh} new version{'s' if fresh != 1 else ''}")
     plan = planner.plan_round(db, settings, round_id, tracks, retry_failed)

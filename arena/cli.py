@@ -63,7 +63,7 @@ def init() -> None:
     db = _open(settings)
     settings.secret()
     click.echo(f"arena home: {settings.home}\ndatabase:   {db.url}")
-    _print_sync(planner.sync(db, settings))
+    _print_sync(planner.record_plugins(db, settings))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def plugins_group() -> None:
 def plugins_list(as_json: bool) -> None:
     """Discover plugins (folders and entry points), record new versions, and list them."""
     settings = Settings.from_env()
-    report = planner.sync(_open(settings), settings)
+    report = planner.record_plugins(_open(settings), settings)
     if as_json:
         click.echo(json.dumps([vars(r) for r in report], indent=2))
     else:
@@ -143,7 +143,7 @@ def _play_round(
     if not settings.broker_url:  # distributed rounds are kept moving by the workers' leases and the scheduler
         for unfinished, _ in rounds.unfinished_rounds(db):
             _resume(db, settings, unfinished, quiet)
-    _print_sync(planner.sync(db, settings))
+    _print_sync(planner.record_plugins(db, settings))
     round_id = planner.open_round(db, tracks, seed)
     plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks}, retry_failed, teams)
     new = ", ".join(f"{n} {kind}" for kind, n in sorted(plan.new_jobs.items())) or "none"

@@ -38,8 +38,8 @@ from arena.store import (
     RoundEntry,
     RoundMatch,
     Team,
+    TrackRow,
 )
-from arena.store import Track as TrackRow
 from arena.store.db import insert_once
 from arena.tracks import Track
 from arena.training import TRAINING_VERSION
@@ -189,7 +189,7 @@ def record_version(
     return version, new
 
 
-def sync(
+def record_plugins(
     db: Database, settings: Settings, known: Mapping[str, validation.Validation] | None = None
 ) -> list[SyncedPlugin]:
     """Discover every plugin (folders and entry points) and record the versions not seen before; ``known`` gives

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from arena.access import relative_paths
 from arena.diagnostics import BASELINE, Played, diagnose
 from arena.hookspecs import THREATS
-from arena.store import Plugin, PluginVersion, Result, Round, RoundMatch, Team, Track
+from arena.store import Plugin, PluginVersion, Result, Round, RoundMatch, Team, TrackRow
 
 #: an attack breaks a defense when it fools it on at least this share of the samples it got right
 BREAK_SUCCESS_RATE = 0.5
@@ -250,7 +250,7 @@ def round_token(session: Session, round_id: int) -> tuple[Any, ...]:
     status = session.scalar(select(Round.status).where(Round.id == round_id))
     newest = session.execute(select(select(func.max(Result.id)).scalar_subquery(), func.max(RoundMatch.id))).one()
     floors = sorted(
-        (name, config.get("clean_floor")) for name, config in session.execute(select(Track.name, Track.config))
+        (name, config.get("clean_floor")) for name, config in session.execute(select(TrackRow.name, TrackRow.config))
     )
     return (status, *newest, *floors)
 
@@ -299,7 +299,7 @@ def plugin_entries(session: Session, version_ids: set[int]) -> dict[int, Entry]:
 
 
 def _floors(session: Session, tracks: set[str]) -> dict[str, float | None]:
-    query = select(Track.name, Track.config).where(Track.name.in_(tracks))
+    query = select(TrackRow.name, TrackRow.config).where(TrackRow.name.in_(tracks))
     return {name: config.get("clean_floor") for name, config in session.execute(query)}
 
 

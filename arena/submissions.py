@@ -1,7 +1,7 @@
 """Team submissions through git: fetch each team's repository, pin the commit, record and evaluate versions.
 
 An instructor registers each team's repository and branch (``arena team add``), optionally a folder of
-a shared class repository. :func:`sync` fetches the repository into a bare mirror under
+a shared class repository. :func:`sync_teams` fetches the repository into a bare mirror under
 ``ARENA_HOME/repos``, pins the branch's commit and reads every plugin folder (``plugins/attacks/*``,
 ``plugins/defenses/*``) at that commit straight from git's objects, so the arena runs exactly what was
 pushed, byte for byte. A folder whose content the arena knows creates nothing; a new one becomes a plugin
@@ -131,7 +131,7 @@ def daily_limit(team: Team) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def sync(db: Database, settings: Settings, team: str | None = None) -> list[TeamSync]:
+def sync_teams(db: Database, settings: Settings, team: str | None = None) -> list[TeamSync]:
     """Fetch every team's repository (or ``team``'s), record new versions and evaluate them.
 
     A team whose repository cannot be fetched or read gets an error in its report; the others go on.

@@ -62,7 +62,7 @@ def check(path: Path, track_name: str, quiet: bool) -> None:
         click.echo(f"not reusing this machine's trained models: {problem}")
     try:
         hashes = [s.content_hash for s in plugins.discover(settings.plugin_dirs)]
-        planner.sync(db, settings, checks.verdicts(lender, hashes))
+        planner.record_plugins(db, settings, checks.verdicts(lender, hashes))
         checks.borrow(lender, db, validation.kit_keys())
         version_id = _validate(db, settings, source, lender)
         with db.session() as session:
@@ -178,7 +178,7 @@ def play(paths: tuple[Path, ...], track_names: tuple[str, ...], quiet: bool, ser
     for round_id, number in rounds.unfinished_rounds(db):  # a round an interrupted run left: finish it first
         click.echo(f"finishing round {number} first")
         local.run_local(db, settings, rounds.recorded_tracks(db), round_id, progress=not quiet)
-    planner.sync(db, settings)
+    planner.record_plugins(db, settings)
     scratch, _ = checks.lender(settings.scratch())  # a check may have trained the smoke kit or your defense
     try:
         checks.borrow(scratch, db, validation.kit_keys())

@@ -56,7 +56,7 @@ def play(settings: Settings, track: Track) -> dict[tuple[str, ...], dict[str, An
     db = Database(settings.database_url)
     db.upgrade()
     tracks = {track.name: track}
-    planner.sync(db, settings)
+    planner.record_plugins(db, settings)
     round_id = planner.open_round(db, [track])
     planner.plan_round(db, settings, round_id, tracks)
     local.run_local(db, settings, tracks, round_id, progress=False)

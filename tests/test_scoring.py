@@ -22,7 +22,7 @@ from arena.scoring import (
     round_standings,
     round_token,
 )
-from arena.store import Database, Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, Track
+from arena.store import Database, Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, TrackRow
 
 
 class Rows:
@@ -64,7 +64,7 @@ class Rows:
     def track(self, name: str, **config: Any) -> None:
         """A track row with its configuration (``clean_floor`` among it)."""
         with self.db.session() as s:
-            s.add(Track(name=name, config=config))
+            s.add(TrackRow(name=name, config=config))
 
     def round(
         self, number: int, tracks: Sequence[str] = ("digits",), status: str = "running", published: bool = False
