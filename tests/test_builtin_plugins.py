@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,13 +31,7 @@ EPS = {"linf": 0.2, "l2": 1.0}
 MAX_QUERIES = 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train several times faster on one thread, and far faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def budget(norm: str = "linf", seed: int = 0, max_queries: int = MAX_QUERIES) -> Budget:
