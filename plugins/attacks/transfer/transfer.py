@@ -22,22 +22,19 @@ class TransferPGD(Attack):
     ICLR 2018, https://arxiv.org/abs/1706.06083 (PGD); Papernot et al., "Practical Black-Box Attacks
     against Machine Learning", AsiaCCS 2017, https://arxiv.org/abs/1602.02697 (transfer).
 
-    Arguments:
-        steps: gradient steps (default 20).
-        rel_step: step size as a fraction of eps (default 0.1).
-        random_start: start from a uniform point of the eps-ball (default True).
+    Parameters (their values: the [params] of plugin.toml):
+        steps: gradient steps.
+        rel_step: step size as a fraction of eps.
+        random_start: start from a uniform point of the eps-ball.
 
     Usage::
 
-        x_adv = TransferPGD(steps=20, rel_step=0.1).run(target, x, y, budget)
+        x_adv = TransferPGD().run(target, x, y, budget)
     """
 
     norms = ("linf", "l2")
     threats = ("black-box",)
     targeted = False
-
-    def __init__(self, steps: int = 20, rel_step: float = 0.1, random_start: bool = True) -> None:
-        super().__init__(steps=steps, rel_step=rel_step, random_start=random_start)
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """PGD on the substitute from a random start in the eps-ball."""

@@ -30,18 +30,15 @@ class Distillation(Defense):
     against Deep Neural Networks", IEEE S&P 2016, https://arxiv.org/abs/1511.04508 (T = 100 on MNIST);
     broken by Carlini and Wagner, https://arxiv.org/abs/1608.04644.
 
-    Arguments:
-        temperature: the softmax temperature T of training (default 100).
-        lr: Adam's learning rate (default 1e-2: at T = 100 the logits must grow a hundredfold).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        temperature: the softmax temperature T of training.
+        lr: Adam's learning rate.
+        batch_size: training batch size.
 
     Usage::
 
-        model = Distillation(temperature=100).train(ctx)
+        model = Distillation().train(ctx)
     """
-
-    def __init__(self, temperature: float = 100.0, lr: float = 1e-2, batch_size: int = 128) -> None:
-        super().__init__(temperature=temperature, lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train the teacher, then the student on its soft labels; return the student (read at T = 1)."""

@@ -59,19 +59,16 @@ class EnsembleAdvTraining(Defense):
     Attacks and Defenses", ICLR 2018, https://arxiv.org/abs/1705.07204 (MNIST: FGSM examples from the
     current model and pre-trained static models of other architectures).
 
-    Arguments:
-        alpha: weight of the clean loss (default 0.5: half clean, half adversarial, as in the paper).
-        static_share: the static models' epochs as a share of ``ctx.epochs`` (default 0.5).
-        lr: Adam's learning rate (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        alpha: weight of the clean loss.
+        static_share: the static models' epochs as a share of ``ctx.epochs``.
+        lr: Adam's learning rate.
+        batch_size: training batch size.
 
     Usage::
 
-        model = EnsembleAdvTraining(alpha=0.5).train(ctx)
+        model = EnsembleAdvTraining().train(ctx)
     """
-
-    def __init__(self, alpha: float = 0.5, static_share: float = 0.5, lr: float = 1e-3, batch_size: int = 128) -> None:
-        super().__init__(alpha=alpha, static_share=static_share, lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Pre-train the static models, then train on clean and FGSM examples from each source in turn."""

@@ -27,19 +27,16 @@ class FGSMAdvTraining(Defense):
     Paper: Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples",
     ICLR 2015, https://arxiv.org/abs/1412.6572 (section 5, alpha = 0.5).
 
-    Arguments:
-        alpha: weight of the clean loss (default 0.5).
-        augment: train on draws of the track's distortion family (default True).
-        lr: Adam's learning rate (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        alpha: weight of the clean loss.
+        augment: train on draws of the track's distortion family.
+        lr: Adam's learning rate.
+        batch_size: training batch size.
 
     Usage::
 
-        model = FGSMAdvTraining(alpha=0.5).train(ctx)
+        model = FGSMAdvTraining().train(ctx)
     """
-
-    def __init__(self, alpha: float = 0.5, augment: bool = True, lr: float = 1e-3, batch_size: int = 128) -> None:
-        super().__init__(alpha=alpha, augment=augment, lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train on the mixed clean and FGSM loss; return the model in eval mode."""

@@ -99,47 +99,23 @@ class MagNet(Defense):
     Paper: Meng and Chen, "MagNet: a Two-Pronged Defense against Adversarial Examples", ACM CCS 2017,
     https://arxiv.org/abs/1705.09064; attacked by Carlini and Wagner, https://arxiv.org/abs/1711.08478.
 
-    Arguments:
-        autoencoders: how many autoencoders to train and draw from (default 3).
-        width: filters per convolution of each autoencoder (default 8; 3 in the paper's MNIST autoencoders).
-        noise: deviation of the Gaussian noise added to the autoencoders' training inputs (default 0.1).
-        false_positive_rate: share of clean validation inputs the detectors may reject (default 0.005).
-        validation: share of the training split held out to set the thresholds (default 0.1).
-        ae_epoch_factor: autoencoder epochs per epoch of the track (default 1).
-        ae_lr: Adam's learning rate for the autoencoders (default 1e-2).
-        lr: Adam's learning rate for the classifier (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        autoencoders: how many autoencoders to train and draw from.
+        width: filters per convolution of each autoencoder.
+        noise: deviation of the Gaussian noise added to the autoencoders' training inputs.
+        false_positive_rate: share of clean validation inputs the detectors may reject.
+        validation: share of the training split held out to set the thresholds.
+        ae_epoch_factor: autoencoder epochs per epoch of the track.
+        ae_lr: Adam's learning rate for the autoencoders.
+        lr: Adam's learning rate for the classifier.
+        batch_size: training batch size.
 
     Usage::
 
-        model = MagNet(autoencoders=3).train(ctx)
+        model = MagNet().train(ctx)
     """
 
     randomized = True
-
-    def __init__(
-        self,
-        autoencoders: int = 3,
-        width: int = 8,
-        noise: float = 0.1,
-        false_positive_rate: float = 0.005,
-        validation: float = 0.1,
-        ae_epoch_factor: float = 1.0,
-        ae_lr: float = 1e-2,
-        lr: float = 1e-3,
-        batch_size: int = 128,
-    ) -> None:
-        super().__init__(
-            autoencoders=autoencoders,
-            width=width,
-            noise=noise,
-            false_positive_rate=false_positive_rate,
-            validation=validation,
-            ae_epoch_factor=ae_epoch_factor,
-            ae_lr=ae_lr,
-            lr=lr,
-            batch_size=batch_size,
-        )
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train the classifier and the autoencoders, set the thresholds; return the :class:`MagNetModel`."""

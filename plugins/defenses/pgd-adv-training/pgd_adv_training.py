@@ -29,39 +29,19 @@ class PGDAdvTraining(Defense):
     Adversarial Attacks", ICLR 2018, https://arxiv.org/abs/1706.06083 (MNIST: 40 steps of 0.01 at eps 0.3;
     fewer, larger steps here to train in minutes on a CPU).
 
-    Arguments:
-        steps: PGD steps per training batch (default 5).
-        step_ratio: step size as a multiple of ``eps / steps`` (default 2.5, Madry's rule of thumb).
-        warmup: share of the training steps over which eps grows from 0 to ``ctx.eps`` (default 0.3).
-        clean_weight: weight of a clean loss mixed into the adversarial one (default 0: Madry's pure min-max).
-        min_epochs: the fewest epochs it trains, whatever the track's (default 6).
-        lr: Adam's learning rate (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        steps: PGD steps per training batch.
+        step_ratio: step size as a multiple of ``eps / steps``.
+        warmup: share of the training steps over which eps grows from 0 to ``ctx.eps``.
+        clean_weight: weight of a clean loss mixed into the adversarial one.
+        min_epochs: the fewest epochs it trains, whatever the track's.
+        lr: Adam's learning rate.
+        batch_size: training batch size.
 
     Usage::
 
-        model = PGDAdvTraining(steps=5).train(ctx)
+        model = PGDAdvTraining().train(ctx)
     """
-
-    def __init__(
-        self,
-        steps: int = 5,
-        step_ratio: float = 2.5,
-        warmup: float = 0.3,
-        clean_weight: float = 0.0,
-        min_epochs: int = 6,
-        lr: float = 1e-3,
-        batch_size: int = 128,
-    ) -> None:
-        super().__init__(
-            steps=steps,
-            step_ratio=step_ratio,
-            warmup=warmup,
-            clean_weight=clean_weight,
-            min_epochs=min_epochs,
-            lr=lr,
-            batch_size=batch_size,
-        )
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train on PGD examples of the current model; return it in eval mode."""

@@ -22,17 +22,14 @@ class Undefended(Defense):
     Paper: Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
     https://arxiv.org/abs/1412.6980 (the optimiser; the model is the track's reference architecture).
 
-    Arguments:
-        lr: Adam's learning rate (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        lr: Adam's learning rate.
+        batch_size: training batch size.
 
     Usage::
 
-        model = Undefended(lr=1e-3).train(ctx)
+        model = Undefended().train(ctx)
     """
-
-    def __init__(self, lr: float = 1e-3, batch_size: int = 128) -> None:
-        super().__init__(lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train the reference architecture on clean batches; return it in eval mode."""
