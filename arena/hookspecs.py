@@ -69,17 +69,12 @@ class Configured:
     The manifest states each parameter once, with its value; nothing in the code repeats it. The arena passes
     them as keyword arguments, and a class built by hand (``PGD()``, or ``PGD(steps=5)`` to change one) takes the
     rest from the ``plugin.toml`` of its plugin's folder. Each becomes an attribute (``self.steps``) and an entry
-    of ``self.params``; a name the manifest does not declare is a ``TypeError``. Override :meth:`check_params`
-    to refuse a value out of range.
+    of ``self.params``. Override :meth:`check_params` to refuse a value out of range. (A constructor of the
+    plugin's own that passes parameters on, as plugins wrote before, still works: what it passes wins.)
     """
 
     def __init__(self, **params: Any) -> None:
-        declared = manifest_params(type(self))
-        unknown = sorted(set(params) - set(declared or params))
-        if unknown:
-            names = ", ".join(declared or ()) or "none"
-            raise TypeError(f"{type(self).__name__} has no parameter {', '.join(unknown)} (its [params]: {names})")
-        self.params = (declared or {}) | params
+        self.params = (manifest_params(type(self)) or {}) | params
         for key, value in self.params.items():
             setattr(self, key, value)
         self.check_params()

@@ -335,8 +335,14 @@ def test_the_manifests_params_are_the_only_place_that_states_them(tmp_path: Path
     assert (plugin.instantiate().steps, plugin.instantiate().params) == (7, {"steps": 7, "rate": 0.5})
     built = plugin.cls(steps=3)  # by hand: the rest from the plugin.toml beside the module
     assert (built.steps, built.rate, built.params) == (3, 0.5, {"steps": 3, "rate": 0.5})
-    with pytest.raises(TypeError, match="no parameter stesp .its \\[params\\]: steps, rate"):
-        plugin.cls(stesp=3)
+
+
+def test_a_plugin_with_a_constructor_of_its_own_still_loads(tmp_path: Path, cache: Path) -> None:
+    """As ``arena plugin new`` wrote defenses before: a default in the code the manifest does not state."""
+    init = "    def __init__(self, lr=1e-3, **params):\n        super().__init__(lr=lr, **params)\n\n"
+    module = GOOD_ATTACK.replace("    def run(", init + "    def run(")
+    plugin = load(read_folder(write_plugin(tmp_path / "probe", module)), cache)
+    assert plugin.instantiate().params == {"lr": 1e-3}
 
 
 def test_load_reports_params_that_check_params_refuses(tmp_path: Path, cache: Path) -> None:
