@@ -17,6 +17,7 @@ from arena.hookspecs import (
     TrainContext,
     hookimpl,
 )
+from arena.norms import l2_norms
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "TrainContext",
     "expectation",
     "hookimpl",
+    "l2_norms",
     "spsa_descent",
     "spsa_gradient",
     "__version__",

@@ -15,8 +15,9 @@ What an attack may see is a :class:`Target` (built by the arena for the threat m
 from __future__ import annotations
 
 import abc
+import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FunctionType
@@ -248,6 +249,41 @@ class TrainContext:
             index = order[start : start + batch_size]
             x = self.x[index].to(self.device)
             yield self.augment(x) if augment else x, self.y[index].to(self.device)
+
+    def fit(
+        self,
+        model: nn.Module,
+        loss_of: Callable[..., torch.Tensor],
+        *,
+        lr: float = 1e-3,
+        batch_size: int = 128,
+        epochs: int | None = None,
+        augment: bool = False,
+        deadline: float | None = None,
+        batches: Callable[[], Iterable[tuple[torch.Tensor, ...]]] | None = None,
+        name: str = "",
+    ) -> bool:
+        """Adam at ``lr`` on ``loss_of(*batch)`` for ``epochs`` epochs (default :attr:`epochs`) or until ``deadline``
+        (a :func:`time.monotonic` time; default: :attr:`time_budget` from now), whichever comes first; True when
+        every epoch ran. An epoch is one pass over ``batches()``, by default :meth:`batches` of ``batch_size``
+        (with ``augment``). Logs each epoch's last loss, or the epoch the deadline stopped, after ``name``. The
+        model is put in training mode first (``loss_of`` may switch it, e.g. to attack it, and back)."""
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        deadline = time.monotonic() + self.time_budget if deadline is None else deadline
+        epochs = self.epochs if epochs is None else epochs
+        prefix = f"{name}: " if name else ""
+        for epoch in range(1, epochs + 1):
+            for batch in batches() if batches is not None else self.batches(batch_size, augment):
+                if time.monotonic() > deadline:
+                    self.log(f"{prefix}time budget spent in epoch {epoch}/{epochs}: stopping")
+                    return False
+                loss = loss_of(*batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            self.log(f"{prefix}epoch {epoch}/{epochs}: last batch loss {loss.item():.4f}")
+        return True
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` under fresh draws (from :attr:`generator`) of the family of distortions the track evaluates.

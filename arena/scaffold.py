@@ -36,8 +36,6 @@ def arena_attacks():
 
 DEFENSE = '''"""{title}: describe the defense here in one or two lines, and cite its paper."""
 
-import time
-
 import torch
 
 from arena import Defense, hookimpl
@@ -51,18 +49,8 @@ class {cls}(Defense):
 
     def train(self, ctx):
         model = ctx.make_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        deadline = time.monotonic() + ctx.time_budget
-        model.train()
-        for _ in range(ctx.epochs):
-            for x, y in ctx.batches(128):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            if time.monotonic() > deadline:
-                ctx.log("time budget reached; stopping early")
-                break
+        # Adam on this loss for ctx.epochs epochs of ctx.batches(128), stopped when the time budget is spent
+        ctx.fit(model, lambda x, y: torch.nn.functional.cross_entropy(model(x), y), lr=self.lr)
         return model.eval()
 
 
