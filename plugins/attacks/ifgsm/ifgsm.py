@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from arena import Attack, Budget, Target, hookimpl
+from arena import Attack, Budget, Target, hookimpl, l2_norms
 
 
 class IFGSM(Attack):
@@ -55,14 +55,9 @@ class IFGSM(Attack):
             if budget.norm == "linf":
                 delta.add_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
             else:
-                delta.add_(grad.div_(_l2(grad).clamp_min_(1e-12)), alpha=alpha)
-                delta.mul_((budget.eps / _l2(delta).clamp_min(1e-12)).clamp_(max=1.0)).clamp_(lo, hi)
+                delta.add_(grad.div_(l2_norms(grad).clamp_min_(1e-12)), alpha=alpha)
+                delta.mul_((budget.eps / l2_norms(delta).clamp_min(1e-12)).clamp_(max=1.0)).clamp_(lo, hi)
         return (x + delta).clamp_(0.0, 1.0)
-
-
-def _l2(v: torch.Tensor) -> torch.Tensor:
-    """Per-sample l2 norms of a batch, shaped to broadcast against it."""
-    return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
 
 
 @hookimpl

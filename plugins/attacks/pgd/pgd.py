@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena import Attack, Budget, Target, hookimpl
+from arena import Attack, Budget, Target, hookimpl, l2_norms
 
 
 class PGD(Attack):
@@ -93,7 +93,9 @@ class PGD(Attack):
             if budget.norm == "linf":
                 delta.add_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
             else:
-                delta = _project_l2(delta.add_(grad.div_(_l2(grad).clamp_min_(1e-12)), alpha=alpha), budget.eps, lo, hi)
+                delta = _project_l2(
+                    delta.add_(grad.div_(l2_norms(grad).clamp_min_(1e-12)), alpha=alpha), budget.eps, lo, hi
+                )
         result[active] = x + delta
         return result
 
@@ -135,17 +137,12 @@ def _random_start(x: torch.Tensor, budget: Budget) -> torch.Tensor:
     direction = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
     u = torch.rand(len(x), generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
     radius = budget.eps * u ** (1.0 / x[0].numel())
-    return direction.div_(_l2(direction).clamp_min_(1e-12)).mul_(radius.view(-1, *([1] * (x.dim() - 1))))
+    return direction.div_(l2_norms(direction).clamp_min_(1e-12)).mul_(radius.view(-1, *([1] * (x.dim() - 1))))
 
 
 def _project_l2(delta: torch.Tensor, eps: float, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Scale ``delta`` into the l2 ball of radius ``eps``, then clip it into ``[lo, hi]`` (which only shrinks it)."""
-    return delta.mul_((eps / _l2(delta).clamp_min(1e-12)).clamp_(max=1.0)).clamp_(lo, hi)
-
-
-def _l2(v: torch.Tensor) -> torch.Tensor:
-    """Per-sample l2 norms of a batch, shaped to broadcast against it."""
-    return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+    return delta.mul_((eps / l2_norms(delta).clamp_min(1e-12)).clamp_(max=1.0)).clamp_(lo, hi)
 
 
 @hookimpl

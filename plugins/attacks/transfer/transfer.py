@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from arena import Attack, Budget, Target, hookimpl
+from arena import Attack, Budget, Target, hookimpl, l2_norms
 
 
 class TransferPGD(Attack):
@@ -49,7 +49,7 @@ class TransferPGD(Attack):
                 x_in = (x + delta).requires_grad_(True)
                 loss = F.cross_entropy(model(x_in), y, reduction="sum")
                 (grad,) = torch.autograd.grad(loss, x_in)
-            step = grad.sign() if budget.norm == "linf" else grad / _l2(grad).clamp_min(1e-12)
+            step = grad.sign() if budget.norm == "linf" else grad / l2_norms(grad).clamp_min(1e-12)
             delta = self._project(x, delta + alpha * step, budget)
         return (x + delta).clamp(0.0, 1.0)
 
@@ -63,7 +63,7 @@ class TransferPGD(Attack):
         direction = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
         u = torch.rand(len(x), generator=generator, device=generator.device, dtype=x.dtype)
         radius = budget.eps * u ** (1.0 / x[0].numel())
-        direction = direction / _l2(direction).clamp_min(1e-12)
+        direction = direction / l2_norms(direction).clamp_min(1e-12)
         return (direction * radius.view(-1, *([1] * (x.dim() - 1)))).to(x.device)
 
     @staticmethod
@@ -72,13 +72,8 @@ class TransferPGD(Attack):
         if budget.norm == "linf":
             delta = delta.clamp(-budget.eps, budget.eps)
         else:
-            delta = delta * (budget.eps / _l2(delta).clamp_min(1e-12)).clamp(max=1.0)
+            delta = delta * (budget.eps / l2_norms(delta).clamp_min(1e-12)).clamp(max=1.0)
         return (x + delta).clamp(0.0, 1.0) - x
-
-
-def _l2(v: torch.Tensor) -> torch.Tensor:
-    """Per-sample L2 norms of a batch, shaped to broadcast against it."""
-    return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
 
 
 @hookimpl

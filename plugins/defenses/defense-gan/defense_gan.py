@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -159,22 +160,19 @@ class DefenseGAN(Defense):
         deadline: float,
     ) -> None:
         """Adam for ``ctx.epochs`` epochs on ``(x, y)``, and on the reconstructions of ``x`` too when given."""
-        classifier.train()
-        optimizer = torch.optim.Adam(classifier.parameters(), lr=self.lr)
-        for epoch in range(1, ctx.epochs + 1):
+
+        def batches() -> Iterator[tuple[torch.Tensor, ...]]:
             for index in torch.randperm(len(x), generator=ctx.generator).split(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"{name}: time budget of {ctx.time_budget:g} s spent in epoch {epoch}: stopping")
-                    classifier.eval()
-                    return
-                images, labels = x[index].to(ctx.device), y[index].to(ctx.device)
-                loss = F.cross_entropy(classifier(images), labels)
-                if reconstructions is not None:
-                    loss = (loss + F.cross_entropy(classifier(reconstructions[index].to(ctx.device)), labels)) / 2
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        ctx.log(f"{name}: {ctx.epochs} epochs on {len(x)} images, last batch loss {loss.item():.4f}")
+                batch = (x, y) if reconstructions is None else (x, y, reconstructions)
+                yield tuple(t[index].to(ctx.device) for t in batch)
+
+        def loss_of(images: torch.Tensor, labels: torch.Tensor, rebuilt: torch.Tensor | None = None) -> torch.Tensor:
+            loss = F.cross_entropy(classifier(images), labels)
+            if rebuilt is not None:
+                loss = (loss + F.cross_entropy(classifier(rebuilt), labels)) / 2
+            return loss
+
+        ctx.fit(classifier, loss_of, lr=self.lr, deadline=deadline, batches=batches, name=name)
         classifier.eval()
 
     def _train_gan(self, ctx: TrainContext, generator: Generator, deadline: float) -> None:

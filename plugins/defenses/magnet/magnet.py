@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -122,13 +121,15 @@ class MagNet(Defense):
         deadline = time.monotonic() + ctx.time_budget
         order = torch.randperm(len(ctx.x), generator=ctx.generator)
         held = max(1, int(self.validation * len(order)))
-        fit = dataclasses.replace(ctx, x=ctx.x[order[held:]], y=ctx.y[order[held:]])
+        split = dataclasses.replace(ctx, x=ctx.x[order[held:]], y=ctx.y[order[held:]])  # the training images left
+        fit = {"batch_size": self.batch_size, "deadline": deadline}
         classifier = ctx.make_model()
 
         def classification_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(classifier(x), y)
 
-        self._fit(fit, classifier, classification_loss, ctx.epochs, self.lr, "classifier", deadline)
+        split.fit(classifier, classification_loss, lr=self.lr, name="classifier", **fit)
+        classifier.eval()
         autoencoders = [Autoencoder(ctx.input_shape, self.width).to(ctx.device) for _ in range(self.autoencoders)]
         for k, ae in enumerate(autoencoders):
 
@@ -137,7 +138,8 @@ class MagNet(Defense):
                 return F.mse_loss(ae((x + self.noise * noise).clamp(0.0, 1.0)), x)
 
             epochs = max(1, round(self.ae_epoch_factor * ctx.epochs))
-            self._fit(fit, ae, denoising_loss, epochs, self.ae_lr, f"autoencoder {k}", deadline)
+            split.fit(ae, denoising_loss, lr=self.ae_lr, epochs=epochs, name=f"autoencoder {k}", **fit)
+            ae.eval()
         model = MagNetModel(classifier, autoencoders, torch.zeros(self.autoencoders, 2, device=ctx.device)).eval()
         x_val = ctx.x[order[:held]].to(ctx.device)
         with torch.no_grad():
@@ -146,32 +148,6 @@ class MagNet(Defense):
         model.thresholds.copy_(torch.quantile(errors, quantile, dim=0))
         ctx.log(f"thresholds at the {quantile:.5f} quantile of {held} validation inputs: {model.thresholds.tolist()}")
         return model
-
-    def _fit(
-        self,
-        ctx: TrainContext,
-        model: nn.Module,
-        loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        epochs: int,
-        lr: float,
-        name: str,
-        deadline: float,
-    ) -> None:
-        """Adam at rate ``lr`` on ``loss_of(x, y)`` over ``ctx``'s batches, ``epochs`` epochs or until ``deadline``."""
-        model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        for epoch in range(1, epochs + 1):
-            for x, y in ctx.batches(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"{name}: time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{epochs}: stopping")
-                    model.eval()
-                    return
-                loss = loss_of(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            ctx.log(f"{name}: epoch {epoch}/{epochs}: last batch loss {loss.item():.5f}")
-        model.eval()
 
 
 @hookimpl

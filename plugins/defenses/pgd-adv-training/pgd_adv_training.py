@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
@@ -46,27 +45,22 @@ class PGDAdvTraining(Defense):
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train on PGD examples of the current model; return it in eval mode."""
         model = ctx.make_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        deadline = time.monotonic() + ctx.time_budget
         epochs = max(ctx.epochs, self.min_epochs)
         total = epochs * math.ceil(len(ctx.x) / self.batch_size)
         done = 0
-        for epoch in range(1, epochs + 1):
-            for x, y in ctx.batches(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{epochs}: stopping")
-                    return model.eval()
-                eps = ctx.eps * min(1.0, (done + 1) / max(1.0, self.warmup * total))
-                x_adv = pgd(model.eval(), x, y, ctx.norm, eps, self.steps, self.step_ratio * eps / self.steps, ctx)
-                model.train()
-                loss = F.cross_entropy(model(x_adv), y)
-                if self.clean_weight:
-                    loss = self.clean_weight * F.cross_entropy(model(x), y) + (1 - self.clean_weight) * loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                done += 1
-            ctx.log(f"epoch {epoch}/{epochs}: eps {eps:.3g}, last batch adversarial loss {loss.item():.4f}")
+
+        def adversarial_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            nonlocal done
+            eps = ctx.eps * min(1.0, (done + 1) / max(1.0, self.warmup * total))  # the warm-up's eps of this batch
+            done += 1
+            x_adv = pgd(model.eval(), x, y, ctx.norm, eps, self.steps, self.step_ratio * eps / self.steps, ctx)
+            model.train()
+            loss = F.cross_entropy(model(x_adv), y)
+            if self.clean_weight:
+                loss = self.clean_weight * F.cross_entropy(model(x), y) + (1 - self.clean_weight) * loss
+            return loss
+
+        ctx.fit(model, adversarial_loss, lr=self.lr, batch_size=self.batch_size, epochs=epochs)
         return model.eval()
 
 

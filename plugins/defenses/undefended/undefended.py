@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -33,19 +30,8 @@ class Undefended(Defense):
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train the reference architecture on clean batches; return it in eval mode."""
-        model = ctx.make_model().train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        deadline = time.monotonic() + ctx.time_budget
-        for epoch in range(1, ctx.epochs + 1):
-            for x, y in ctx.batches(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{ctx.epochs}: stopping")
-                    return model.eval()
-                loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            ctx.log(f"epoch {epoch}/{ctx.epochs}: last batch loss {loss.item():.4f}")
+        model = ctx.make_model()
+        ctx.fit(model, lambda x, y: F.cross_entropy(model(x), y), lr=self.lr, batch_size=self.batch_size)
         return model.eval()
 
 
