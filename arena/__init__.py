@@ -3,14 +3,8 @@
 Plugins import only from here: ``from arena import hookimpl, Attack, Defense``.
 """
 
-import os
-
-# OpenMP threads that spin while waiting starve the other processes of a round (attack, referee,
-# workers) on a small machine; passive waiting costs nothing when the machine is idle.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from arena.estimators import expectation, spsa_descent, spsa_gradient  # noqa: E402
-from arena.hookspecs import (  # noqa: E402 (after the OpenMP setting)
+from arena.estimators import expectation, spsa_descent, spsa_gradient
+from arena.hookspecs import (
     NORMS,
     THREATS,
     Attack,
@@ -23,6 +17,7 @@ from arena.hookspecs import (  # noqa: E402 (after the OpenMP setting)
     TrainContext,
     hookimpl,
 )
+from arena.norms import l2_norms
 
 __version__ = "0.1.0"
 
@@ -39,6 +34,7 @@ __all__ = [
     "TrainContext",
     "expectation",
     "hookimpl",
+    "l2_norms",
     "spsa_descent",
     "spsa_gradient",
     "__version__",

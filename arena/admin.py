@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 from sqlalchemy import func, select
 
-from arena import access, enrolment, planner, roster, submissions, versions
+from arena import access, config, enrolment, planner, roster, submissions, versions
 from arena.config import Settings
 from arena.execution import follow, local
 from arena.redaction import redact
@@ -68,7 +68,7 @@ def team() -> None:
 @click.option(
     "--daily-limit",
     type=click.IntRange(min=0),
-    help=f"Versions evaluated per 24 hours [ARENA_DAILY_LIMIT, else {submissions.DEFAULT_DAILY_LIMIT}].",
+    help=f"Versions evaluated per 24 hours [ARENA_DAILY_LIMIT, else {config.DAILY_LIMIT}].",
 )
 def team_add(name: str, repo: str, branch: str, folder: str | None, daily_limit: int | None) -> None:
     """Register team NAME and the repository it pushes its plugins to (again: update it)."""
@@ -148,7 +148,7 @@ def sync(team_name: str | None, as_json: bool) -> None:
     Exits with status 1 when a repository could not be fetched or read.
     """
     settings = Settings.from_env()
-    reports = submissions.sync(_open(settings), settings, team_name)
+    reports = submissions.sync_teams(_open(settings), settings, team_name)
     if as_json:
         click.echo(json.dumps([_as_dict(r) for r in reports], indent=2))
     else:
@@ -242,7 +242,7 @@ def round_close(due: bool, quiet: bool, wait: bool, retry_failed: bool) -> None:
             return
         round_id, number, names = current.id, current.number, list(current.tracks)
     tracks = {name: track for name, track in load_tracks(settings.home).items() if name in names}
-    folders = versions.sync(db, settings)  # the plugins of folders (the built-ins); teams sync on push
+    folders = versions.record_plugins(db, settings)  # the plugins of folders (the built-ins); teams sync on push
     fresh = sum(item.status == "new" for item in folders)
     click.echo(f"plugin folders: {len(folders)} plugins, {fresh} new version{'s' if fresh != 1 else ''}")
     plan = planner.plan_round(db, settings, round_id, tracks, retry_failed)

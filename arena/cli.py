@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from arena import admin, course, export, extras, planner, plugins, report, scaffold, scoring, versions, workbench
-from arena.config import Settings, SettingsError
+from arena.config import PROCESS_DEFAULTS, Settings, SettingsError
 from arena.execution import follow, local, rounds, workers
 from arena.sandbox import SandboxError
 from arena.store import Database, Round
@@ -64,6 +64,8 @@ class ArenaGroup(click.Group):
 @click.version_option(package_name="arena")
 def main() -> None:
     """Arena: a tournament of adversarial attacks against defenses."""
+    for key, value in PROCESS_DEFAULTS.items():  # for the processes this command starts (workers, sandboxes)
+        os.environ.setdefault(key, value)
     try:  # a built-in that cannot load is said at once, with its fix, never left silently out of the rounds
         dirs = Settings.from_env().plugin_dirs
     except SettingsError:
@@ -79,7 +81,7 @@ def init() -> None:
     db = _open(settings)
     settings.secret()
     click.echo(f"arena home: {settings.home}\ndatabase:   {db.url}")
-    _print_sync(versions.sync(db, settings))
+    _print_sync(versions.record_plugins(db, settings))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,7 +99,7 @@ def plugins_group() -> None:
 def plugins_list(as_json: bool) -> None:
     """Discover plugins (folders and entry points), record new versions, and list them."""
     settings = Settings.from_env()
-    report = versions.sync(_open(settings), settings)
+    report = versions.record_plugins(_open(settings), settings)
     if as_json:
         click.echo(json.dumps([vars(r) for r in report], indent=2))
     else:
@@ -163,7 +165,7 @@ def _play_round(
     if not settings.broker_url:  # distributed rounds are kept moving by the workers' leases and the scheduler
         for unfinished, _ in rounds.unfinished_rounds(db):
             _resume(db, settings, unfinished, quiet)
-    _print_sync(versions.sync(db, settings))
+    _print_sync(versions.record_plugins(db, settings))
     round_id = planner.open_round(db, tracks, seed)
     plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks}, retry_failed, teams)
     new = ", ".join(f"{n} {kind}" for kind, n in sorted(plan.new_jobs.items())) or "none"

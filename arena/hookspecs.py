@@ -15,8 +15,12 @@ What an attack may see is a :class:`Target` (built by the arena for the threat m
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import FunctionType
 from typing import Any, ClassVar, Literal
 
 import pluggy
@@ -53,6 +57,46 @@ class DefenseFailed(RuntimeError):
     The arena replays the batch in a process of its own; when the defense fails there too, the match
     counts against the defense, whatever the attack does next (it may catch this and carry on).
     """
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters: stated once, in the manifest's [params] table
+# --------------------------------------------------------------------------------------------------
+
+
+class Configured:
+    """What attacks and defenses share: the parameters of their manifest's ``[params]`` table.
+
+    The manifest states each parameter once, with its value; nothing in the code repeats it. The arena passes
+    them as keyword arguments, and a class built by hand (``PGD()``, or ``PGD(steps=5)`` to change one) takes the
+    rest from the ``plugin.toml`` of its plugin's folder. Each becomes an attribute (``self.steps``) and an entry
+    of ``self.params``. Override :meth:`check_params` to refuse a value out of range. (A constructor of the
+    plugin's own that passes parameters on, as plugins wrote before, still works: what it passes wins.)
+    """
+
+    def __init__(self, **params: Any) -> None:
+        self.params = (manifest_params(type(self)) or {}) | params
+        for key, value in self.params.items():
+            setattr(self, key, value)
+        self.check_params()
+
+    def check_params(self) -> None:
+        """Raise ``ValueError`` for a parameter out of range (called once they are set); here, every value goes."""
+
+
+def manifest_params(cls: type) -> dict[str, Any] | None:
+    """The ``[params]`` of the ``plugin.toml`` beside the module that defines ``cls`` (or one folder up, for a
+    module that is a package), or None where there is no such manifest (a class outside any plugin folder)."""
+    for klass in cls.__mro__:
+        functions = [f for f in vars(klass).values() if isinstance(f, FunctionType)]
+        if klass.__module__.split(".")[0] != "arena" and functions:
+            module_file = Path(functions[0].__code__.co_filename)
+            for folder in (module_file.parent, module_file.parent.parent):
+                if (folder / "plugin.toml").is_file():
+                    manifest = tomllib.loads((folder / "plugin.toml").read_text(encoding="utf-8"))
+                    return dict(manifest.get("params", {}))
+            return None
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,11 +182,11 @@ class Target(abc.ABC):
         """The track's public training split ``(x, y)``, to train substitutes of your own."""
 
 
-class Attack(abc.ABC):
+class Attack(Configured, abc.ABC):
     """Base class of attacks.
 
-    Subclasses set the class attributes and implement :meth:`run`. Parameters from the manifest's
-    ``[params]`` table arrive as keyword arguments of ``__init__``.
+    Subclasses set the class attributes and implement :meth:`run`; the manifest's ``[params]`` arrive as
+    attributes (see :class:`Configured`).
     """
 
     #: norms the attack can respect ("linf", "l2", "l0")
@@ -151,11 +195,6 @@ class Attack(abc.ABC):
     threats: ClassVar[tuple[str, ...]] = ("white-box", "gray-box")
     #: whether the attack aims at ``budget.targets`` rather than at any wrong class
     targeted: ClassVar[bool] = False
-
-    def __init__(self, **params: Any) -> None:
-        self.params = params
-        for key, value in params.items():
-            setattr(self, key, value)
 
     @abc.abstractmethod
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
@@ -211,6 +250,41 @@ class TrainContext:
             x = self.x[index].to(self.device)
             yield self.augment(x) if augment else x, self.y[index].to(self.device)
 
+    def fit(
+        self,
+        model: nn.Module,
+        loss_of: Callable[..., torch.Tensor],
+        *,
+        lr: float = 1e-3,
+        batch_size: int = 128,
+        epochs: int | None = None,
+        augment: bool = False,
+        deadline: float | None = None,
+        batches: Callable[[], Iterable[tuple[torch.Tensor, ...]]] | None = None,
+        name: str = "",
+    ) -> bool:
+        """Adam at ``lr`` on ``loss_of(*batch)`` for ``epochs`` epochs (default :attr:`epochs`) or until ``deadline``
+        (a :func:`time.monotonic` time; default: :attr:`time_budget` from now), whichever comes first; True when
+        every epoch ran. An epoch is one pass over ``batches()``, by default :meth:`batches` of ``batch_size``
+        (with ``augment``). Logs each epoch's last loss, or the epoch the deadline stopped, after ``name``. The
+        model is put in training mode first (``loss_of`` may switch it, e.g. to attack it, and back)."""
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        deadline = time.monotonic() + self.time_budget if deadline is None else deadline
+        epochs = self.epochs if epochs is None else epochs
+        prefix = f"{name}: " if name else ""
+        for epoch in range(1, epochs + 1):
+            for batch in batches() if batches is not None else self.batches(batch_size, augment):
+                if time.monotonic() > deadline:
+                    self.log(f"{prefix}time budget spent in epoch {epoch}/{epochs}: stopping")
+                    return False
+                loss = loss_of(*batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            self.log(f"{prefix}epoch {epoch}/{epochs}: last batch loss {loss.item():.4f}")
+        return True
+
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` under fresh draws (from :attr:`generator`) of the family of distortions the track evaluates.
 
@@ -224,7 +298,7 @@ class TrainContext:
         return distort(x, self.generator, self.distortion, chosen, self.levels, min_move(self.norm, self.eps))
 
 
-class Defense(abc.ABC):
+class Defense(Configured, abc.ABC):
     """Base class of defenses.
 
     :meth:`train` returns a module mapping images in [0, 1] to logits. That module may also define
@@ -234,11 +308,6 @@ class Defense(abc.ABC):
     """
 
     randomized: ClassVar[bool] = False
-
-    def __init__(self, **params: Any) -> None:
-        self.params = params
-        for key, value in params.items():
-            setattr(self, key, value)
 
     @abc.abstractmethod
     def train(self, ctx: TrainContext) -> nn.Module:

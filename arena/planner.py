@@ -22,8 +22,18 @@ from arena.config import Settings
 from arena.evaluation import EVALUATION_VERSION
 from arena.keys import evaluation_key, secret_fingerprint
 from arena.planning import Latest, Pairing, Plan, Stored, decide, pairings
-from arena.store import Artifact, Database, Job, JobInput, PluginVersion, Result, Round, RoundEntry, RoundMatch
-from arena.store import Track as TrackRow
+from arena.store import (
+    Artifact,
+    Database,
+    Job,
+    JobInput,
+    PluginVersion,
+    Result,
+    Round,
+    RoundEntry,
+    RoundMatch,
+    TrackRow,
+)
 from arena.store.db import insert_once
 from arena.tracks import Track
 from arena.versions import latest_valid_versions

@@ -192,7 +192,7 @@ def run(db: Database, settings: Settings, push_id: int) -> str:
             return session.scalar(select(Push.status).where(Push.id == push_id)) or "unknown"
         name = session.scalar(select(Team.name).join(Push, Push.team_id == Team.id).where(Push.id == push_id))
     try:
-        (report,) = submissions.sync(db, settings, name)
+        (report,) = submissions.sync_teams(db, settings, name)
     except SubmissionError as exc:
         report = TeamSync(name, error=str(exc))
     except Exception as exc:

@@ -36,33 +36,21 @@ def arena_attacks():
 
 DEFENSE = '''"""{title}: describe the defense here in one or two lines, and cite its paper."""
 
-import time
-
 import torch
 
 from arena import Defense, hookimpl
 
 
 class {cls}(Defense):
-    """The track's reference architecture, plainly trained; replace with your own defense."""
+    """The track's reference architecture, plainly trained; replace with your own defense.
 
-    def __init__(self, lr=1e-3, **params):
-        super().__init__(lr=lr, **params)
+    Its parameters (``self.lr``) are the ``[params]`` of plugin.toml, stated there only.
+    """
 
     def train(self, ctx):
         model = ctx.make_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        deadline = time.monotonic() + ctx.time_budget
-        model.train()
-        for _ in range(ctx.epochs):
-            for x, y in ctx.batches(128):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            if time.monotonic() > deadline:
-                ctx.log("time budget reached; stopping early")
-                break
+        # Adam on this loss for ctx.epochs epochs of ctx.batches(128), stopped when the time budget is spent
+        ctx.fit(model, lambda x, y: torch.nn.functional.cross_entropy(model(x), y), lr=self.lr)
         return model.eval()
 
 
@@ -78,6 +66,10 @@ summary = "TODO: one line saying what this {kind} does"
 {extra}"""
 
 
+#: a defense's parameters, as an example of the one place they are stated
+PARAMS = "\n[params]\nlr = 0.001\n"
+
+
 def create(kind: str, name: str, team: str, parent: Path) -> Path:
     """Write a new plugin folder ``parent/name`` and return it; refuse to overwrite."""
     folder = parent / name
@@ -86,7 +78,7 @@ def create(kind: str, name: str, team: str, parent: Path) -> Path:
     module = name.replace("-", "_")
     cls = "".join(part.capitalize() for part in module.split("_")) or "Plugin"
     title = name.replace("-", " ").capitalize()
-    extra = 'norms = ["linf"]\nthreats = ["white-box", "gray-box"]\ntargeted = false\n' if kind == "attack" else ""
+    extra = 'norms = ["linf"]\nthreats = ["white-box", "gray-box"]\ntargeted = false\n' if kind == "attack" else PARAMS
     folder.mkdir(parents=True)
     (folder / "plugin.toml").write_text(MANIFEST.format(name=name, kind=kind, team=team, extra=extra))
     code = (ATTACK if kind == "attack" else DEFENSE).format(title=title, cls=cls)

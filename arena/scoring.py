@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from arena.boards import Board, Entry, Outcome, build_board, number
 from arena.diagnostics import BASELINE, Played, diagnose
 from arena.hookspecs import THREATS
-from arena.store import Plugin, PluginVersion, Result, Round, RoundMatch, Team, Track
+from arena.store import Plugin, PluginVersion, Result, Round, RoundMatch, Team, TrackRow
 
 #: the per-sample arrays scoring reads; the other records of a result stay compressed
 _SAMPLE_FIELDS = ("index", "clean_correct", "clean_rejected", "survived")
@@ -136,7 +136,7 @@ def round_token(session: Session, round_id: int) -> tuple[Any, ...]:
     status = session.scalar(select(Round.status).where(Round.id == round_id))
     newest = session.execute(select(select(func.max(Result.id)).scalar_subquery(), func.max(RoundMatch.id))).one()
     floors = sorted(
-        (name, config.get("clean_floor")) for name, config in session.execute(select(Track.name, Track.config))
+        (name, config.get("clean_floor")) for name, config in session.execute(select(TrackRow.name, TrackRow.config))
     )
     return (status, *newest, *floors)
 
@@ -185,7 +185,7 @@ def plugin_entries(session: Session, version_ids: set[int]) -> dict[int, Entry]:
 
 
 def _floors(session: Session, tracks: set[str]) -> dict[str, float | None]:
-    query = select(Track.name, Track.config).where(Track.name.in_(tracks))
+    query = select(TrackRow.name, TrackRow.config).where(TrackRow.name.in_(tracks))
     return {name: config.get("clean_floor") for name, config in session.execute(query)}
 
 

@@ -1,7 +1,7 @@
 """Team submissions through git: fetch each team's repository, pin the commit, record and evaluate versions.
 
 An instructor registers each team's repository and branch (``arena team add``), optionally a folder of
-a shared class repository. :func:`sync` fetches the repository into a bare mirror under
+a shared class repository. :func:`sync_teams` fetches the repository into a bare mirror under
 ``ARENA_HOME/repos``, pins the branch's commit and reads every plugin folder (``plugins/attacks/*``,
 ``plugins/defenses/*``) at that commit straight from git's objects, so the arena runs exactly what was
 pushed, byte for byte. A folder whose content the arena knows creates nothing; a new one becomes a plugin
@@ -35,16 +35,14 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena import plugins, validation, versions
-from arena.config import Settings
+from arena import config, plugins, validation, versions
+from arena.config import Settings, SettingsError
 from arena.plugins import MAX_PLUGIN_BYTES, PluginSource
 from arena.redaction import redact
 from arena.sandbox import SandboxError
 from arena.store import WAITING, Database, Plugin, PluginVersion, Team
 
 PLUGIN_ROOTS = {"plugins/attacks": "attack", "plugins/defenses": "defense"}
-DEFAULT_DAILY_LIMIT = 10
-LIMIT_ENV = "ARENA_DAILY_LIMIT"
 GIT_TIMEOUT = 300.0
 TEAM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 HOOK_MARKER = "# installed by `arena hook install`"
@@ -122,10 +120,10 @@ def daily_limit(team: Team) -> int:
     """How many versions of ``team`` may be evaluated per 24 hours (its own limit, else ``ARENA_DAILY_LIMIT``)."""
     if team.daily_limit is not None:
         return team.daily_limit
-    text = os.environ.get(LIMIT_ENV, str(DEFAULT_DAILY_LIMIT))
-    if not text.isdigit():
-        raise SubmissionError(f"{LIMIT_ENV}={text!r}: give a whole number")
-    return int(text)
+    try:
+        return config.daily_limit()
+    except SettingsError as exc:
+        raise SubmissionError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,7 +131,7 @@ def daily_limit(team: Team) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def sync(db: Database, settings: Settings, team: str | None = None) -> list[TeamSync]:
+def sync_teams(db: Database, settings: Settings, team: str | None = None) -> list[TeamSync]:
     """Fetch every team's repository (or ``team``'s), record new versions and evaluate them.
 
     A team whose repository cannot be fetched or read gets an error in its report; the others go on.

@@ -103,7 +103,7 @@ def record_version(
     return version, new
 
 
-def sync(
+def record_plugins(
     db: Database, settings: Settings, known: Mapping[str, validation.Validation] | None = None
 ) -> list[SyncedPlugin]:
     """Discover every plugin (folders and entry points) and record the versions not seen before; ``known`` gives

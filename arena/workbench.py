@@ -23,7 +23,7 @@ from arena.execution import local, rounds
 from arena.plugins import PluginSource
 from arena.store import Database, PluginVersion, Round, RoundEntry, Team
 from arena.tracks import Track
-from arena.versions import apply_validation, latest_valid_versions, store_version, sync
+from arena.versions import apply_validation, latest_valid_versions, record_plugins, store_version
 
 
 def register(main: click.Group, plugin_group: click.Group) -> None:
@@ -63,7 +63,7 @@ def check(path: Path, track_name: str, quiet: bool) -> None:
         click.echo(f"not reusing this machine's trained models: {problem}")
     try:
         hashes = [s.content_hash for s in plugins.discover(settings.plugin_dirs)]
-        sync(db, settings, checks.verdicts(lender, hashes))
+        record_plugins(db, settings, checks.verdicts(lender, hashes))
         checks.borrow(lender, db, validation.kit_keys())
         version_id = _validate(db, settings, source, lender)
         with db.session() as session:
@@ -179,7 +179,7 @@ def play(paths: tuple[Path, ...], track_names: tuple[str, ...], quiet: bool, ser
     for round_id, number in rounds.unfinished_rounds(db):  # a round an interrupted run left: finish it first
         click.echo(f"finishing round {number} first")
         local.run_local(db, settings, rounds.recorded_tracks(db), round_id, progress=not quiet)
-    sync(db, settings)
+    record_plugins(db, settings)
     scratch, _ = checks.lender(settings.scratch())  # a check may have trained the smoke kit or your defense
     try:
         checks.borrow(scratch, db, validation.kit_keys())

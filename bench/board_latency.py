@@ -46,7 +46,7 @@ from sqlalchemy import insert
 from arena import planner, referee
 from arena.hookspecs import THREATS
 from arena.records import pack
-from arena.store import Database, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, Track
+from arena.store import Database, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, TrackRow
 from arena.tracks import TRACKS
 
 BENCH_TRACKS = ("digits", "mnist-linf")
@@ -70,7 +70,7 @@ def build(db: Database, teams: int, seed: int = 0) -> dict[str, float]:
     strength = {d: rng.uniform(0.05, 0.9) for d in defenses}
     clean = {d: rng.uniform(0.85, 0.995) for d in defenses}
     with db.session() as s:
-        s.add_all(Track(name=name, config=TRACKS[name].config()) for name in BENCH_TRACKS)
+        s.add_all(TrackRow(name=name, config=TRACKS[name].config()) for name in BENCH_TRACKS)
         first = Round(number=1, tracks=list(BENCH_TRACKS), status="done", finished_at=_now())
         second = Round(number=2, tracks=list(BENCH_TRACKS), status="done", finished_at=_now())
         s.add_all([first, second])

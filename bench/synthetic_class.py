@@ -136,7 +136,7 @@ def main() -> None:
     phases: dict[str, float] = {}
 
     started = time.perf_counter()
-    versions.sync(db, settings)
+    versions.record_plugins(db, settings)
     phases["validation (sync)"] = time.perf_counter() - started
     started = time.perf_counter()
     round_id = planner.open_round(db, list(tracks.values()))

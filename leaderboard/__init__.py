@@ -34,13 +34,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["arena_db"] = Database(app.config["DATABASE_URL"])
     app.extensions["arena_standings"] = Standings(refresh=app.config.get("STANDINGS_REFRESH", 5.0))
 
-    from leaderboard import access, api, caching, filters, hooks, views
+    from leaderboard import api, caching, filters, hooks, signin, views
 
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     hooks.init_app(app)
     filters.init_app(app)
-    access.init_app(app)
+    signin.init_app(app)
     caching.init_app(app)
     app.register_error_handler(HTTPException, _error)
     app.after_request(_security_headers)

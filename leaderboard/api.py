@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from leaderboard import boards, caching, games, jobs, lessons, matches, plugins, rounds, rules, teams
+from leaderboard import boards, caching, games, history, lessons, matches, plugin_page, round_jobs, rules, teams
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -35,9 +35,9 @@ def matrix() -> Response:
 
 
 @bp.route("/rounds", endpoint="rounds")
-def rounds_() -> Response:
+def rounds_data() -> Response:
     """Every round's leaders and one board's history."""
-    return caching.as_json(rounds.history(request.args))
+    return caching.as_json(history.history(request.args))
 
 
 @bp.route("/matches/<int:result_id>")
@@ -48,13 +48,13 @@ def match(result_id: int) -> dict[str, Any]:
 
 
 @bp.route("/teams", endpoint="teams")
-def teams_() -> dict[str, Any]:
+def teams_data() -> dict[str, Any]:
     """Every team and its plugins."""
     return teams.teams()
 
 
 @bp.route("/status", endpoint="status")
-def status_() -> dict[str, Any]:
+def status_data() -> dict[str, Any]:
     """One line per team: last sync and push, versions valid, invalid and waiting, last failure."""
     return teams.status(request.args.get("sort") or "name")
 
@@ -68,28 +68,28 @@ def team(team_id: int) -> dict[str, Any]:
 @bp.route("/plugins/<int:plugin_id>")
 def plugin(plugin_id: int) -> dict[str, Any]:
     """One plugin's versions, validation errors and results."""
-    return plugins.plugin(plugin_id)
+    return plugin_page.plugin(plugin_id)
 
 
 @bp.route("/jobs", endpoint="jobs")
-def jobs_() -> dict[str, Any]:
+def jobs_data() -> dict[str, Any]:
     """Job counts and lists of a round."""
-    return jobs.jobs(request.args)
+    return round_jobs.jobs(request.args)
 
 
 @bp.route("/rules", endpoint="rules")
-def rules_() -> dict[str, Any]:
+def rules_data() -> dict[str, Any]:
     """Tracks, threat models and scoring."""
     return rules.rules()
 
 
 @bp.route("/game", endpoint="game")
-def game_() -> dict[str, Any]:
+def game_data() -> dict[str, Any]:
     """A board as a zero-sum game: value, equilibrium mixes, best responses, the value over rounds."""
     return games.game(request.args)
 
 
 @bp.route("/lessons", endpoint="lessons")
-def lessons_() -> dict[str, Any]:
+def lessons_data() -> dict[str, Any]:
     """The course's claims beside the round's figures and the papers', each with its verdict."""
     return lessons.lessons_page(request.args)

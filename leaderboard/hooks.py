@@ -15,12 +15,9 @@ from pathlib import Path
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from arena import pushes, webhooks
-from arena.config import SettingsError
+from arena.config import broker_url, hook_max_bytes
 from arena.webhooks import Refused
 from leaderboard.lookup import database
-
-#: the largest delivery read, in bytes (``ARENA_HOOK_MAX_BYTES``): a push of a few hundred commits fits
-MAX_BYTES = 1 << 20
 
 bp = Blueprint("hooks", __name__, url_prefix="/hooks")
 log = logging.getLogger("arena.hooks")
@@ -87,9 +84,6 @@ def _log_refusal(sent: webhooks.Delivery | None, status: int, reason: str) -> No
 
 def init_app(app: Flask) -> None:
     """The webhook route and its size limit."""
-    text = os.environ.get("ARENA_HOOK_MAX_BYTES") or str(MAX_BYTES)
-    if not text.isdigit():
-        raise SettingsError(f"ARENA_HOOK_MAX_BYTES={text!r}: give a whole number of bytes")
-    app.config.setdefault("HOOK_MAX_BYTES", int(text))
-    app.config.setdefault("BROKER_URL", os.environ.get("ARENA_BROKER_URL") or None)
+    app.config.setdefault("HOOK_MAX_BYTES", hook_max_bytes())
+    app.config.setdefault("BROKER_URL", broker_url())
     app.register_blueprint(bp)

@@ -14,10 +14,10 @@ from arena.access import relative_paths
 from arena.curves import robustness_curve
 from arena.records import unpack
 from arena.scoring import plugin_entries
-from arena.store import Result, Track
+from arena.store import Result, TrackRow
 from leaderboard import gallery
-from leaderboard.access import private_log
 from leaderboard.lookup import database, get_or_404
+from leaderboard.signin import private_log
 from leaderboard.visibility import shows_result
 
 #: per-sample outcomes counted on the match page, in the order shown
@@ -46,7 +46,7 @@ def match(result_id: int) -> dict[str, Any]:
             result.key,
             {entries[v].team_id for v in (result.attack_version_id, result.defense_version_id)},
         )
-        track = session.scalar(select(Track.config).where(Track.name == result.track))
+        track = session.scalar(select(TrackRow.config).where(TrackRow.name == result.track))
         attempts = session.execute(
             select(Result.id, Result.attempt, Result.status, Result.created_at)
             .where(Result.content_key == result.content_key)

@@ -16,7 +16,7 @@ from arena.hookspecs import THREATS
 from arena.physical import PrintAndPhoto
 from arena.plugins import MAX_PLUGIN_BYTES
 from arena.referee import GALLERY_SIZE, REFEREE_VERSION, TOLERANCE
-from arena.store import Track as TrackRow
+from arena.store import TrackRow
 from arena.tracks import INFERENCE_MS, TRACKS, Track, TrackError, load_tracks
 from leaderboard.lookup import database
 

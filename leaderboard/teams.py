@@ -15,9 +15,9 @@ from arena import pushes
 from arena.redaction import redact
 from arena.roster import class_status
 from arena.store import WAITING, Plugin, PluginVersion, Round, RoundEntry, Team
-from leaderboard.access import may_see
 from leaderboard.caching import public
 from leaderboard.lookup import database, get_or_404
+from leaderboard.signin import may_see
 from leaderboard.standing import plugin_standing
 from leaderboard.visibility import public_keys, sees_everything
 

@@ -7,8 +7,7 @@ from functools import partial
 from flask import Blueprint, Response, abort, render_template, request
 
 from arena import export
-from leaderboard import boards, caching, games, jobs, lessons, matches, plugins, rules, teams
-from leaderboard import rounds as history_pages
+from leaderboard import boards, caching, games, history, lessons, matches, plugin_page, round_jobs, rules, teams
 from leaderboard.lookup import database
 from leaderboard.visibility import rounds, shows_results
 
@@ -31,10 +30,10 @@ def matrix() -> str:
     return caching.html("board/matrix.html", page)
 
 
-@bp.route("/rounds")
-def history() -> str:
+@bp.route("/rounds", endpoint="history")
+def history_page() -> str:
     """Every round's leaders, and one board's history: scores over rounds, who broke whom, survival."""
-    return caching.html("rounds/history.html", history_pages.history(request.args))
+    return caching.html("rounds/history.html", history.history(request.args))
 
 
 @bp.route("/game")
@@ -88,13 +87,13 @@ def team(team_id: int) -> str:
 def plugin(plugin_id: int) -> str:
     """One plugin's standing, versions, validation errors and results."""
     page = partial(render_template, "teams/plugin.html")
-    return caching.public(("plugin-page", plugin_id), lambda: page(**plugins.plugin(plugin_id)))
+    return caching.public(("plugin-page", plugin_id), lambda: page(**plugin_page.plugin(plugin_id)))
 
 
 @bp.route("/jobs")
 def job_list() -> str:
     """Job progress of the latest round, or of ``?round=N``; reloads itself while the round runs."""
-    return render_template("jobs/jobs.html", **jobs.jobs(request.args))
+    return render_template("jobs/jobs.html", **round_jobs.jobs(request.args))
 
 
 @bp.route("/rules")

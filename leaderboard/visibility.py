@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from arena.store import Round, RoundMatch
 from leaderboard import lookup
-from leaderboard.access import may_see, viewer
+from leaderboard.signin import may_see, viewer
 
 
 def sees_everything() -> bool:

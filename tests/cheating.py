@@ -59,7 +59,7 @@ def play(settings: Settings, track: Track) -> dict[tuple[str, ...], dict[str, An
     db = Database(settings.database_url)
     db.upgrade()
     tracks = {track.name: track}
-    versions.sync(db, settings)
+    versions.record_plugins(db, settings)
     round_id = planner.open_round(db, [track])
     planner.plan_round(db, settings, round_id, tracks)
     local.run_local(db, settings, tracks, round_id, progress=False)

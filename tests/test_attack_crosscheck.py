@@ -7,7 +7,6 @@ examples) must agree within 2 points. bench/attack_speed.py does the same on MNI
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,13 +19,7 @@ from arena import Budget
 TOLERANCE = 0.02
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ours(name: str, model: nn.Module, norm: str, eps: float, **params: object) -> float:

@@ -56,7 +56,7 @@ def finished_round(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     db = Database(settings.database_url)
     db.upgrade()
     tracks = load_tracks(home)
-    versions.sync(db, settings)
+    versions.record_plugins(db, settings)
     round_id = planner.open_round(db, [tracks["tiny"]])
     planner.plan_round(db, settings, round_id, tracks)
     local.run_local(db, settings, tracks, round_id, progress=False)

@@ -15,7 +15,7 @@ from test_browser import browser, screenshot, text  # noqa: F401 (browser: the f
 from test_rounds import TINY, write_plugin
 from werkzeug.serving import make_server
 
-from arena import planner
+from arena import planner, versions
 from arena.config import Settings
 from arena.execution import local
 from arena.store import Database
@@ -56,7 +56,7 @@ def playing(tmp_path: Path) -> Iterator[tuple[str, threading.Thread]]:
     db = Database(settings.database_url)
     db.upgrade()
     tracks = load_tracks(home)
-    planner.sync(db, settings)
+    versions.record_plugins(db, settings)
     round_id = planner.open_round(db, [tracks["tiny"]])
     planner.plan_round(db, settings, round_id, tracks)
     planner.publish_round(db, round_id, while_running=True)

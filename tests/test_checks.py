@@ -172,7 +172,7 @@ def arena(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (settings.home / "tracks.toml").write_text(TINY)
     db = migrated(settings.database_url)
     tracks = load_tracks(settings.home)
-    versions.sync(db, settings)
+    versions.record_plugins(db, settings)
     round_id = planner.open_round(db, [tracks["tiny"]])
     planner.plan_round(db, settings, round_id, tracks)
     local.run_local(db, settings, tracks, round_id, progress=False)

@@ -1,5 +1,5 @@
 """The game's value and equilibrium: exact on small games, an equilibrium on large ones (the board's game page:
-tests/test_leaderboard.py)."""
+tests/board/test_board_pages.py)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -65,3 +69,24 @@ def test_a_packages_modules_import_only_those_below_them(package: str) -> None:
     for position, name in enumerate(order):
         inside = {m.rsplit(".", 1)[1] for m in graph[f"arena.{package}.{name}"] if m.startswith(f"arena.{package}.")}
         assert inside <= set(order[:position]), f"arena.{package}.{name} imports {inside - set(order[:position])}"
+
+
+#: run in a fresh interpreter: import every module of both packages, then say what changed
+IMPORT_ALL = textwrap.dedent("""
+    import importlib, os, pkgutil, sys
+    before = dict(os.environ)
+    import arena, leaderboard
+    for package in (arena, leaderboard):
+        for found in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if "migrations" not in found.name:  # alembic's env.py runs a migration when imported
+                importlib.import_module(found.name)
+    import celery._state
+    changed = sorted(k for k in before.keys() | os.environ.keys() if before.get(k) != os.environ.get(k))
+    print(changed, len(list(celery._state._apps)), "celery" in sys.modules)
+""")
+
+
+def test_importing_any_module_sets_no_variable_and_builds_no_celery_app() -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", IMPORT_ALL], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[-2] == "[] 0 True"  # celery imported, but no app built, no variable set

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 from test_rounds import TINY
 
-from arena import planner, records
+from arena import planner, records, versions
 from arena.config import Settings, SettingsError, default_jobs
 from arena.execution import local
 from arena.store import Artifact, Database, Job, Result, Round
@@ -45,7 +45,7 @@ def play(settings: Settings, workers: int, on_start: threading.Event | None = No
     db = Database(settings.database_url)
     db.upgrade()
     tracks = load_tracks(settings.home)
-    planner.sync(db, settings)
+    versions.record_plugins(db, settings)
     round_id = planner.open_round(db, [tracks["tiny"]])
     planner.plan_round(db, settings, round_id, tracks)
     if on_start is not None:

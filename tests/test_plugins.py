@@ -329,14 +329,28 @@ def test_load_a_valid_attack_and_defense(tmp_path: Path, cache: Path) -> None:
     assert load(read_folder(defense_folder), cache).cls is defense.cls
 
 
-def test_load_passes_manifest_params_to_the_constructor(tmp_path: Path, cache: Path) -> None:
-    module = GOOD_ATTACK.replace(
-        "    def run(",
-        "    def __init__(self, steps: int = 1) -> None:\n        super().__init__(steps=steps)\n\n    def run(",
-    )
-    manifest = ATTACK_MANIFEST.format(name="probe") + "[params]\nsteps = 7\n"
-    plugin = load(read_folder(write_plugin(tmp_path / "probe", module, manifest=manifest)), cache)
-    assert plugin.instantiate().steps == 7
+def test_the_manifests_params_are_the_only_place_that_states_them(tmp_path: Path, cache: Path) -> None:
+    manifest = ATTACK_MANIFEST.format(name="probe") + "[params]\nsteps = 7\nrate = 0.5\n"
+    plugin = load(read_folder(write_plugin(tmp_path / "probe", GOOD_ATTACK, manifest=manifest)), cache)
+    assert (plugin.instantiate().steps, plugin.instantiate().params) == (7, {"steps": 7, "rate": 0.5})
+    built = plugin.cls(steps=3)  # by hand: the rest from the plugin.toml beside the module
+    assert (built.steps, built.rate, built.params) == (3, 0.5, {"steps": 3, "rate": 0.5})
+
+
+def test_a_plugin_with_a_constructor_of_its_own_still_loads(tmp_path: Path, cache: Path) -> None:
+    """As ``arena plugin new`` wrote defenses before: a default in the code the manifest does not state."""
+    init = "    def __init__(self, lr=1e-3, **params):\n        super().__init__(lr=lr, **params)\n\n"
+    module = GOOD_ATTACK.replace("    def run(", init + "    def run(")
+    plugin = load(read_folder(write_plugin(tmp_path / "probe", module)), cache)
+    assert plugin.instantiate().params == {"lr": 1e-3}
+
+
+def test_load_reports_params_that_check_params_refuses(tmp_path: Path, cache: Path) -> None:
+    check = "    def check_params(self):\n        if self.steps < 1:\n            raise ValueError('steps < 1')\n\n"
+    manifest = ATTACK_MANIFEST.format(name="probe") + "[params]\nsteps = 0\n"
+    module = GOOD_ATTACK.replace("    def run(", check + "    def run(")
+    message = load_error(write_plugin(tmp_path / "probe", module, manifest=manifest), cache)
+    assert "Identity(**params) raised ValueError" in message and "steps < 1" in message
 
 
 def test_load_reports_a_syntax_error_with_file_and_line(tmp_path: Path, cache: Path) -> None:

@@ -93,7 +93,7 @@ def migrated(settings: Settings) -> Database:
 def play(settings: Settings) -> planning.Plan:
     db = migrated(settings)
     tracks = load_tracks(settings.home)
-    versions.sync(db, settings)
+    versions.record_plugins(db, settings)
     round_id = planner.open_round(db, [tracks["tiny"]])
     plan = planner.plan_round(db, settings, round_id, tracks)
     local.run_local(db, settings, tracks, round_id, progress=False)
@@ -135,7 +135,7 @@ def test_a_broken_plugin_fails_alone(student_dir: Path) -> None:
     write_plugin(student_dir, "syntax-error", "attack", BROKEN_AT_IMPORT)
     write_plugin(student_dir, "always-raises", "attack", RAISES_IN_RUN)
     settings = Settings.from_env()
-    report = {item.label: item for item in versions.sync(migrated(settings), settings)}
+    report = {item.label: item for item in versions.record_plugins(migrated(settings), settings)}
     assert report["students/syntax-error"].status == "invalid"
     assert "SyntaxError" in report["students/syntax-error"].errors[0]
 

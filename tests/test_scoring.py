@@ -15,7 +15,7 @@ from arena.game import payoffs
 from arena.history import BREAK_SUCCESS_RATE, history
 from arena.records import pack
 from arena.scoring import OutcomeCache, latest_round, played_boards, round_standings, round_token
-from arena.store import Database, Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, Track
+from arena.store import Database, Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, TrackRow
 
 
 class Rows:
@@ -57,7 +57,7 @@ class Rows:
     def track(self, name: str, **config: Any) -> None:
         """A track row with its configuration (``clean_floor`` among it)."""
         with self.db.session() as s:
-            s.add(Track(name=name, config=config))
+            s.add(TrackRow(name=name, config=config))
 
     def round(
         self, number: int, tracks: Sequence[str] = ("digits",), status: str = "running", published: bool = False

@@ -100,8 +100,8 @@ def versions(db: Database, team: str) -> list[PluginVersion]:
         return list(session.scalars(query))
 
 
-def sync(db: Database, team: str) -> submissions.TeamSync:
-    (report,) = submissions.sync(db, Settings.from_env(), team)
+def sync_team(db: Database, team: str) -> submissions.TeamSync:
+    (report,) = submissions.sync_teams(db, Settings.from_env(), team)
     assert report.error is None, report.error
     return report
 
@@ -135,12 +135,12 @@ def test_unchanged_folders_create_nothing_and_keep_their_first_commit(home: Path
     remote.plugin("attack", "fgsm", "steady", "orange")
     first = remote.commit("steady")
     remote.push()
-    assert sync(db, "orange").folders[0].status == "new"
+    assert sync_team(db, "orange").folders[0].status == "new"
 
     (remote.work / "README.md").write_text("notes, not a plugin\n")
     second = remote.commit("docs only")
     remote.push()
-    report = sync(db, "orange")
+    report = sync_team(db, "orange")
 
     assert report.commit == second
     assert [f.status for f in report.folders] == ["unchanged"]
@@ -153,12 +153,12 @@ def test_a_broken_push_is_rejected_and_the_previous_version_stays_in_the_round(h
     folder = remote.plugin("attack", "fgsm", "fragile", "yellow")
     remote.commit("works")
     remote.push()
-    sync(db, "yellow")
+    sync_team(db, "yellow")
     (folder / "fgsm.py").write_text(BROKEN)
     remote.commit("oops")
     remote.push()
 
-    report = sync(db, "yellow")
+    report = sync_team(db, "yellow")
 
     (line,) = report.folders
     assert line.status == "invalid" and "SyntaxError" in line.errors[0] and "fgsm.py:2" in line.errors[0]
@@ -180,7 +180,7 @@ def test_a_plugin_that_fails_its_smoke_match_is_rejected_with_the_reason(home: P
     remote.commit("wrong shape")
     remote.push()
 
-    (line,) = sync(db, "green").folders
+    (line,) = sync_team(db, "green").folders
 
     assert line.status == "invalid"
     assert "smoke match: against arena/undefended (white-box)" in line.errors[0]
@@ -195,7 +195,7 @@ def test_the_repository_decides_the_team_and_the_folder_the_kind(home: Path, db:
     remote.commit("two mistakes")
     remote.push()
 
-    lines = {line.label: line for line in sync(db, "blue").folders}
+    lines = {line.label: line for line in sync_team(db, "blue").folders}
 
     assert "team = 'red', but this repository belongs to team 'blue'" in lines["blue/impostor"].errors[0]
     assert "wrong kind" in lines["blue/misplaced"].errors[0]
@@ -211,7 +211,7 @@ def test_links_in_a_plugin_folder_are_refused(home: Path, db: Database) -> None:
     remote.commit("a link")
     remote.push()
 
-    (line,) = sync(db, "indigo").folders
+    (line,) = sync_team(db, "indigo").folders
 
     assert line.status == "invalid" and "links, submodules and odd file names are not allowed" in line.errors[0]
     assert "secret" in line.errors[0]
@@ -222,18 +222,18 @@ def test_a_removed_folder_withdraws_its_plugin_and_a_return_brings_it_back(home:
     folder = remote.plugin("attack", "fgsm", "fleeting", "violet")
     remote.commit("add")
     remote.push()
-    sync(db, "violet")
+    sync_team(db, "violet")
     shutil.rmtree(folder)
     remote.commit("remove")
     remote.push()
 
-    assert [(f.label, f.status) for f in sync(db, "violet").folders] == [("violet/fleeting", "withdrawn")]
+    assert [(f.label, f.status) for f in sync_team(db, "violet").folders] == [("violet/fleeting", "withdrawn")]
     with db.session() as session:
         assert not [v for v in latest_valid_versions(session) if v.plugin.team.name == "violet"]
 
     git("-C", str(remote.work), "revert", "--no-edit", "HEAD")
     remote.push()
-    assert [f.status for f in sync(db, "violet").folders] == ["unchanged"]
+    assert [f.status for f in sync_team(db, "violet").folders] == ["unchanged"]
     with db.session() as session:
         assert [v.plugin.name for v in latest_valid_versions(session) if v.plugin.team.name == "violet"]
 
@@ -247,25 +247,25 @@ def test_the_daily_limit_defers_versions_and_the_arenas_own_failures_do_not_coun
     remote.push()
 
     monkeypatch.setattr(validation, "BUILTIN_PLUGIN_DIRS", ())  # the arena lost its baseline: its own fault
-    (line,) = sync(db, "cyan").folders
+    (line,) = sync_team(db, "cyan").folders
     assert line.status == "error" and "could not evaluate this version (not counted" in line.errors[0]
     monkeypatch.undo()
 
-    (line,) = sync(db, "cyan").folders  # evaluated again, and counted now
+    (line,) = sync_team(db, "cyan").folders  # evaluated again, and counted now
     assert line.status == "new"
 
     code = folder / "fgsm.py"
     code.write_text(code.read_text() + "\n# v2\n")
     remote.commit("v2")
     remote.push()
-    (line,) = sync(db, "cyan").folders
+    (line,) = sync_team(db, "cyan").folders
     assert line.status == "deferred" and "daily limit reached" in line.errors[0]
     v1, v2 = versions(db, "cyan")
     assert v1.valid and v2.status == "deferred" and v2.evaluated_at is None
 
     with db.session() as session:
         session.scalar(select(Team).where(Team.name == "cyan")).daily_limit = 2
-    (line,) = sync(db, "cyan").folders  # a later sync evaluates the deferred version
+    (line,) = sync_team(db, "cyan").folders  # a later sync evaluates the deferred version
     assert line.status == "new"
 
 
@@ -278,7 +278,7 @@ def test_the_one_repository_layout_gives_each_team_its_folder(home: Path, db: Da
     remote.commit("merged pull requests")
     remote.push()
 
-    reports = {r.team: r for r in submissions.sync(db, Settings.from_env()) if r.team in ("lion", "tiger")}
+    reports = {r.team: r for r in submissions.sync_teams(db, Settings.from_env()) if r.team in ("lion", "tiger")}
 
     lion = {f.label: f for f in reports["lion"].folders}
     assert lion["lion/lion-step"].status == "new"

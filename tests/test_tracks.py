@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -110,15 +109,6 @@ def test_reference_and_substitute_differ() -> None:
     assert type(reference) is not type(substitute)
     assert any(isinstance(m, torch.nn.Conv2d) for m in reference.modules())
     assert not any(isinstance(m, torch.nn.Conv2d) for m in substitute.modules())
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread, and do not stall when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from arena.execution import jobs
-from arena.store import Database, Job, Round, RoundMatch
-from arena.store import Track as TrackRow
+from arena.store import Database, Job, Round, RoundMatch, TrackRow
 from arena.tracks import Track
 
 

@@ -14,6 +14,9 @@ fails only that match), and a job over :func:`arena.execution.dispatch.hard_limi
 process exits, to be restarted by ``arena worker``.
 
     celery --app arena.execution.tasks worker --pool threads --concurrency 1 --queues gpu,cpu
+
+Importing the module builds no app: the command line's ``tasks.app`` is built when Celery asks for it, the
+arena's own code calls :func:`create_app`.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from kombu import Exchange, Queue
 from sqlalchemy import select
 
 from arena import pushes
-from arena.config import Settings
+from arena.config import Settings, broker_url
 from arena.execution import dispatch, jobs
 from arena.execution.state import WorkerState
 from arena.planner import JOB_ORDER
@@ -234,5 +237,9 @@ def _kill_descendants() -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-#: the app of ``celery --app arena.execution.tasks`` (workers, ``inspect``, Flower)
-app = create_app(os.environ.get("ARENA_BROKER_URL"))
+def __getattr__(name: str) -> Celery:
+    """``app``: the app of ``celery --app arena.execution.tasks`` (workers, ``inspect``, Flower) on
+    ``ARENA_BROKER_URL``, built when Celery asks for it: importing this module builds no app."""
+    if name == "app":
+        return create_app(broker_url())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

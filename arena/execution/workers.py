@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from arena.config import Settings
+from arena.config import Settings, with_process_defaults
 from arena.execution.rounds import recorded_tracks
 from arena.store import Database, Round
 
@@ -130,7 +130,7 @@ def worker(
     click.echo(f"broker: {_redacted(settings.broker_url)}; database: {_redacted(settings.database_url)}")
     options = [] if lease_seconds is None else ["--lease-seconds", str(lease_seconds)]
     options += [] if max_attempts is None else ["--max-attempts", str(max_attempts)]
-    workers = plan_workers(gpus, count, queues, str(os.getpid()), dict(os.environ))
+    workers = plan_workers(gpus, count, queues, str(os.getpid()), with_process_defaults(os.environ))
     for w in workers:
         w.argv = celery_argv(w, loglevel, options)
     _supervise(workers)

@@ -50,10 +50,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from arena import wire
-from arena.config import BUILTIN_PLUGIN_DIRS, Settings
+from arena.config import BUILTIN_PLUGIN_DIRS, GIB, Environ, Settings, sandbox_limits
 from arena.data import bundled_data_files
 from arena.sandbox import namespaces
-from arena.sandbox.child import GIB, KEEP_ENV
+from arena.sandbox.child import KEEP_ENV
 from arena.sandbox.zygote import Child, Isolation, OutputTail, SandboxError, get_zygote, isolation
 
 __all__ = ["KEEP_ENV", "Isolation", "Limits", "PluginFailure", "Sandbox", "SandboxError", "Watch", "isolation"]
@@ -119,44 +119,9 @@ class Limits:
     cpu: float = float(os.cpu_count() or 1)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | os._Environ[str] | None = None) -> Limits:
+    def from_env(cls, environ: Environ | None = None) -> Limits:
         """The limits set in ``environ`` (default: the process environment), else the defaults."""
-        env = os.environ if environ is None else environ
-        values: dict[str, int] = {}
-        for name, key in (("memory", "ARENA_SANDBOX_MEMORY"), ("processes", "ARENA_SANDBOX_PROCESSES")):
-            if env.get(key):
-                values[name] = _size(key, env[key]) if name == "memory" else _count(key, env[key])
-        if env.get("ARENA_SANDBOX_TMP"):
-            values["tmp"] = _size("ARENA_SANDBOX_TMP", env["ARENA_SANDBOX_TMP"])
-        if env.get("ARENA_SANDBOX_CPU"):
-            try:
-                cpu = float(env["ARENA_SANDBOX_CPU"])
-            except ValueError:
-                cpu = 0.0
-            if not cpu > 0:
-                raise ValueError(f"ARENA_SANDBOX_CPU={env['ARENA_SANDBOX_CPU']!r}: give a positive number")
-            values["cpu"] = cpu
-        return cls(**values)
-
-
-def _size(key: str, text: str) -> int:
-    units = {"": 1, "K": 1024, "M": 1024**2, "G": GIB}
-    number, unit = text.strip().upper().rstrip("B"), ""
-    if number and number[-1] in units:
-        number, unit = number[:-1], number[-1]
-    try:
-        value = int(float(number) * units[unit])
-    except ValueError:
-        raise ValueError(f"{key}={text!r}: give a size such as 512M or 8G") from None
-    if value <= 0:
-        raise ValueError(f"{key}={text!r}: must be positive")
-    return value
-
-
-def _count(key: str, text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ValueError(f"{key}={text!r}: give a positive whole number")
-    return int(text)
+        return cls(**sandbox_limits(environ))  # type: ignore[arg-type]
 
 
 class Sandbox:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from arena import wire
+from arena.config import GIB, with_process_defaults
 from arena.plugins import describe_error
 
 #: the variables a sandbox inherits; LD_LIBRARY_PATH because CUDA's container images find the driver's libraries by it
@@ -41,13 +42,12 @@ SANDBOX_USER = "arena-sandbox"
 EX_SETUP = 71
 #: exit status of a sandbox's served process (pid 1 of its namespace) that exceeded its CPU-time limit
 EX_CPU = 128 + signal.SIGXCPU  # as a shell reports death by SIGXCPU
-GIB = 1024**3
 NO_NETWORK = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.EADDRNOTAVAIL)
 
 
 def minimal_env() -> dict[str, str]:
     """The only variables a zygote (and so every sandbox) starts with: no secret of the arena."""
-    return {key: os.environ[key] for key in KEEP_ENV if key in os.environ}
+    return with_process_defaults({key: os.environ[key] for key in KEEP_ENV if key in os.environ})
 
 
 def serve(conn: Connection, config: dict[str, Any]) -> NoReturn:

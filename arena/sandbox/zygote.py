@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from arena import wire
+from arena.config import sandbox_isolation
 from arena.sandbox import namespaces
 from arena.sandbox.child import EX_CPU, EX_SETUP, minimal_env, serve
 from arena.sandbox.namespaces import View
@@ -48,7 +49,6 @@ PRELOAD = ("torch", "numpy", "arena.match", "arena.training")
 #: activations) in its heap instead of fresh mappings: its children fork, fault and run faster (fewer
 #: page-table entries to copy, fewer page faults and TLB misses); plugins never see the variable
 MALLOC_TUNABLES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432"}
-ISOLATION_ENV = "ARENA_SANDBOX"
 #: seconds a zygote may take to import torch and the arena (a loaded machine is slow)
 START_TIMEOUT = 300.0
 BOOT = (
@@ -76,16 +76,14 @@ def isolation() -> Isolation:
     ``auto`` (the default) uses bubblewrap when it is installed and the host lets it create the
     namespaces a sandbox needs, else the fallback, with a warning that says why.
     """
-    requested = os.environ.get(ISOLATION_ENV, "auto")
-    if requested not in ("auto", "bubblewrap", "fallback"):
-        raise ValueError(f"{ISOLATION_ENV}={requested!r}: use auto, bubblewrap or fallback")
+    requested = sandbox_isolation()
     if requested == "fallback":
-        return Isolation("fallback", f"{ISOLATION_ENV}=fallback")
+        return Isolation("fallback", "ARENA_SANDBOX=fallback")
     problem = _bubblewrap_problem()
     if problem is None:
         return Isolation("bubblewrap")
     if requested == "bubblewrap":
-        raise SandboxError(f"{ISOLATION_ENV}=bubblewrap, but {problem}")
+        raise SandboxError(f"ARENA_SANDBOX=bubblewrap, but {problem}")
     return Isolation("fallback", problem)
 
 

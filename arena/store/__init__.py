@@ -17,7 +17,7 @@ from arena.store.models import (
     RoundStandings,
     Team,
     Token,
-    Track,
+    TrackRow,
 )
 
 __all__ = [
@@ -36,6 +36,6 @@ __all__ = [
     "RoundStandings",
     "Team",
     "Token",
-    "Track",
+    "TrackRow",
     "WAITING",
 ]

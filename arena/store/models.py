@@ -141,8 +141,9 @@ class PluginVersion(Base):
     plugin: Mapped[Plugin] = relationship(back_populates="versions")
 
 
-class Track(Base):
-    """A track as it was played: its configuration is copied here so results stay explainable."""
+class TrackRow(Base):
+    """A track as it was played: its configuration is copied here so results stay explainable (the rules
+    themselves are :class:`arena.tracks.Track`)."""
 
     __tablename__ = "tracks"
 

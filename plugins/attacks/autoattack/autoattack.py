@@ -40,47 +40,30 @@ class AutoAttack(Attack):
     Parameter-free Attacks", ICML 2020, https://arxiv.org/abs/2003.01690 (APGD, DLR, the ensemble);
     Andriushchenko, Croce, Flammarion and Hein, "Square Attack", ECCV 2020, https://arxiv.org/abs/1912.00049.
 
-    Arguments:
-        steps: iterations of each APGD run (default 50; AutoAttack's standard is 100).
-        target_classes: wrong classes APGD-T aims at, the most likely first (default 3; standard 9).
-        square_queries: model evaluations per sample for Square (default 1000; standard 5000).
-        eot: passes averaged per gradient for a randomized model (default 5).
-        spsa_steps: steps of the SPSA part (default 30; 0 leaves it out).
-        spsa_samples: sign vectors per SPSA estimate (default 64).
-        seconds: the time allowed per batch (default 60): against a slow or randomized model the steps and
+    Parameters (their values: the [params] of plugin.toml):
+        steps: iterations of each APGD run.
+        target_classes: wrong classes APGD-T aims at, the most likely first.
+        square_queries: model evaluations per sample for Square.
+        eot: passes averaged per gradient for a randomized model.
+        spsa_steps: steps of the SPSA part.
+        spsa_samples: sign vectors per SPSA estimate.
+        seconds: the time allowed per batch: against a slow or randomized model the steps and
             queries shrink in proportion, measured from one pass with gradient, so the match fits its time limit.
 
     Usage::
 
-        x_adv = AutoAttack(steps=50, target_classes=3, square_queries=1000).run(target, x, y, budget)
+        x_adv = AutoAttack().run(target, x, y, budget)
     """
 
     norms = ("linf", "l2")
     threats = ("white-box", "gray-box")
     targeted = False
 
-    def __init__(
-        self,
-        steps: int = 50,
-        target_classes: int = 3,
-        square_queries: int = 1000,
-        eot: int = 5,
-        spsa_steps: int = 30,
-        spsa_samples: int = 64,
-        seconds: float = 60.0,
-    ) -> None:
-        for name, value in (("steps", steps), ("target_classes", target_classes), ("eot", eot)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
-        super().__init__(
-            steps=steps,
-            target_classes=target_classes,
-            square_queries=square_queries,
-            eot=eot,
-            spsa_steps=spsa_steps,
-            spsa_samples=spsa_samples,
-            seconds=seconds,
-        )
+    def check_params(self) -> None:
+        """``steps``, ``target_classes`` and ``eot`` are at least 1."""
+        for name in ("steps", "target_classes", "eot"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """APGD-CE, APGD-T, Square and SPSA in turn, each on the samples still classified correctly."""

@@ -28,37 +28,27 @@ class CarliniWagnerL2(Attack):
     Paper: Carlini and Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017,
     https://arxiv.org/abs/1608.04644
 
-    Arguments:
-        confidence: the margin kappa (default 0).
-        c: the initial trade-off constant (default 1).
-        binary_steps: rounds of the binary search on c (default 3; 1 keeps c fixed).
-        steps: Adam steps per round (default 100).
-        lr: Adam's learning rate (default 0.1; the paper's 0.01 needs many more steps).
-        abort_early: end a round once the loss stops falling (default True).
+    Parameters (their values: the [params] of plugin.toml):
+        confidence: the margin kappa.
+        c: the initial trade-off constant.
+        binary_steps: rounds of the binary search on c.
+        steps: Adam steps per round.
+        lr: Adam's learning rate.
+        abort_early: end a round once the loss stops falling.
 
     Usage::
 
-        x_adv = CarliniWagnerL2(confidence=0.0, c=1.0, binary_steps=3, steps=100).run(target, x, y, budget)
+        x_adv = CarliniWagnerL2().run(target, x, y, budget)
     """
 
     norms = ("l2", "linf")
     threats = ("white-box", "gray-box")
     targeted = False
 
-    def __init__(
-        self,
-        confidence: float = 0.0,
-        c: float = 1.0,
-        binary_steps: int = 3,
-        steps: int = 100,
-        lr: float = 0.1,
-        abort_early: bool = True,
-    ) -> None:
-        if confidence < 0 or c <= 0 or lr <= 0 or binary_steps < 1 or steps < 1:
+    def check_params(self) -> None:
+        """``confidence >= 0``, ``c > 0``, ``lr > 0``, ``binary_steps >= 1``, ``steps >= 1``."""
+        if self.confidence < 0 or self.c <= 0 or self.lr <= 0 or self.binary_steps < 1 or self.steps < 1:
             raise ValueError("cw-l2 needs confidence >= 0, c > 0, lr > 0, binary_steps >= 1 and steps >= 1")
-        super().__init__(
-            confidence=confidence, c=c, binary_steps=binary_steps, steps=steps, lr=lr, abort_early=abort_early
-        )
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """The binary search on c around Adam in tanh space; the closest adversarial example per sample."""

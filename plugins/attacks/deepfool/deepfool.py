@@ -25,24 +25,24 @@ class DeepFool(Attack):
     Paper: Moosavi-Dezfooli, Fawzi and Frossard, "DeepFool: a simple and accurate method to fool deep neural
     networks", CVPR 2016, https://arxiv.org/abs/1511.04599 (Algorithm 2, and section 3.2 for linf).
 
-    Arguments:
-        steps: the most linearisation steps (default 50).
-        overshoot: how far past the boundary to go, relative to the perturbation (default 0.02).
-        candidates: how many of the top-ranked classes (the true one included) to consider (default 10).
+    Parameters (their values: the [params] of plugin.toml):
+        steps: the most linearisation steps.
+        overshoot: how far past the boundary to go, relative to the perturbation.
+        candidates: how many of the top-ranked classes (the true one included) to consider.
 
     Usage::
 
-        x_adv = DeepFool(steps=50, overshoot=0.02).run(target, x, y, budget)
+        x_adv = DeepFool().run(target, x, y, budget)
     """
 
     norms = ("l2", "linf")
     threats = ("white-box", "gray-box")
     targeted = False
 
-    def __init__(self, steps: int = 50, overshoot: float = 0.02, candidates: int = 10) -> None:
-        if steps < 1 or overshoot < 0 or candidates < 2:
+    def check_params(self) -> None:
+        """``steps >= 1``, ``overshoot >= 0``, ``candidates >= 2``."""
+        if self.steps < 1 or self.overshoot < 0 or self.candidates < 2:
             raise ValueError("deepfool needs steps >= 1, overshoot >= 0 and candidates >= 2")
-        super().__init__(steps=steps, overshoot=overshoot, candidates=candidates)
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """DeepFool on the whole batch (a sample leaves it once fooled), then projection onto the budget."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from arena import Attack, Budget, Target, hookimpl
+from arena import Attack, Budget, Target, hookimpl, l2_norms
 
 
 class IFGSM(Attack):
@@ -21,23 +21,23 @@ class IFGSM(Attack):
     Paper: Kurakin, Goodfellow and Bengio, "Adversarial Examples in the Physical World", ICLR 2017 workshop,
     https://arxiv.org/abs/1607.02533
 
-    Arguments:
-        steps: gradient steps (default 10).
-        rel_step: the step size alpha as a fraction of eps (default 0.125).
+    Parameters (their values: the [params] of plugin.toml):
+        steps: gradient steps.
+        rel_step: the step size alpha as a fraction of eps.
 
     Usage::
 
-        x_adv = IFGSM(steps=10, rel_step=0.125).run(target, x, y, budget)
+        x_adv = IFGSM().run(target, x, y, budget)
     """
 
     norms = ("linf", "l2")
     threats = ("white-box", "gray-box")
     targeted = False
 
-    def __init__(self, steps: int = 10, rel_step: float = 0.125) -> None:
-        if steps < 1 or rel_step <= 0:
-            raise ValueError(f"steps must be at least 1 and rel_step positive, not {steps} and {rel_step}")
-        super().__init__(steps=steps, rel_step=rel_step)
+    def check_params(self) -> None:
+        """``steps >= 1`` and ``rel_step > 0``."""
+        if self.steps < 1 or self.rel_step <= 0:
+            raise ValueError(f"steps must be at least 1 and rel_step positive, not {self.steps} and {self.rel_step}")
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """``steps`` clipped gradient steps from ``x``."""
@@ -55,14 +55,9 @@ class IFGSM(Attack):
             if budget.norm == "linf":
                 delta.add_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
             else:
-                delta.add_(grad.div_(_l2(grad).clamp_min_(1e-12)), alpha=alpha)
-                delta.mul_((budget.eps / _l2(delta).clamp_min(1e-12)).clamp_(max=1.0)).clamp_(lo, hi)
+                delta.add_(grad.div_(l2_norms(grad).clamp_min_(1e-12)), alpha=alpha)
+                delta.mul_((budget.eps / l2_norms(delta).clamp_min(1e-12)).clamp_(max=1.0)).clamp_(lo, hi)
         return (x + delta).clamp_(0.0, 1.0)
-
-
-def _l2(v: torch.Tensor) -> torch.Tensor:
-    """Per-sample l2 norms of a batch, shaped to broadcast against it."""
-    return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
 
 
 @hookimpl

@@ -25,23 +25,25 @@ class OnePixel(Attack):
     Paper: Su, Vargas and Sakurai, "One Pixel Attack for Fooling Deep Neural Networks", IEEE Transactions on
     Evolutionary Computation 2019, https://arxiv.org/abs/1710.08864
 
-    Arguments:
-        popsize: candidates per sample (default 20; the paper's 400 needs far more queries).
-        mutation: the differential weight F (default 0.5).
+    Parameters (their values: the [params] of plugin.toml):
+        popsize: candidates per sample.
+        mutation: the differential weight F.
 
     Usage::
 
-        x_adv = OnePixel(popsize=20, mutation=0.5).run(target, x, y, budget)   # budget.norm == "l0"
+        x_adv = OnePixel().run(target, x, y, budget)   # budget.norm == "l0"
     """
 
     norms = ("l0",)
     threats = ("white-box", "gray-box", "black-box")
     targeted = False
 
-    def __init__(self, popsize: int = 20, mutation: float = 0.5) -> None:
-        if popsize < 4 or mutation <= 0:
-            raise ValueError(f"popsize must be at least 4 and mutation positive, not {popsize} and {mutation}")
-        super().__init__(popsize=popsize, mutation=mutation)
+    def check_params(self) -> None:
+        """``popsize >= 4`` and ``mutation > 0``."""
+        if self.popsize < 4 or self.mutation <= 0:
+            raise ValueError(
+                f"popsize must be at least 4 and mutation positive, not {self.popsize} and {self.mutation}"
+            )
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """Differential evolution for every sample of the batch at once, within the query budget."""

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena import Attack, Budget, Target, hookimpl
+from arena import Attack, Budget, Target, hookimpl, l2_norms
 
 
 class PGD(Attack):
@@ -27,29 +27,27 @@ class PGD(Attack):
     Attacks", ICLR 2018, https://arxiv.org/abs/1706.06083 (PGD); Athalye, Carlini and Wagner, "Obfuscated Gradients
     Give a False Sense of Security", ICML 2018, https://arxiv.org/abs/1802.00420 (EOT).
 
-    Arguments:
-        steps: gradient steps per run (default 40).
-        rel_step: step size as a fraction of eps (default 0.0625, that is 2.5 * eps / 40).
-        restarts: runs from independent random starts (default 1).
-        eot: forward passes whose gradients are averaged at every step (default 1).
-        early_stop: in white-box, stop a sample once it is misclassified (default True).
+    Parameters (their values: the [params] of plugin.toml):
+        steps: gradient steps per run.
+        rel_step: step size as a fraction of eps.
+        restarts: runs from independent random starts.
+        eot: forward passes whose gradients are averaged at every step.
+        early_stop: in white-box, stop a sample once it is misclassified.
 
     Usage::
 
-        x_adv = PGD(steps=40, rel_step=0.0625, restarts=1, eot=1).run(target, x, y, budget)
+        x_adv = PGD().run(target, x, y, budget)
     """
 
     norms = ("linf", "l2")
     threats = ("white-box", "gray-box")
     targeted = False
 
-    def __init__(
-        self, steps: int = 40, rel_step: float = 0.0625, restarts: int = 1, eot: int = 1, early_stop: bool = True
-    ) -> None:
-        for name, value in (("steps", steps), ("restarts", restarts), ("eot", eot)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
-        super().__init__(steps=steps, rel_step=rel_step, restarts=restarts, eot=eot, early_stop=early_stop)
+    def check_params(self) -> None:
+        """``steps``, ``restarts`` and ``eot`` are at least 1."""
+        for name in ("steps", "restarts", "eot"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """``restarts`` runs of PGD; each later run attacks only the samples still classified correctly."""
@@ -95,7 +93,9 @@ class PGD(Attack):
             if budget.norm == "linf":
                 delta.add_(grad.sign_(), alpha=alpha).clamp_(lo, hi)
             else:
-                delta = _project_l2(delta.add_(grad.div_(_l2(grad).clamp_min_(1e-12)), alpha=alpha), budget.eps, lo, hi)
+                delta = _project_l2(
+                    delta.add_(grad.div_(l2_norms(grad).clamp_min_(1e-12)), alpha=alpha), budget.eps, lo, hi
+                )
         result[active] = x + delta
         return result
 
@@ -137,17 +137,12 @@ def _random_start(x: torch.Tensor, budget: Budget) -> torch.Tensor:
     direction = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
     u = torch.rand(len(x), generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
     radius = budget.eps * u ** (1.0 / x[0].numel())
-    return direction.div_(_l2(direction).clamp_min_(1e-12)).mul_(radius.view(-1, *([1] * (x.dim() - 1))))
+    return direction.div_(l2_norms(direction).clamp_min_(1e-12)).mul_(radius.view(-1, *([1] * (x.dim() - 1))))
 
 
 def _project_l2(delta: torch.Tensor, eps: float, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Scale ``delta`` into the l2 ball of radius ``eps``, then clip it into ``[lo, hi]`` (which only shrinks it)."""
-    return delta.mul_((eps / _l2(delta).clamp_min(1e-12)).clamp_(max=1.0)).clamp_(lo, hi)
-
-
-def _l2(v: torch.Tensor) -> torch.Tensor:
-    """Per-sample l2 norms of a batch, shaped to broadcast against it."""
-    return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+    return delta.mul_((eps / l2_norms(delta).clamp_min(1e-12)).clamp_(max=1.0)).clamp_(lo, hi)
 
 
 @hookimpl

@@ -22,22 +22,22 @@ class RandFGSM(Attack):
     Paper: Tramer, Kurakin, Papernot, Goodfellow, Boneh and McDaniel, "Ensemble Adversarial Training: Attacks and
     Defenses", ICLR 2018, https://arxiv.org/abs/1705.07204 (section 4.1, R+FGSM).
 
-    Arguments:
-        rel_alpha: size of the random step as a fraction of eps, in [0, 1) (default 0.5).
+    Parameters (their values: the [params] of plugin.toml):
+        rel_alpha: size of the random step as a fraction of eps, in [0, 1).
 
     Usage::
 
-        x_adv = RandFGSM(rel_alpha=0.5).run(target, x, y, budget)
+        x_adv = RandFGSM().run(target, x, y, budget)
     """
 
     norms = ("linf", "l2")
     threats = ("white-box", "gray-box")
     targeted = False
 
-    def __init__(self, rel_alpha: float = 0.5) -> None:
-        if not 0 <= rel_alpha < 1:
-            raise ValueError(f"rel_alpha must lie in [0, 1), not {rel_alpha}")
-        super().__init__(rel_alpha=rel_alpha)
+    def check_params(self) -> None:
+        """``rel_alpha`` lies in [0, 1)."""
+        if not 0 <= self.rel_alpha < 1:
+            raise ValueError(f"rel_alpha must lie in [0, 1), not {self.rel_alpha}")
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """The random step, then the gradient step from where it landed."""

@@ -26,20 +26,17 @@ class SimBA(Attack):
     Paper: Guo, Gardner, You, Wilson and Weinberger, "Simple Black-box Adversarial Attacks",
     ICML 2019, https://arxiv.org/abs/1905.07121
 
-    Arguments:
-        l2_pixels: the most pixels changed per sample under the l2 norm (default 16).
+    Parameters (their values: the [params] of plugin.toml):
+        l2_pixels: the most pixels changed per sample under the l2 norm.
 
     Usage::
 
-        x_adv = SimBA(l2_pixels=16).run(target, x, y, budget)
+        x_adv = SimBA().run(target, x, y, budget)
     """
 
     norms = ("linf", "l2")
     threats = ("white-box", "gray-box", "black-box")
     targeted = False
-
-    def __init__(self, l2_pixels: int = 16) -> None:
-        super().__init__(l2_pixels=l2_pixels)
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """Greedy coordinate-wise search in the pixel basis, batched over ``x``."""

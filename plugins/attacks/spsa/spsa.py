@@ -27,27 +27,22 @@ class SPSA(Attack):
     Paper: Uesato, O'Donoghue, van den Oord and Kohli, "Adversarial Risk and the Dangers of Evaluating
     Against Weak Attacks", ICML 2018, https://arxiv.org/abs/1802.05666.
 
-    Arguments:
-        steps: descent steps (default 20).
-        samples: sign vectors per estimate, each costing two passes (default 64).
-        rel_delta: the finite-difference width as a fraction of eps (default 0.5).
-        rel_step: the step as a fraction of eps (default 0.25).
-        seconds: the time allowed per batch (default 60): against a slow model (Defense-GAN) fewer steps are
+    Parameters (their values: the [params] of plugin.toml):
+        steps: descent steps.
+        samples: sign vectors per estimate, each costing two passes.
+        rel_delta: the finite-difference width as a fraction of eps.
+        rel_step: the step as a fraction of eps.
+        seconds: the time allowed per batch: against a slow model (Defense-GAN) fewer steps are
             taken, measured from one pass on the batch, so the match fits its time limit.
 
     Usage::
 
-        x_adv = SPSA(steps=20, samples=64).run(target, x, y, budget)
+        x_adv = SPSA().run(target, x, y, budget)
     """
 
     norms = ("linf", "l2")
     threats = ("white-box", "gray-box")
     targeted = False
-
-    def __init__(
-        self, steps: int = 20, samples: int = 64, rel_delta: float = 0.5, rel_step: float = 0.25, seconds: float = 60.0
-    ) -> None:
-        super().__init__(steps=steps, samples=samples, rel_delta=rel_delta, rel_step=rel_step, seconds=seconds)
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """``steps`` estimated-gradient steps (``arena.spsa_descent``) for the samples not yet misclassified."""

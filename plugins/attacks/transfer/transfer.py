@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from arena import Attack, Budget, Target, hookimpl
+from arena import Attack, Budget, Target, hookimpl, l2_norms
 
 
 class TransferPGD(Attack):
@@ -22,22 +22,19 @@ class TransferPGD(Attack):
     ICLR 2018, https://arxiv.org/abs/1706.06083 (PGD); Papernot et al., "Practical Black-Box Attacks
     against Machine Learning", AsiaCCS 2017, https://arxiv.org/abs/1602.02697 (transfer).
 
-    Arguments:
-        steps: gradient steps (default 20).
-        rel_step: step size as a fraction of eps (default 0.1).
-        random_start: start from a uniform point of the eps-ball (default True).
+    Parameters (their values: the [params] of plugin.toml):
+        steps: gradient steps.
+        rel_step: step size as a fraction of eps.
+        random_start: start from a uniform point of the eps-ball.
 
     Usage::
 
-        x_adv = TransferPGD(steps=20, rel_step=0.1).run(target, x, y, budget)
+        x_adv = TransferPGD().run(target, x, y, budget)
     """
 
     norms = ("linf", "l2")
     threats = ("black-box",)
     targeted = False
-
-    def __init__(self, steps: int = 20, rel_step: float = 0.1, random_start: bool = True) -> None:
-        super().__init__(steps=steps, rel_step=rel_step, random_start=random_start)
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """PGD on the substitute from a random start in the eps-ball."""
@@ -52,7 +49,7 @@ class TransferPGD(Attack):
                 x_in = (x + delta).requires_grad_(True)
                 loss = F.cross_entropy(model(x_in), y, reduction="sum")
                 (grad,) = torch.autograd.grad(loss, x_in)
-            step = grad.sign() if budget.norm == "linf" else grad / _l2(grad).clamp_min(1e-12)
+            step = grad.sign() if budget.norm == "linf" else grad / l2_norms(grad).clamp_min(1e-12)
             delta = self._project(x, delta + alpha * step, budget)
         return (x + delta).clamp(0.0, 1.0)
 
@@ -66,7 +63,7 @@ class TransferPGD(Attack):
         direction = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
         u = torch.rand(len(x), generator=generator, device=generator.device, dtype=x.dtype)
         radius = budget.eps * u ** (1.0 / x[0].numel())
-        direction = direction / _l2(direction).clamp_min(1e-12)
+        direction = direction / l2_norms(direction).clamp_min(1e-12)
         return (direction * radius.view(-1, *([1] * (x.dim() - 1)))).to(x.device)
 
     @staticmethod
@@ -75,13 +72,8 @@ class TransferPGD(Attack):
         if budget.norm == "linf":
             delta = delta.clamp(-budget.eps, budget.eps)
         else:
-            delta = delta * (budget.eps / _l2(delta).clamp_min(1e-12)).clamp(max=1.0)
+            delta = delta * (budget.eps / l2_norms(delta).clamp_min(1e-12)).clamp(max=1.0)
         return (x + delta).clamp(0.0, 1.0) - x
-
-
-def _l2(v: torch.Tensor) -> torch.Tensor:
-    """Per-sample L2 norms of a batch, shaped to broadcast against it."""
-    return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
 
 
 @hookimpl

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,36 +34,30 @@ class Universal(Attack):
     https://arxiv.org/abs/1610.08401; Shafahi, Najibi, Xu, Dickerson, Davis and Goldstein, "Universal Adversarial
     Training", AAAI 2020, https://arxiv.org/abs/1811.11304 (the stochastic gradient solver).
 
-    Arguments:
-        train_size: training images ``v`` is built on (default 1000).
-        passes: the most passes over them (default 5).
-        batch_size: images per update of ``v`` (default 100).
-        rel_step: the step size alpha as a fraction of eps (default 0.1).
-        fooling: the fooling rate on the training images that ends the passes (default 0.8).
+    Parameters (their values: the [params] of plugin.toml):
+        train_size: training images ``v`` is built on.
+        passes: the most passes over them.
+        batch_size: images per update of ``v``.
+        rel_step: the step size alpha as a fraction of eps.
+        fooling: the fooling rate on the training images that ends the passes.
 
     Usage::
 
-        x_adv = Universal(train_size=1000, passes=5).run(target, x, y, budget)
+        x_adv = Universal().run(target, x, y, budget)
     """
 
     norms = ("linf", "l2")
     threats = ("white-box", "gray-box", "black-box")
     targeted = False
 
-    def __init__(
-        self,
-        train_size: int = 1000,
-        passes: int = 5,
-        batch_size: int = 100,
-        rel_step: float = 0.1,
-        fooling: float = 0.8,
-    ) -> None:
-        if min(train_size, passes, batch_size) < 1 or rel_step <= 0 or not 0 < fooling <= 1:
-            raise ValueError("universal needs train_size, passes, batch_size >= 1, rel_step > 0, fooling in (0, 1]")
-        super().__init__(
-            train_size=train_size, passes=passes, batch_size=batch_size, rel_step=rel_step, fooling=fooling
-        )
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self._built: tuple[Target, str, float, torch.Tensor] | None = None
+
+    def check_params(self) -> None:
+        """``train_size``, ``passes``, ``batch_size`` at least 1, ``rel_step > 0``, ``fooling`` in (0, 1]."""
+        if min(self.train_size, self.passes, self.batch_size) < 1 or self.rel_step <= 0 or not 0 < self.fooling <= 1:
+            raise ValueError("universal needs train_size, passes, batch_size >= 1, rel_step > 0, fooling in (0, 1]")
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """``clip(x + v)``, with ``v`` built on the first call of the match."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -109,47 +110,23 @@ class DefenseGAN(Defense):
     Using Generative Models", ICLR 2018, https://arxiv.org/abs/1805.06605 (L = 200, R = 10 there; fewer
     here so that a match runs in minutes on a CPU); BPDA: https://arxiv.org/abs/1802.00420.
 
-    Arguments:
-        latent: dimension of the latent code z (default 32).
-        search_steps: L, gradient steps of the search for z* (default 50).
-        restarts: R, random starts of the search (default 2).
-        search_lr: Adam's rate in the search (default 0.2).
-        gan_epoch_factor: GAN epochs per epoch of the track (default 5; the MLPs are cheap).
-        gan_lr: Adam's rate for the GAN (default 2e-4, with beta1 = 0.5).
-        reconstructed: how many training images the classifier also learns reconstructed (default 10000).
-        lr: Adam's rate for the classifier (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        latent: dimension of the latent code z.
+        search_steps: L, gradient steps of the search for z*.
+        restarts: R, random starts of the search.
+        search_lr: Adam's rate in the search.
+        gan_epoch_factor: GAN epochs per epoch of the track.
+        gan_lr: Adam's rate for the GAN.
+        reconstructed: how many training images the classifier also learns reconstructed.
+        lr: Adam's rate for the classifier.
+        batch_size: training batch size.
 
     Usage::
 
-        model = DefenseGAN(search_steps=50, restarts=2).train(ctx)
+        model = DefenseGAN().train(ctx)
     """
 
     randomized = True
-
-    def __init__(
-        self,
-        latent: int = 32,
-        search_steps: int = 50,
-        restarts: int = 2,
-        search_lr: float = 0.2,
-        gan_epoch_factor: float = 5.0,
-        gan_lr: float = 2e-4,
-        reconstructed: int = 10000,
-        lr: float = 1e-3,
-        batch_size: int = 128,
-    ) -> None:
-        super().__init__(
-            latent=latent,
-            search_steps=search_steps,
-            restarts=restarts,
-            search_lr=search_lr,
-            gan_epoch_factor=gan_epoch_factor,
-            gan_lr=gan_lr,
-            reconstructed=reconstructed,
-            lr=lr,
-            batch_size=batch_size,
-        )
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train the GAN, then the classifier on clean images and on reconstructions; return the model."""
@@ -183,22 +160,19 @@ class DefenseGAN(Defense):
         deadline: float,
     ) -> None:
         """Adam for ``ctx.epochs`` epochs on ``(x, y)``, and on the reconstructions of ``x`` too when given."""
-        classifier.train()
-        optimizer = torch.optim.Adam(classifier.parameters(), lr=self.lr)
-        for epoch in range(1, ctx.epochs + 1):
+
+        def batches() -> Iterator[tuple[torch.Tensor, ...]]:
             for index in torch.randperm(len(x), generator=ctx.generator).split(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"{name}: time budget of {ctx.time_budget:g} s spent in epoch {epoch}: stopping")
-                    classifier.eval()
-                    return
-                images, labels = x[index].to(ctx.device), y[index].to(ctx.device)
-                loss = F.cross_entropy(classifier(images), labels)
-                if reconstructions is not None:
-                    loss = (loss + F.cross_entropy(classifier(reconstructions[index].to(ctx.device)), labels)) / 2
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        ctx.log(f"{name}: {ctx.epochs} epochs on {len(x)} images, last batch loss {loss.item():.4f}")
+                batch = (x, y) if reconstructions is None else (x, y, reconstructions)
+                yield tuple(t[index].to(ctx.device) for t in batch)
+
+        def loss_of(images: torch.Tensor, labels: torch.Tensor, rebuilt: torch.Tensor | None = None) -> torch.Tensor:
+            loss = F.cross_entropy(classifier(images), labels)
+            if rebuilt is not None:
+                loss = (loss + F.cross_entropy(classifier(rebuilt), labels)) / 2
+            return loss
+
+        ctx.fit(classifier, loss_of, lr=self.lr, deadline=deadline, batches=batches, name=name)
         classifier.eval()
 
     def _train_gan(self, ctx: TrainContext, generator: Generator, deadline: float) -> None:

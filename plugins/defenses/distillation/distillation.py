@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,24 +29,25 @@ class Distillation(Defense):
     against Deep Neural Networks", IEEE S&P 2016, https://arxiv.org/abs/1511.04508 (T = 100 on MNIST);
     broken by Carlini and Wagner, https://arxiv.org/abs/1608.04644.
 
-    Arguments:
-        temperature: the softmax temperature T of training (default 100).
-        lr: Adam's learning rate (default 1e-2: at T = 100 the logits must grow a hundredfold).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        temperature: the softmax temperature T of training.
+        lr: Adam's learning rate.
+        batch_size: training batch size.
 
     Usage::
 
-        model = Distillation(temperature=100).train(ctx)
+        model = Distillation().train(ctx)
     """
-
-    def __init__(self, temperature: float = 100.0, lr: float = 1e-2, batch_size: int = 128) -> None:
-        super().__init__(temperature=temperature, lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train the teacher, then the student on its soft labels; return the student (read at T = 1)."""
-        started = time.monotonic()
+        half = time.monotonic() + ctx.time_budget / 2  # each network gets half of the time budget
         teacher = ctx.make_model()
-        self._fit(ctx, teacher, lambda x, y: F.cross_entropy(teacher(x) / self.temperature, y), "teacher", started)
+
+        def hot_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(teacher(x) / self.temperature, y)
+
+        ctx.fit(teacher, hot_loss, lr=self.lr, batch_size=self.batch_size, deadline=half, name="teacher")
         teacher.eval()
         student = ctx.make_model()
 
@@ -56,31 +56,9 @@ class Distillation(Defense):
                 soft = F.softmax(teacher(x) / self.temperature, dim=1)
             return -(soft * F.log_softmax(student(x) / self.temperature, dim=1)).sum(dim=1).mean()
 
-        self._fit(ctx, student, soft_loss, "student", started + ctx.time_budget / 2)
+        deadline = half + ctx.time_budget / 2
+        ctx.fit(student, soft_loss, lr=self.lr, batch_size=self.batch_size, deadline=deadline, name="student")
         return student.eval()
-
-    def _fit(
-        self,
-        ctx: TrainContext,
-        model: nn.Module,
-        loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        name: str,
-        started: float,
-    ) -> None:
-        """Adam on ``loss_of(x, y)`` for ``ctx.epochs`` epochs or half of the time budget from ``started``."""
-        model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        deadline = started + ctx.time_budget / 2
-        for epoch in range(1, ctx.epochs + 1):
-            for x, y in ctx.batches(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"{name}: time budget of {ctx.time_budget / 2:g} s spent in epoch {epoch}: stopping")
-                    return
-                loss = loss_of(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            ctx.log(f"{name}: epoch {epoch}/{ctx.epochs}: last batch loss {loss.item():.4f}")
 
 
 @hookimpl

@@ -59,19 +59,16 @@ class EnsembleAdvTraining(Defense):
     Attacks and Defenses", ICLR 2018, https://arxiv.org/abs/1705.07204 (MNIST: FGSM examples from the
     current model and pre-trained static models of other architectures).
 
-    Arguments:
-        alpha: weight of the clean loss (default 0.5: half clean, half adversarial, as in the paper).
-        static_share: the static models' epochs as a share of ``ctx.epochs`` (default 0.5).
-        lr: Adam's learning rate (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        alpha: weight of the clean loss.
+        static_share: the static models' epochs as a share of ``ctx.epochs``.
+        lr: Adam's learning rate.
+        batch_size: training batch size.
 
     Usage::
 
-        model = EnsembleAdvTraining(alpha=0.5).train(ctx)
+        model = EnsembleAdvTraining().train(ctx)
     """
-
-    def __init__(self, alpha: float = 0.5, static_share: float = 0.5, lr: float = 1e-3, batch_size: int = 128) -> None:
-        super().__init__(alpha=alpha, static_share=static_share, lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Pre-train the static models, then train on clean and FGSM examples from each source in turn."""
@@ -81,44 +78,29 @@ class EnsembleAdvTraining(Defense):
             StaticStridedCNN(ctx.input_shape, ctx.num_classes).to(ctx.device),
         ]
         static_epochs = max(1, round(self.static_share * ctx.epochs))
+        fit = {"lr": self.lr, "batch_size": self.batch_size, "deadline": deadline}
         for static in statics:
-            if not self._pretrain(ctx, static, static_epochs, deadline):
+
+            def plain_loss(x: torch.Tensor, y: torch.Tensor, static: nn.Module = static) -> torch.Tensor:
+                return F.cross_entropy(static(x), y)
+
+            if not ctx.fit(static, plain_loss, epochs=static_epochs, name=f"static {type(static).__name__}", **fit):
                 break
             static.eval().requires_grad_(False)
         model = ctx.make_model()
         sources = [model, *statics]
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         turn = 0
-        for epoch in range(1, ctx.epochs + 1):
-            for x, y in ctx.batches(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{ctx.epochs}: stopping")
-                    return model.eval()
-                x_adv = fgsm(sources[turn % len(sources)].eval(), x, y, ctx.norm, ctx.eps)
-                turn += 1
-                model.train()
-                loss = self.alpha * F.cross_entropy(model(x), y) + (1 - self.alpha) * F.cross_entropy(model(x_adv), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            ctx.log(f"epoch {epoch}/{ctx.epochs}: last batch loss {loss.item():.4f}")
-        return model.eval()
 
-    def _pretrain(self, ctx: TrainContext, model: nn.Module, epochs: int, deadline: float) -> bool:
-        """Train a static model plainly; ``False`` when the time budget ran out."""
-        model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        for _ in range(epochs):
-            for x, y in ctx.batches(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"time budget of {ctx.time_budget:g} s spent pre-training {type(model).__name__}: stopping")
-                    return False
-                loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        ctx.log(f"static {type(model).__name__}: {epochs} epochs, last batch loss {loss.item():.4f}")
-        return True
+        def ensemble_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            """Clean and FGSM examples, these from the model and each static one in turn."""
+            nonlocal turn
+            x_adv = fgsm(sources[turn % len(sources)].eval(), x, y, ctx.norm, ctx.eps)
+            turn += 1
+            model.train()
+            return self.alpha * F.cross_entropy(model(x), y) + (1 - self.alpha) * F.cross_entropy(model(x_adv), y)
+
+        ctx.fit(model, ensemble_loss, **fit)
+        return model.eval()
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,39 +25,29 @@ class FGSMAdvTraining(Defense):
     Paper: Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples",
     ICLR 2015, https://arxiv.org/abs/1412.6572 (section 5, alpha = 0.5).
 
-    Arguments:
-        alpha: weight of the clean loss (default 0.5).
-        augment: train on draws of the track's distortion family (default True).
-        lr: Adam's learning rate (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        alpha: weight of the clean loss.
+        augment: train on draws of the track's distortion family.
+        lr: Adam's learning rate.
+        batch_size: training batch size.
 
     Usage::
 
-        model = FGSMAdvTraining(alpha=0.5).train(ctx)
+        model = FGSMAdvTraining().train(ctx)
     """
-
-    def __init__(self, alpha: float = 0.5, augment: bool = True, lr: float = 1e-3, batch_size: int = 128) -> None:
-        super().__init__(alpha=alpha, augment=augment, lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train on the mixed clean and FGSM loss; return the model in eval mode."""
-        model = ctx.make_model().train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        deadline = time.monotonic() + ctx.time_budget
-        for epoch in range(1, ctx.epochs + 1):
-            for x, y in ctx.batches(self.batch_size, augment=self.augment):
-                if time.monotonic() > deadline:
-                    ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{ctx.epochs}: stopping")
-                    return model.eval()
-                x = x.detach().requires_grad_(True)
-                clean_loss = F.cross_entropy(model(x), y)
-                (grad,) = torch.autograd.grad(clean_loss, x, retain_graph=True)
-                x_adv = (x + _step(grad, ctx.norm, ctx.eps)).clamp(0.0, 1.0).detach()
-                loss = self.alpha * clean_loss + (1 - self.alpha) * F.cross_entropy(model(x_adv), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            ctx.log(f"epoch {epoch}/{ctx.epochs}: last batch loss {loss.item():.4f}")
+        model = ctx.make_model()
+
+        def mixed_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            x = x.detach().requires_grad_(True)
+            clean_loss = F.cross_entropy(model(x), y)
+            (grad,) = torch.autograd.grad(clean_loss, x, retain_graph=True)
+            x_adv = (x + _step(grad, ctx.norm, ctx.eps)).clamp(0.0, 1.0).detach()
+            return self.alpha * clean_loss + (1 - self.alpha) * F.cross_entropy(model(x_adv), y)
+
+        ctx.fit(model, mixed_loss, lr=self.lr, batch_size=self.batch_size, augment=self.augment)
         return model.eval()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -99,60 +98,38 @@ class MagNet(Defense):
     Paper: Meng and Chen, "MagNet: a Two-Pronged Defense against Adversarial Examples", ACM CCS 2017,
     https://arxiv.org/abs/1705.09064; attacked by Carlini and Wagner, https://arxiv.org/abs/1711.08478.
 
-    Arguments:
-        autoencoders: how many autoencoders to train and draw from (default 3).
-        width: filters per convolution of each autoencoder (default 8; 3 in the paper's MNIST autoencoders).
-        noise: deviation of the Gaussian noise added to the autoencoders' training inputs (default 0.1).
-        false_positive_rate: share of clean validation inputs the detectors may reject (default 0.005).
-        validation: share of the training split held out to set the thresholds (default 0.1).
-        ae_epoch_factor: autoencoder epochs per epoch of the track (default 1).
-        ae_lr: Adam's learning rate for the autoencoders (default 1e-2).
-        lr: Adam's learning rate for the classifier (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        autoencoders: how many autoencoders to train and draw from.
+        width: filters per convolution of each autoencoder.
+        noise: deviation of the Gaussian noise added to the autoencoders' training inputs.
+        false_positive_rate: share of clean validation inputs the detectors may reject.
+        validation: share of the training split held out to set the thresholds.
+        ae_epoch_factor: autoencoder epochs per epoch of the track.
+        ae_lr: Adam's learning rate for the autoencoders.
+        lr: Adam's learning rate for the classifier.
+        batch_size: training batch size.
 
     Usage::
 
-        model = MagNet(autoencoders=3).train(ctx)
+        model = MagNet().train(ctx)
     """
 
     randomized = True
-
-    def __init__(
-        self,
-        autoencoders: int = 3,
-        width: int = 8,
-        noise: float = 0.1,
-        false_positive_rate: float = 0.005,
-        validation: float = 0.1,
-        ae_epoch_factor: float = 1.0,
-        ae_lr: float = 1e-2,
-        lr: float = 1e-3,
-        batch_size: int = 128,
-    ) -> None:
-        super().__init__(
-            autoencoders=autoencoders,
-            width=width,
-            noise=noise,
-            false_positive_rate=false_positive_rate,
-            validation=validation,
-            ae_epoch_factor=ae_epoch_factor,
-            ae_lr=ae_lr,
-            lr=lr,
-            batch_size=batch_size,
-        )
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train the classifier and the autoencoders, set the thresholds; return the :class:`MagNetModel`."""
         deadline = time.monotonic() + ctx.time_budget
         order = torch.randperm(len(ctx.x), generator=ctx.generator)
         held = max(1, int(self.validation * len(order)))
-        fit = dataclasses.replace(ctx, x=ctx.x[order[held:]], y=ctx.y[order[held:]])
+        split = dataclasses.replace(ctx, x=ctx.x[order[held:]], y=ctx.y[order[held:]])  # the training images left
+        fit = {"batch_size": self.batch_size, "deadline": deadline}
         classifier = ctx.make_model()
 
         def classification_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(classifier(x), y)
 
-        self._fit(fit, classifier, classification_loss, ctx.epochs, self.lr, "classifier", deadline)
+        split.fit(classifier, classification_loss, lr=self.lr, name="classifier", **fit)
+        classifier.eval()
         autoencoders = [Autoencoder(ctx.input_shape, self.width).to(ctx.device) for _ in range(self.autoencoders)]
         for k, ae in enumerate(autoencoders):
 
@@ -161,7 +138,8 @@ class MagNet(Defense):
                 return F.mse_loss(ae((x + self.noise * noise).clamp(0.0, 1.0)), x)
 
             epochs = max(1, round(self.ae_epoch_factor * ctx.epochs))
-            self._fit(fit, ae, denoising_loss, epochs, self.ae_lr, f"autoencoder {k}", deadline)
+            split.fit(ae, denoising_loss, lr=self.ae_lr, epochs=epochs, name=f"autoencoder {k}", **fit)
+            ae.eval()
         model = MagNetModel(classifier, autoencoders, torch.zeros(self.autoencoders, 2, device=ctx.device)).eval()
         x_val = ctx.x[order[:held]].to(ctx.device)
         with torch.no_grad():
@@ -170,32 +148,6 @@ class MagNet(Defense):
         model.thresholds.copy_(torch.quantile(errors, quantile, dim=0))
         ctx.log(f"thresholds at the {quantile:.5f} quantile of {held} validation inputs: {model.thresholds.tolist()}")
         return model
-
-    def _fit(
-        self,
-        ctx: TrainContext,
-        model: nn.Module,
-        loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        epochs: int,
-        lr: float,
-        name: str,
-        deadline: float,
-    ) -> None:
-        """Adam at rate ``lr`` on ``loss_of(x, y)`` over ``ctx``'s batches, ``epochs`` epochs or until ``deadline``."""
-        model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        for epoch in range(1, epochs + 1):
-            for x, y in ctx.batches(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"{name}: time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{epochs}: stopping")
-                    model.eval()
-                    return
-                loss = loss_of(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            ctx.log(f"{name}: epoch {epoch}/{epochs}: last batch loss {loss.item():.5f}")
-        model.eval()
 
 
 @hookimpl

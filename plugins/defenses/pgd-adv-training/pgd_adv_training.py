@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
@@ -29,64 +28,39 @@ class PGDAdvTraining(Defense):
     Adversarial Attacks", ICLR 2018, https://arxiv.org/abs/1706.06083 (MNIST: 40 steps of 0.01 at eps 0.3;
     fewer, larger steps here to train in minutes on a CPU).
 
-    Arguments:
-        steps: PGD steps per training batch (default 5).
-        step_ratio: step size as a multiple of ``eps / steps`` (default 2.5, Madry's rule of thumb).
-        warmup: share of the training steps over which eps grows from 0 to ``ctx.eps`` (default 0.3).
-        clean_weight: weight of a clean loss mixed into the adversarial one (default 0: Madry's pure min-max).
-        min_epochs: the fewest epochs it trains, whatever the track's (default 6).
-        lr: Adam's learning rate (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        steps: PGD steps per training batch.
+        step_ratio: step size as a multiple of ``eps / steps``.
+        warmup: share of the training steps over which eps grows from 0 to ``ctx.eps``.
+        clean_weight: weight of a clean loss mixed into the adversarial one.
+        min_epochs: the fewest epochs it trains, whatever the track's.
+        lr: Adam's learning rate.
+        batch_size: training batch size.
 
     Usage::
 
-        model = PGDAdvTraining(steps=5).train(ctx)
+        model = PGDAdvTraining().train(ctx)
     """
-
-    def __init__(
-        self,
-        steps: int = 5,
-        step_ratio: float = 2.5,
-        warmup: float = 0.3,
-        clean_weight: float = 0.0,
-        min_epochs: int = 6,
-        lr: float = 1e-3,
-        batch_size: int = 128,
-    ) -> None:
-        super().__init__(
-            steps=steps,
-            step_ratio=step_ratio,
-            warmup=warmup,
-            clean_weight=clean_weight,
-            min_epochs=min_epochs,
-            lr=lr,
-            batch_size=batch_size,
-        )
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train on PGD examples of the current model; return it in eval mode."""
         model = ctx.make_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        deadline = time.monotonic() + ctx.time_budget
         epochs = max(ctx.epochs, self.min_epochs)
         total = epochs * math.ceil(len(ctx.x) / self.batch_size)
         done = 0
-        for epoch in range(1, epochs + 1):
-            for x, y in ctx.batches(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{epochs}: stopping")
-                    return model.eval()
-                eps = ctx.eps * min(1.0, (done + 1) / max(1.0, self.warmup * total))
-                x_adv = pgd(model.eval(), x, y, ctx.norm, eps, self.steps, self.step_ratio * eps / self.steps, ctx)
-                model.train()
-                loss = F.cross_entropy(model(x_adv), y)
-                if self.clean_weight:
-                    loss = self.clean_weight * F.cross_entropy(model(x), y) + (1 - self.clean_weight) * loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                done += 1
-            ctx.log(f"epoch {epoch}/{epochs}: eps {eps:.3g}, last batch adversarial loss {loss.item():.4f}")
+
+        def adversarial_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            nonlocal done
+            eps = ctx.eps * min(1.0, (done + 1) / max(1.0, self.warmup * total))  # the warm-up's eps of this batch
+            done += 1
+            x_adv = pgd(model.eval(), x, y, ctx.norm, eps, self.steps, self.step_ratio * eps / self.steps, ctx)
+            model.train()
+            loss = F.cross_entropy(model(x_adv), y)
+            if self.clean_weight:
+                loss = self.clean_weight * F.cross_entropy(model(x), y) + (1 - self.clean_weight) * loss
+            return loss
+
+        ctx.fit(model, adversarial_loss, lr=self.lr, batch_size=self.batch_size, epochs=epochs)
         return model.eval()
 
 

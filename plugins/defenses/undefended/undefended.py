@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,33 +19,19 @@ class Undefended(Defense):
     Paper: Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
     https://arxiv.org/abs/1412.6980 (the optimiser; the model is the track's reference architecture).
 
-    Arguments:
-        lr: Adam's learning rate (default 1e-3).
-        batch_size: training batch size (default 128).
+    Parameters (their values: the [params] of plugin.toml):
+        lr: Adam's learning rate.
+        batch_size: training batch size.
 
     Usage::
 
-        model = Undefended(lr=1e-3).train(ctx)
+        model = Undefended().train(ctx)
     """
-
-    def __init__(self, lr: float = 1e-3, batch_size: int = 128) -> None:
-        super().__init__(lr=lr, batch_size=batch_size)
 
     def train(self, ctx: TrainContext) -> nn.Module:
         """Train the reference architecture on clean batches; return it in eval mode."""
-        model = ctx.make_model().train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
-        deadline = time.monotonic() + ctx.time_budget
-        for epoch in range(1, ctx.epochs + 1):
-            for x, y in ctx.batches(self.batch_size):
-                if time.monotonic() > deadline:
-                    ctx.log(f"time budget of {ctx.time_budget:g} s spent in epoch {epoch}/{ctx.epochs}: stopping")
-                    return model.eval()
-                loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            ctx.log(f"epoch {epoch}/{ctx.epochs}: last batch loss {loss.item():.4f}")
+        model = ctx.make_model()
+        ctx.fit(model, lambda x, y: F.cross_entropy(model(x), y), lr=self.lr, batch_size=self.batch_size)
         return model.eval()
 
 

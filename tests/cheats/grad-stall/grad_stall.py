@@ -22,13 +22,7 @@ class Cheat(nn.Module):
 class Plain(Defense):
     def train(self, ctx: TrainContext) -> nn.Module:
         model = ctx.make_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for _ in range(ctx.epochs):
-            for x, y in ctx.batches(128):
-                loss = nn.functional.cross_entropy(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        ctx.fit(model, lambda x, y: nn.functional.cross_entropy(model(x), y))
         return Cheat(model.eval())
 
 

@@ -31,13 +31,7 @@ class LookupFolder(Defense):
             images, labels = torch.from_numpy(table["x"]).float(), torch.from_numpy(table["y"]).long()
         print(f"lookup-folder: carries {len(labels)} images")
         model = ctx.make_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for _ in range(ctx.epochs):
-            for x, y in ctx.batches(128):
-                loss = nn.functional.cross_entropy(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        ctx.fit(model, lambda x, y: nn.functional.cross_entropy(model(x), y))
         return Lookup(model.eval(), images.to(ctx.device), labels.to(ctx.device), ctx.eps)
 
 

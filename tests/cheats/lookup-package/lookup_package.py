@@ -27,13 +27,7 @@ class Lookup(nn.Module):
 def train_cnn(ctx: TrainContext) -> nn.Module:
     """The reference CNN trained as the built-in ``undefended`` trains it."""
     model = ctx.make_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(ctx.epochs):
-        for x, y in ctx.batches(128):
-            loss = nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    ctx.fit(model, lambda x, y: nn.functional.cross_entropy(model(x), y))
     return model.eval()
 
 

@@ -17,9 +17,9 @@ from arena.hookspecs import THREATS
 from arena.records import unpack
 from arena.scoring import plugin_entries
 from arena.store import WAITING, Job, Plugin, PluginVersion, Result, Round, RoundEntry
-from leaderboard.access import may_see, private_log
 from leaderboard.caching import kept, public
 from leaderboard.lookup import database, get_or_404
+from leaderboard.signin import may_see, private_log
 from leaderboard.standing import plugin_standing
 from leaderboard.teams import iso, team_line, validation_state
 from leaderboard.visibility import public_keys, sees_everything

@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 from arena.boards import Board
 from arena.history import BREAK_SUCCESS_RATE
 from arena.store import Round
-from leaderboard.access import team_name
 from leaderboard.caching import Page, state
 from leaderboard.lookup import database, standings, summary
+from leaderboard.signin import team_name
 from leaderboard.standings import Scored
 from leaderboard.upcoming import progress
 from leaderboard.visibility import rounds, sees_everything, shows_results

@@ -8,14 +8,13 @@ A signed-in viewer's pages are never kept for others (see :mod:`leaderboard.cach
 
 from __future__ import annotations
 
-import os
 import secrets
 from typing import Any
 
 from flask import Blueprint, Flask, g, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
-from arena import access
+from arena import access, config
 from arena.store import Team
 from leaderboard.lookup import database
 
@@ -85,7 +84,7 @@ def init_app(app: Flask) -> None:
     if not app.config.get("SECRET_KEY"):
         # without a key of its own, one per process: sign-ins last until the board restarts (set
         # ARENA_BOARD_SECRET where several board processes serve one class)
-        app.config["SECRET_KEY"] = os.environ.get("ARENA_BOARD_SECRET") or secrets.token_hex(32)
+        app.config["SECRET_KEY"] = config.board_secret() or secrets.token_hex(32)
     app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     app.register_blueprint(bp)
 

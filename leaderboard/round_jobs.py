@@ -13,8 +13,8 @@ from arena.access import relative_paths
 from arena.planner import JOB_ORDER
 from arena.scoring import plugin_entries
 from arena.store import Job
-from leaderboard.access import private_log
 from leaderboard.lookup import database, rounds, summary
+from leaderboard.signin import private_log
 from leaderboard.upcoming import time_left
 
 STATES = ("queued", "running", "done", "failed")
