@@ -23,6 +23,7 @@ from arena.hookspecs import (  # noqa: E402 (after the OpenMP setting)
     TrainContext,
     hookimpl,
 )
+from arena.neighbors import neighbor_points  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "TrainContext",
     "expectation",
     "hookimpl",
+    "neighbor_points",
     "spsa_descent",
     "spsa_gradient",
     "__version__",

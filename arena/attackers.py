@@ -168,9 +168,11 @@ def play_attack(
             _excused(watch, queries.probs), track.input_shape, track.levels, _query_look(track, evaluation)
         )
         train_split = functools.cache(lambda: _train_split(spec))  # made once per match, if asked for
+        public_split = functools.cache(lambda: _public_split(spec))
         services = {
             "query": server,
             "train-data": lambda _: train_split(),
+            "public-data": lambda _: public_split(),
             "defense-fault": lambda report: _confirm(spec, report, faults, unreproduced),
         }
         remote = None
@@ -278,6 +280,12 @@ def _train_split(spec: MatchSpec) -> tuple[np.ndarray, np.ndarray]:
     """The track's public training split, for an attack that asks (``target.train_data``)."""
     x, y = spec.track.train_set(spec.data_dir)
     return x.numpy(), y.numpy()
+
+
+def _public_split(spec: MatchSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The track's public held-out split, the originals of its evaluation images (``target.public_data``)."""
+    data = spec.track.load(spec.data_dir)
+    return data.x_test, data.y_test
 
 
 def _decode(reply: tuple) -> torch.Tensor:
