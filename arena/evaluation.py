@@ -24,20 +24,29 @@ artifact; workers and sandboxes never see the secret, the data folder or the dis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from arena.data import Dataset
 from arena.distortions import DISTORTIONS, distort, min_move
+from arena.hookspecs import Budget
+from arena.neighbors import breakable
 from arena.records import pack, unpack
 from arena.referee import quantize
 from arena.tracks import EVAL_SEED, Track, TrackError, fixed_targets
 from arena.training import derive_seed
 
 #: bump when the distortion or the drawing of images changes: evaluation sets are keyed under it
-EVALUATION_VERSION = "2"
+EVALUATION_VERSION = "3"
+#: candidate draws of each image's distortion (the first is kept unless a lookup of the public originals holds
+#: its budget ball, see :func:`_unheld`); their seeds are drawn as version 2 drew its one draw, so an image
+#: whose first draw stands is the image version 2 evaluated
+DRAWS = 16
+SEED_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ def build(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
     made = _images(track, data_dir, secret)
     if track.transform == "none":
         return made
-    return replace(made, photo_seed=derive_seed(secret, "photo", track.name, EVALUATION_VERSION) or 1)
+    return replace(made, photo_seed=derive_seed(secret, "photo", track.name, SEED_VERSION) or 1)
 
 
 def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
@@ -84,7 +93,7 @@ def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
     if track.evaluation == "public":
         x, y, index, targets = track.eval_set(data_dir)
         return EvalSet(quantize(x, track.levels), y, index, targets)
-    rng = np.random.RandomState(derive_seed(secret, "evaluation", track.dataset, EVALUATION_VERSION))
+    rng = np.random.RandomState(derive_seed(secret, "evaluation", track.dataset, SEED_VERSION))
     if track.evaluation == "private":
         x, y = _read_private(track)
         chosen = _subset(track, rng.permutation(len(y)))
@@ -93,9 +102,16 @@ def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
     data = track.load(data_dir)
     n = len(data.y_test)
     chosen = _subset(track, rng.permutation(n))
-    generator = torch.Generator().manual_seed(int(rng.randint(2**31)))
+    seeds = [int(rng.randint(2**31)) for _ in range(DRAWS)]
     away = min_move(track.norm, track.eps)
-    images = distort(torch.tensor(data.x_test), generator, DISTORTIONS[track.dataset], chosen, track.levels, away)
+
+    def draw(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return distort(torch.tensor(data.x_test), generator, DISTORTIONS[track.dataset], chosen, track.levels, away)
+
+    images = draw(seeds[0])
+    if track.norm in ("linf", "l2") and track.transform == "none":
+        images = _unheld(track, data, images, torch.from_numpy(data.y_test[chosen.numpy()]), seeds[1:], draw)
     targets = fixed_targets(data.y_test, np.random.RandomState(EVAL_SEED), track.num_classes)
     return EvalSet(
         images,
@@ -103,6 +119,25 @@ def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
         chosen,
         torch.from_numpy(targets[chosen.numpy()]),
     )
+
+
+def _unheld(
+    track: Track, data: Dataset, images: torch.Tensor, y: torch.Tensor, seeds: list[int], draw: Callable
+) -> torch.Tensor:
+    """``images``, each replaced by its first later draw (from ``seeds``) whose budget ball no lookup of the
+    public originals holds (:func:`arena.neighbors.breakable`), where the first draw's ball is held."""
+    public_x = torch.tensor(np.concatenate([data.x_train, data.x_test]))
+    public_y = torch.tensor(np.concatenate([data.y_train, data.y_test]))
+    budget = Budget(track.norm, track.eps, 0, torch.Generator(), levels=track.levels)
+    todo = ~breakable(images, y, public_x, public_y, budget)
+    for seed in seeds:
+        if not todo.any():
+            break
+        candidate = draw(seed)
+        rows = todo.nonzero().squeeze(1)
+        rows = rows[breakable(candidate[rows], y[rows], public_x, public_y, budget)]
+        images[rows], todo[rows] = candidate[rows], False
+    return images
 
 
 def _subset(track: Track, order: np.ndarray) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
     python bench/cheating.py [--track digits] [--eval-size 300] [--evaluation public]
     python bench/cheating.py --masking     # the squeezes: every attack, then with autoattack and spsa
+    python bench/cheating.py --lookups [--builtins fgsm,pgd,...]  # lookups of the public images (lookup-public)
 
 Prints, per threat, each defense's clean and worst-case robust accuracy. A cheat that works scores far
 above ``undefended``; the arena's secret evaluation data and pixel grid keep each at its honest level.
@@ -35,12 +36,20 @@ def main() -> None:
         action="store_true",
         help="the squeezes and built-in defenses against every built-in attack, then again with the reference attacks",
     )
+    parser.add_argument("--lookups", action="store_true", help="the lookups of the public images (cheating.LOOKUPS)")
+    parser.add_argument("--builtins", default=None, help="the built-in plugins that play, comma-separated")
     args = parser.parse_args()
     track = dataclasses.replace(TRACKS[args.track], evaluation=args.evaluation)
     if args.eval_size:
         track = dataclasses.replace(track, eval_size=args.eval_size)
     root = Path(tempfile.mkdtemp(prefix="arena-cheating-", dir=Path.home()))
     os.environ["ARENA_HOME"] = str(root / "home")
+    if args.lookups:
+        builtins = tuple(args.builtins.split(",")) if args.builtins else cheating.LOOKUP_BUILTINS
+        folder = cheating.install_lookups(root / "plugins", track.load(Settings.from_env().data_dir))
+        os.environ.update(cheating.environment(folder, builtins))
+        show(track, *timed_round(track))
+        return
     if not args.masking:
         os.environ.update(cheating.environment(cheating.install(root / "plugins")))
         show(track, *timed_round(track))

@@ -21,6 +21,8 @@ DATA_CHEATS = ("lookup-package", "lookup-folder", "grid-detector")
 MASKERS = ("squeeze-masked", "squeeze-straight-through")
 #: the attacks of a round of the data cheats: the issue's pool without the slow cw-l2 (pgd breaks a plain CNN)
 ATTACKS = ("fgsm", "pgd", "simba", "transfer")
+#: the round of the lookups: attacks that include the one that leaves a lookup's ball, and the defense to beat
+LOOKUP_BUILTINS = ("fgsm", "pgd", "simba", "transfer", "neighbors", "undefended", "pgd-adv-training")
 #: lookups of the public images (tests/cheats/lookup-public) by name: norms, radii, sketches, registration
 LOOKUPS = {
     "lookup-l2": {"norm": "l2", "radius": 2.0},

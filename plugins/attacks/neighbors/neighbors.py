@@ -14,14 +14,16 @@ class Neighbors(Attack):
     With ``o`` the nearest public image of the input's class and ``o'_1 .. o'_k`` the nearest public images of
     other classes (``target.public_data``, and ``target.train_data`` if ``train_split``), the starts are
 
-    .. math:: s_0 = x + \epsilon\, u(x - o), \qquad s_j = x + \epsilon\, u(o'_j - o) \quad (j = 1..k)
+    .. math:: s_0 = x + \epsilon\, u(x - o), \quad s_{2j-1} = x + \epsilon\, u(o'_j - o), \quad
+              s_{2j} = x + \epsilon\, u(o'_j - x) \quad (j = 1..k)
 
     with ``u = sign`` for linf and ``v / ||v||_2`` for l2 (:func:`arena.neighbor_points`): ``s_0`` is the
-    point of the ball farthest from ``o``, ``s_j`` the one that most favours ``o'_j`` over ``o``. From each
+    point of the ball farthest from ``o``, ``s_{2j-1}`` the one that most favours ``o'_j`` over ``o`` in L2,
+    ``s_{2j}`` the nearest to ``o'_j`` in L-inf. From each
     start, ``steps`` signed (linf) or normalised (l2) gradient steps of size ``rel_step * eps`` up the
     cross-entropy of ``target.model`` (white- and gray-box) or of ``target.substitute`` (black-box), each
     projected onto the ball and the track's grid. Per sample it returns the first point the model misclassifies
-    (black-box: the starts and the ends of the steps are sent to ``target.query``, ``2 (k + 1)`` queries per
+    (black-box: the starts and the ends of the steps are sent to ``target.query``, ``2 (2k + 1)`` queries per
     sample at most), else the one with the smallest margin of the true class.
 
     A defense that answers the label of the nearest public image inside some radius is flat there, so no
