@@ -26,7 +26,8 @@ def neighbor_points(
 ) -> torch.Tensor:
     """Candidate points of the budget ball per image, shaped (N, 2 count + 1, C, H, W), as the referee keeps them.
 
-    Candidate 0 moves away from the nearest public image ``o`` of the image's own class ``y``; then, for each
+    Candidate 0 moves away from the nearest public image ``o`` of the image's own class ``y`` (towards the middle
+    grey where a pixel equals ``o``'s); then, for each
     of the ``count`` nearest public images ``o'`` of other classes (nearest first), one candidate moves along
     ``o' - o`` (the L2 comparison's best) and one straight towards ``o'`` (along ``o' - x``: the nearest the
     ball comes to ``o'`` in L-inf). An image whose class has no public image has ``o = x``.
@@ -43,7 +44,7 @@ def neighbor_points(
         others.append(distance.masked_fill(same, float("inf")).topk(k, dim=1, largest=False).indices)
     own = torch.cat(own)
     origin = torch.where((labels[own] == y.to(labels.device))[:, None], images[own], flat)
-    directions = [flat - origin]
+    directions = [torch.where(flat != origin, flat - origin, 0.5 - flat)]  # where x = o, away into [0, 1]
     for column in torch.cat(others).unbind(dim=1):
         directions += [images[column] - origin, images[column] - flat]
     points = [budget.snap(_step(flat, d, budget).view_as(x), x) for d in directions]
