@@ -111,7 +111,7 @@ def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
 
     images = draw(seeds[0])
     if track.norm in ("linf", "l2") and track.transform == "none":
-        images = _unheld(track, data, images, torch.from_numpy(data.y_test[chosen.numpy()]), seeds[1:], draw)
+        images = _unheld(track, data, images, chosen, seeds[1:], draw)
     targets = fixed_targets(data.y_test, np.random.RandomState(EVAL_SEED), track.num_classes)
     return EvalSet(
         images,
@@ -122,21 +122,22 @@ def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
 
 
 def _unheld(
-    track: Track, data: Dataset, images: torch.Tensor, y: torch.Tensor, seeds: list[int], draw: Callable
+    track: Track, data: Dataset, images: torch.Tensor, chosen: torch.Tensor, seeds: list[int], draw: Callable
 ) -> torch.Tensor:
-    """``images``, each replaced by its first later draw (from ``seeds``) whose budget ball no lookup of the
-    public originals holds (:func:`arena.neighbors.breakable`), where the first draw's ball is held."""
+    """``images``, each whose budget ball a lookup of the public originals holds (:func:`arena.neighbors.breakable`)
+    replaced by the least distorted (in L2) of its later draws (from ``seeds``) whose ball none holds, if any."""
     public_x = torch.tensor(np.concatenate([data.x_train, data.x_test]))
     public_y = torch.tensor(np.concatenate([data.y_train, data.y_test]))
     budget = Budget(track.norm, track.eps, 0, torch.Generator(), levels=track.levels)
-    todo = ~breakable(images, y, public_x, public_y, budget)
+    y = torch.tensor(data.y_test[chosen.numpy()])
+    rows = (~breakable(images, y, public_x, public_y, budget)).nonzero().squeeze(1)
+    originals = torch.tensor(data.x_test[chosen.numpy()])[rows]
+    best = torch.full((len(rows),), float("inf"))
     for seed in seeds:
-        if not todo.any():
-            break
-        candidate = draw(seed)
-        rows = todo.nonzero().squeeze(1)
-        rows = rows[breakable(candidate[rows], y[rows], public_x, public_y, budget)]
-        images[rows], todo[rows] = candidate[rows], False
+        candidate = draw(seed)[rows]
+        moved = (candidate - originals).flatten(1).norm(dim=1)
+        better = breakable(candidate, y[rows], public_x, public_y, budget) & (moved < best)
+        images[rows[better]], best[better] = candidate[better], moved[better]
     return images
 
 

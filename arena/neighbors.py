@@ -27,10 +27,10 @@ def neighbor_points(
     """Candidate points of the budget ball per image, shaped (N, 2 count + 1, C, H, W), as the referee keeps them.
 
     Candidate 0 moves away from the nearest public image ``o`` of the image's own class ``y`` (towards the middle
-    grey where a pixel equals ``o``'s); then, for each
-    of the ``count`` nearest public images ``o'`` of other classes (nearest first), one candidate moves along
-    ``o' - o`` (the L2 comparison's best) and one straight towards ``o'`` (along ``o' - x``: the nearest the
-    ball comes to ``o'`` in L-inf). An image whose class has no public image has ``o = x``.
+    grey where a pixel equals ``o``'s); then, for each of the ``count`` nearest public images ``o'`` of other
+    classes (nearest first), one candidate moves along ``o' - o`` (the L2 comparison's best) and one comes as
+    near to ``o'`` as the ball allows (:func:`_towards`: under L-inf, farthest from ``o`` among those points).
+    An image whose class has no public image has ``o = x``.
     """
     flat = x.flatten(1)
     images = public_x.to(flat.device, flat.dtype).flatten(1)
@@ -44,11 +44,21 @@ def neighbor_points(
         others.append(distance.masked_fill(same, float("inf")).topk(k, dim=1, largest=False).indices)
     own = torch.cat(own)
     origin = torch.where((labels[own] == y.to(labels.device))[:, None], images[own], flat)
-    directions = [torch.where(flat != origin, flat - origin, 0.5 - flat)]  # where x = o, away into [0, 1]
+    away = _step(flat, torch.where(flat != origin, flat - origin, 0.5 - flat), budget)  # where x = o, into [0, 1]
+    points = [away]
     for column in torch.cat(others).unbind(dim=1):
-        directions += [images[column] - origin, images[column] - flat]
-    points = [budget.snap(_step(flat, d, budget).view_as(x), x) for d in directions]
-    return torch.stack(points, dim=1)
+        points += [_step(flat, images[column] - origin, budget), _towards(flat, images[column], away, budget)]
+    return torch.stack([budget.snap(point.view_as(x), x) for point in points], dim=1)
+
+
+def _towards(flat: torch.Tensor, other: torch.Tensor, away: torch.Tensor, budget: Budget) -> torch.Tensor:
+    """The point of the ball nearest to ``other``: along ``other - x`` under L2; under L-inf, of the points as
+    near to ``other`` as can be (``gap``), the one nearest to ``away`` (farthest from the own-class original)."""
+    if budget.norm != "linf":
+        return _step(flat, other - flat, budget)
+    low, high = flat - budget.eps, flat + budget.eps
+    gap = (other.clamp(low, high) - other).abs().amax(dim=1, keepdim=True)
+    return torch.maximum(torch.minimum(away, torch.minimum(other + gap, high)), torch.maximum(other - gap, low))
 
 
 def _step(flat: torch.Tensor, direction: torch.Tensor, budget: Budget) -> torch.Tensor:
