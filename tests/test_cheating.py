@@ -48,6 +48,8 @@ def test_lookups_of_the_public_images_rank_below_pgd_training(
 ) -> None:
     """Issue 24: a lookup of the public originals (L2 or L-inf, any radius, a 4 x 4 sketch, registered over
     shifts) is flat inside its ball; ``neighbors`` starts outside it, so each ranks below PGD training."""
+    arena_home.mkdir(parents=True, exist_ok=True)
+    (arena_home / "secret").write_text("ab" * 32)  # the secret of the round in docs/evaluation.md: no chance draw
     folder = install_lookups(tmp_path / "cheats", load_digits())
     for name, value in environment(folder, LOOKUP_BUILTINS).items():
         monkeypatch.setenv(name, value)
