@@ -17,7 +17,8 @@ track's eps) of its original is drawn again, more strongly, so that no lookup wi
 it. On an L-inf or L2 track without a print-and-photo step, an image whose budget ball a lookup of the
 public originals of any radius would hold (:func:`arena.neighbors.breakable`) becomes the least distorted
 of up to ``DRAWS - 1`` further draws whose ball none holds (issue 24). The same secret gives the same
-images (results stay cacheable, every plugin meets the same images); a new secret starts afresh. ``public`` evaluates the published split as it is (to compare
+images (results stay cacheable, every plugin meets the same images); a new secret starts afresh.
+``public`` evaluates the published split as it is (to compare
 with papers); ``private`` reads an instructor's own ``.npz``.
 
 The planner builds a track's set once, in the process that holds the secret, and stores it as an
