@@ -17,6 +17,7 @@ from arena.hookspecs import (
     TrainContext,
     hookimpl,
 )
+from arena.neighbors import neighbor_points
 from arena.norms import l2_norms
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "expectation",
     "hookimpl",
     "l2_norms",
+    "neighbor_points",
     "spsa_descent",
     "spsa_gradient",
     "__version__",

@@ -176,9 +176,11 @@ def play_attack(
         )
         train_split = functools.cache(lambda: _train_split(spec))  # made once per match, if asked for
         attacked_host = host_of(spec, timings, spec.attacked_artifact)
+        public_split = functools.cache(lambda: _public_split(spec))
         services = {
             wire.QUERY: server,
             wire.TRAIN_DATA: lambda _: train_split(),
+            wire.PUBLIC_DATA: lambda _: public_split(),
             wire.DEFENSE_FAULT: lambda report: _confirm(attacked_host, spec, report, faults, unreproduced),
         }
         remote = None
@@ -289,6 +291,12 @@ def _train_split(spec: MatchSpec) -> tuple[np.ndarray, np.ndarray]:
     """The track's public training split, for an attack that asks (``target.train_data``)."""
     x, y = spec.track.train_set(spec.data_dir)
     return x.numpy(), y.numpy()
+
+
+def _public_split(spec: MatchSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The track's public held-out split, the originals of its evaluation images (``target.public_data``)."""
+    data = spec.track.load(spec.data_dir)
+    return data.x_test, data.y_test
 
 
 def _decode(answer: object) -> torch.Tensor:

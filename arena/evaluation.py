@@ -14,8 +14,11 @@ secret. Each image gets
 
 and is then quantised to the track's pixel grid. An image that stays within ``MIN_MOVE`` (or an L-inf
 track's eps) of its original is drawn again, more strongly, so that no lookup within the budget finds
-it. The same secret gives the same images (results stay cacheable, every plugin meets the same
-images); a new secret starts afresh. ``public`` evaluates the published split as it is (to compare
+it. On an L-inf or L2 track without a print-and-photo step, an image whose budget ball a lookup of the
+public originals of any radius would hold (:func:`arena.neighbors.breakable`) becomes the least distorted
+of up to ``DRAWS - 1`` further draws whose ball none holds (issue 24). The same secret gives the same
+images (results stay cacheable, every plugin meets the same images); a new secret starts afresh.
+``public`` evaluates the published split as it is (to compare
 with papers); ``private`` reads an instructor's own ``.npz``.
 
 The planner builds a track's set once, in the process that holds the secret, and stores it as an
@@ -24,20 +27,29 @@ artifact; workers and sandboxes never see the secret, the data folder or the dis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from arena.data import Dataset
 from arena.distortions import DISTORTIONS, distort, min_move
+from arena.hookspecs import Budget
+from arena.neighbors import breakable
 from arena.records import pack, unpack
 from arena.referee import quantize
 from arena.tracks import EVAL_SEED, Track, TrackError, fixed_targets
 from arena.training import derive_seed
 
 #: bump when the distortion or the drawing of images changes: evaluation sets are keyed under it
-EVALUATION_VERSION = "2"
+EVALUATION_VERSION = "3"
+#: candidate draws of each image's distortion (the first is kept unless a lookup of the public originals holds
+#: its budget ball, see :func:`_unheld`); their seeds are drawn as version 2 drew its one draw, so an image
+#: whose first draw stands is the image version 2 evaluated
+DRAWS = 16
+SEED_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,7 @@ def build(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
     made = _images(track, data_dir, secret)
     if track.transform == "none":
         return made
-    return replace(made, photo_seed=derive_seed(secret, "photo", track.name, EVALUATION_VERSION) or 1)
+    return replace(made, photo_seed=derive_seed(secret, "photo", track.name, SEED_VERSION) or 1)
 
 
 def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
@@ -84,7 +96,7 @@ def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
     if track.evaluation == "public":
         x, y, index, targets = track.eval_set(data_dir)
         return EvalSet(quantize(x, track.levels), y, index, targets)
-    rng = np.random.RandomState(derive_seed(secret, "evaluation", track.dataset, EVALUATION_VERSION))
+    rng = np.random.RandomState(derive_seed(secret, "evaluation", track.dataset, SEED_VERSION))
     if track.evaluation == "private":
         x, y = _read_private(track)
         chosen = _subset(track, rng.permutation(len(y)))
@@ -93,9 +105,16 @@ def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
     data = track.load(data_dir)
     n = len(data.y_test)
     chosen = _subset(track, rng.permutation(n))
-    generator = torch.Generator().manual_seed(int(rng.randint(2**31)))
+    seeds = [int(rng.randint(2**31)) for _ in range(DRAWS)]
     away = min_move(track.norm, track.eps)
-    images = distort(torch.tensor(data.x_test), generator, DISTORTIONS[track.dataset], chosen, track.levels, away)
+
+    def draw(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return distort(torch.tensor(data.x_test), generator, DISTORTIONS[track.dataset], chosen, track.levels, away)
+
+    images = draw(seeds[0])
+    if track.norm in ("linf", "l2") and track.transform == "none":
+        images = _unheld(track, data, images, chosen, seeds[1:], draw)
     targets = fixed_targets(data.y_test, np.random.RandomState(EVAL_SEED), track.num_classes)
     return EvalSet(
         images,
@@ -103,6 +122,26 @@ def _images(track: Track, data_dir: Path, secret: bytes) -> EvalSet:
         chosen,
         torch.from_numpy(targets[chosen.numpy()]),
     )
+
+
+def _unheld(
+    track: Track, data: Dataset, images: torch.Tensor, chosen: torch.Tensor, seeds: list[int], draw: Callable
+) -> torch.Tensor:
+    """``images``, each whose budget ball a lookup of the public originals holds (:func:`arena.neighbors.breakable`)
+    replaced by the least distorted (in L2) of its later draws (from ``seeds``) whose ball none holds, if any."""
+    public_x = torch.tensor(np.concatenate([data.x_train, data.x_test]))
+    public_y = torch.tensor(np.concatenate([data.y_train, data.y_test]))
+    budget = Budget(track.norm, track.eps, 0, torch.Generator(), levels=track.levels)
+    y = torch.tensor(data.y_test[chosen.numpy()])
+    rows = (~breakable(images, y, public_x, public_y, budget)).nonzero().squeeze(1)
+    originals = torch.tensor(data.x_test[chosen.numpy()])[rows]
+    best = torch.full((len(rows),), float("inf"))
+    for seed in seeds:
+        candidate = draw(seed)[rows]
+        moved = (candidate - originals).flatten(1).norm(dim=1)
+        better = breakable(candidate, y[rows], public_x, public_y, budget) & (moved < best)
+        images[rows[better]], best[better] = candidate[better], moved[better]
+    return images
 
 
 def _subset(track: Track, order: np.ndarray) -> torch.Tensor:

@@ -181,6 +181,12 @@ class Target(abc.ABC):
     def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The track's public training split ``(x, y)``, to train substitutes of your own."""
 
+    @property
+    @abc.abstractmethod
+    def public_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The track's public held-out split ``(x, y)``: the published originals that the secret evaluation
+        images are distortions of (what a defense could carry; :func:`arena.neighbor_points` uses it)."""
+
 
 class Attack(Configured, abc.ABC):
     """Base class of attacks.

@@ -258,6 +258,7 @@ class ArenaTarget(Target):
         self._model = GuardedModel(model, conn, input_shape, num_classes) if model is not None and guard else model
         self._substitute = substitute
         self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._public_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._used = 0
         self._left = 0
 
@@ -281,6 +282,15 @@ class ArenaTarget(Target):
             x, y = self._conn.recv()
             self._train_data = torch.from_numpy(x), torch.from_numpy(y)
         return self._train_data
+
+    @property
+    def public_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Asked from the arena on first use, like :attr:`train_data`."""
+        if self._public_data is None:
+            self._conn.send(wire.service(wire.PUBLIC_DATA, None))
+            x, y = self._conn.recv()
+            self._public_data = torch.from_numpy(x), torch.from_numpy(y)
+        return self._public_data
 
     @property
     def queries_used(self) -> int:

@@ -37,7 +37,8 @@ STOP = Stop()
 READY = ("ready",)
 SETUP_ERROR = "sandbox-error"
 #: the services an attack's process may ask of the arena, and its one-way notices
-QUERY, TRAIN_DATA, DEFENSE_FAULT, MODEL, NOTICE = "query", "train-data", "defense-fault", "model", "notice"
+QUERY, TRAIN_DATA, PUBLIC_DATA = "query", "train-data", "public-data"
+DEFENSE_FAULT, MODEL, NOTICE = "defense-fault", "model", "notice"
 
 
 class Message(NamedTuple):

@@ -2,6 +2,9 @@
 
     python bench/cheating.py [--track digits] [--eval-size 300] [--evaluation public]
     python bench/cheating.py --masking     # the squeezes: every attack, then with autoattack and spsa
+    python bench/cheating.py --lookups [--builtins fgsm,pgd,...]  # lookups of the public images (lookup-public)
+
+``--secret HEX`` plays under a given arena secret (the same evaluation images and training seeds: paired runs).
 
 Prints, per threat, each defense's clean and worst-case robust accuracy. A cheat that works scores far
 above ``undefended``; the arena's secret evaluation data and pixel grid keep each at its honest level.
@@ -35,12 +38,24 @@ def main() -> None:
         action="store_true",
         help="the squeezes and built-in defenses against every built-in attack, then again with the reference attacks",
     )
+    parser.add_argument("--lookups", action="store_true", help="the lookups of the public images (cheating.LOOKUPS)")
+    parser.add_argument("--builtins", default=None, help="the built-in plugins that play, comma-separated")
+    parser.add_argument("--secret", default=None, help="the arena's secret, in hex (default: a fresh one)")
     args = parser.parse_args()
     track = dataclasses.replace(TRACKS[args.track], evaluation=args.evaluation)
     if args.eval_size:
         track = dataclasses.replace(track, eval_size=args.eval_size)
     root = Path(tempfile.mkdtemp(prefix="arena-cheating-", dir=Path.home()))
     os.environ["ARENA_HOME"] = str(root / "home")
+    if args.secret:
+        (root / "home").mkdir(parents=True)
+        (root / "home" / "secret").write_text(args.secret)
+    if args.lookups:
+        builtins = tuple(args.builtins.split(",")) if args.builtins else cheating.LOOKUP_BUILTINS
+        folder = cheating.install_lookups(root / "plugins", track.load(Settings.from_env().data_dir))
+        os.environ.update(cheating.environment(folder, builtins))
+        show(track, *timed_round(track))
+        return
     if not args.masking:
         os.environ.update(cheating.environment(cheating.install(root / "plugins")))
         show(track, *timed_round(track))

@@ -85,6 +85,10 @@ class WhiteBox(Target):
     def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError("the bench's attacks do not train")
 
+    @property
+    def public_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError("the bench's attacks do not look up public images")
+
 
 def substitute(track: Track, data_dir: Path, cache: Path) -> nn.Module:
     """The track's substitute, trained by the arena's own code (once, cached)."""

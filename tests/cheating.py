@@ -10,7 +10,7 @@ import numpy as np
 
 from arena import planner, scoring, versions
 from arena.config import Settings
-from arena.data import load_digits
+from arena.data import Dataset, load_digits
 from arena.execution import local
 from arena.store import Database
 from arena.tracks import Track
@@ -24,6 +24,16 @@ MASKERS = ("squeeze-masked", "squeeze-straight-through")
 FAILURE_CHEATS = ("batch-detector", "grad-exit", "grad-stall", "slow-model", "saboteur")
 #: the attacks of a round of the data cheats: the issue's pool without the slow cw-l2 (pgd breaks a plain CNN)
 ATTACKS = ("fgsm", "pgd", "simba", "transfer")
+#: the round of the lookups: attacks that include the one that leaves a lookup's ball, and the defense to beat
+LOOKUP_BUILTINS = ("fgsm", "pgd", "simba", "transfer", "neighbors", "undefended", "pgd-adv-training")
+#: lookups of the public images (tests/cheats/lookup-public) by name: norms, radii, sketches, registration
+LOOKUPS = {
+    "lookup-l2": {"norm": "l2", "radius": 2.0},
+    "lookup-l2-wide": {"norm": "l2", "radius": 4.0},
+    "lookup-linf": {"norm": "linf", "radius": 0.5},
+    "lookup-sketch": {"norm": "l2", "radius": 1.0, "sketch": 4},
+    "lookup-shifts": {"norm": "l2", "radius": 2.0, "shifts": 1},
+}
 REFERENCE_ATTACKS = ("autoattack", "spsa")
 ALL_ATTACKS = (
     "fgsm",
@@ -46,6 +56,22 @@ def install(folder: Path, cheats: tuple[str, ...] = DATA_CHEATS) -> Path:
     if "lookup-folder" in cheats:
         digits = load_digits()
         np.savez_compressed(folder / "defenses" / "lookup-folder" / "table.npz", x=digits.x_test, y=digits.y_test)
+    return folder
+
+
+def install_lookups(folder: Path, dataset: Dataset, variants: dict[str, dict] = LOOKUPS) -> Path:
+    """Install ``lookup-public`` under each name of ``variants`` with its parameters, carrying the public images
+    of ``dataset`` (digits: all 1,797; MNIST: its 10,000 held-out images); return ``folder``."""
+    public = (dataset.x_test, dataset.y_test)
+    if dataset.name == "digits":
+        public = (np.concatenate([dataset.x_train, dataset.x_test]), np.concatenate([dataset.y_train, dataset.y_test]))
+    for name, params in variants.items():
+        target = folder / "defenses" / name
+        shutil.copytree(CHEATS / "lookup-public", target, ignore=shutil.ignore_patterns("__pycache__"))
+        manifest = (target / "plugin.toml").read_text().replace('name = "lookup-public"', f'name = "{name}"')
+        table = "\n".join(f"{key} = {value!r}".replace("'", '"') for key, value in params.items())
+        (target / "plugin.toml").write_text(manifest.split("[params]")[0] + "[params]\n" + table + "\n")
+        np.savez_compressed(target / "table.npz", x=public[0], y=public[1])
     return folder
 
 

@@ -211,3 +211,8 @@ class HarnessTarget(Target):
     def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, _, _ = digits()
         return x, y
+
+    @property
+    def public_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        _, _, x, y = digits()
+        return x, y

@@ -25,7 +25,7 @@ from plugin_harness import (
 )
 from torch import nn
 
-from arena import Attack, Budget, ThreatModelError
+from arena import Attack, Budget, ThreatModelError, neighbor_points
 from arena.referee import perturbation_norms, project
 from arena.tracks import TRACKS, Track, TrackError
 
@@ -182,6 +182,7 @@ def test_white_box_attacks_refuse_to_play_black_box(name: str) -> None:
         ("deepfool", {"candidates": 1}),
         ("one-pixel", {"popsize": 3}),
         ("universal", {"fooling": 0.0}),
+        ("neighbors", {"rel_step": 0.0}),
     ],
 )
 def test_bad_parameters_fail_at_construction(name: str, params: dict) -> None:
@@ -390,3 +391,42 @@ def test_universal_in_black_box_builds_on_the_substitute_and_transfers() -> None
     x_adv = make_attack("universal").run(target, x, y, budget("linf"))
     assert target.queries_used == 0
     assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 0.08
+
+
+class _Lookup(nn.Module):
+    """The label of the nearest public image within an L2 ``radius`` of the input, else ``model``'s answer."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, radius: float) -> None:
+        super().__init__()
+        self.model, self.images, self.labels, self.radius = model, images.flatten(1), labels, radius
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distance, nearest = torch.cdist(x.flatten(1), self.images).min(dim=1)
+        known = nn.functional.one_hot(self.labels[nearest], 10).float() * 100.0
+        return torch.where((distance <= self.radius)[:, None], known, self.model(x))
+
+
+def test_neighbor_points_leave_the_nearest_original_and_approach_other_classes() -> None:
+    _, _, public_x, public_y = digits()
+    x, y = public_x[:40], public_y[:40]
+    points = neighbor_points(x, y, public_x, public_y, budget("linf"), count=3)
+    assert points.shape == (40, 7, *x.shape[1:])
+    assert sizes(points.flatten(0, 1), x.repeat_interleave(7, dim=0), "linf").max() <= EPS["linf"] + 1e-6
+    away = (points[:, 0] - x).flatten(1).norm(dim=1)  # x is its own nearest original
+    assert (away > 1.0).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("threat", ["white-box", "black-box"])
+def test_neighbors_leaves_the_flat_ball_of_a_lookup_of_the_public_images(threat: str) -> None:
+    """A lookup answers the held-out images themselves; pgd finds no gradient in its ball, neighbors leaves it."""
+    x, y = held_out(60)
+    _, _, public_x, public_y = digits()
+    lookup = _Lookup(reference_model(), public_x, public_y, radius=1.0)
+    pgd_target = HarnessTarget(lookup, substitute_model(), "white-box", MAX_QUERIES * len(x))
+    after_pgd = accuracy(lookup, make_attack("pgd").run(pgd_target, x, y, budget("linf")), y)
+    target = HarnessTarget(lookup, substitute_model(), threat, MAX_QUERIES * len(x))
+    x_adv = make_attack("neighbors").run(target, x, y, budget("linf"))
+    assert sizes(x_adv, x, "linf").max() <= EPS["linf"] + 1e-6
+    assert accuracy(lookup, x, y) == 1.0 and after_pgd > 0.9
+    assert accuracy(lookup, x_adv, y) < 0.5
+    assert target.queries_used <= (2 * (2 * 4 + 1) if threat == "black-box" else 0) * len(x)

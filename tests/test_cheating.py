@@ -10,11 +10,12 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from cheating import environment, install, play
+from cheating import LOOKUP_BUILTINS, LOOKUPS, environment, install, install_lookups, play
 from hostile import write_defense
 
 from arena import plugins, training
 from arena.config import Settings
+from arena.data import load_digits
 from arena.sandbox import PluginFailure
 from arena.tracks import TRACKS
 from arena.training import TrainSpec
@@ -39,6 +40,27 @@ def test_cheating_defenses_rank_no_better_than_the_plain_cnn(
             assert row["worst"] <= honest["worst"] + SLACK, (cheat, threat, row, honest)
             assert row["mean"] <= honest["mean"] + SLACK, (cheat, threat, row, honest)
             assert row["clean"] <= honest["clean"] + SLACK, (cheat, threat, row, honest)
+
+
+@pytest.mark.slow
+def test_lookups_of_the_public_images_rank_below_pgd_training(
+    arena_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: a lookup of the public originals (L2 or L-inf, any radius, a 4 x 4 sketch, registered over
+    shifts) is flat inside its ball; ``neighbors`` starts outside it, so each ranks below PGD training."""
+    arena_home.mkdir(parents=True, exist_ok=True)
+    (arena_home / "secret").write_text("ab" * 32)  # the secret of the round in docs/evaluation.md: no chance draw
+    folder = install_lookups(tmp_path / "cheats", load_digits())
+    for name, value in environment(folder, LOOKUP_BUILTINS).items():
+        monkeypatch.setenv(name, value)
+    figures = play(Settings.from_env(), dataclasses.replace(TRACKS["digits"], eval_size=150))
+    for threat in ("white-box", "gray-box", "black-box"):
+        honest = figures["pgd-adv-training", threat]
+        assert honest["failed"] == 0
+        for cheat in LOOKUPS:
+            row = figures[cheat, threat]
+            assert row["failed"] == 0, (cheat, threat)
+            assert row["worst"] < honest["worst"], (cheat, threat, row, honest)
 
 
 @pytest.mark.slow

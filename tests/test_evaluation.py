@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from arena import TrainContext, evaluation, plugins
+from arena import Budget, TrainContext, evaluation, plugins
 from arena.data import bundled_data_files, load_digits
 from arena.distortions import DISTORTIONS
+from arena.neighbors import breakable
 from arena.referee import TOLERANCE, project, quantize, quantize_within
 from arena.tracks import TRACKS, TrackError
 
@@ -87,6 +88,25 @@ def test_no_transformed_image_can_be_looked_up_in_the_public_split(tmp_path: Pat
     assert (distance <= DIGITS.eps + 1e-6).float().mean() < 0.02
     untouched = (built.x.flatten(1) - public[built.index]).abs().amax(dim=1) < 1e-6
     assert untouched.float().mean() < 0.01
+
+
+def test_an_image_is_drawn_again_only_where_a_lookup_of_the_public_originals_holds_its_ball(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: of 16 draws, each image keeps the first whose budget ball no lookup of the public images holds."""
+    chosen = evaluation.build(DIGITS, tmp_path, SECRET)
+    monkeypatch.setattr(evaluation, "DRAWS", 1)
+    first = evaluation.build(DIGITS, tmp_path, SECRET)
+    data = load_digits()
+    public = (
+        torch.tensor(np.concatenate([data.x_train, data.x_test])),
+        torch.tensor(np.concatenate([data.y_train, data.y_test])),
+    )
+    budget = Budget(DIGITS.norm, DIGITS.eps, 0, torch.Generator(), levels=DIGITS.levels)
+    held = ~breakable(first.x, first.y, *public, budget)
+    assert torch.equal(chosen.x[~held], first.x[~held]) and torch.equal(chosen.index, first.index)
+    assert 0.05 < held.float().mean() < 0.8
+    assert (~breakable(chosen.x, chosen.y, *public, budget)).float().mean() < held.float().mean() / 2
 
 
 def test_mnist_images_move_beyond_the_budget_too(mnist_dir: Path) -> None:

@@ -148,6 +148,11 @@ def test_the_training_split_reaches_an_attack_from_the_arena(suite: Suite) -> No
     assert checked.errors == [] and f"train ({len(load_digits().y_train)}, 1, 8, 8)" in checked.log_tail
 
 
+def test_the_public_held_out_split_reaches_an_attack_from_the_arena(suite: Suite) -> None:
+    checked = suite.check("looker", "print('public', tuple(target.public_data[0].shape), flush=True)\nreturn x")
+    assert checked.errors == [] and f"public ({len(load_digits().y_test)}, 1, 8, 8)" in checked.log_tail
+
+
 def test_the_environment_holds_no_secret(suite: Suite, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_TOKEN", SECRET)
     monkeypatch.setenv("ARENA_BROKER_URL", f"redis://:{SECRET}@localhost:6379/0")
