@@ -19,7 +19,7 @@ COPY arena arena
 COPY leaderboard leaderboard
 COPY plugins plugins
 # the package carries the built-in plugins (as arena/builtin); torchattacks (the built-in autoattack's APGD, APGD-T and
-# Square) goes in without its dependencies, whose torchvision would pull another torch build (see arena/extras.py)
+# Square) goes in without its dependencies, whose torchvision would pull another torch build (see arena/contract/extras.py)
 RUN pip install --no-cache-dir ".[postgres,distributed]" \
  && pip install --no-cache-dir --no-deps "torchattacks==3.5.1"
 

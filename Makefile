@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test,postgres,distributed]"
 	# torchattacks (the built-in autoattack's parts, and the attacks' cross-check) without its dependencies:
-	# its torchvision would pull another torch build, and its code needs neither it nor requests (arena/extras.py).
+	# its torchvision would pull another torch build, and its code needs neither it nor requests (arena/contract/extras.py).
 	$(BIN)/pip install --quiet --no-deps "torchattacks==3.5.1"
 	touch $(STAMP)
 

@@ -3,8 +3,8 @@
 Plugins import only from here: ``from arena import hookimpl, Attack, Defense``.
 """
 
-from arena.estimators import expectation, spsa_descent, spsa_gradient
-from arena.hookspecs import (
+from arena.play.estimators import expectation, spsa_descent, spsa_gradient
+from arena.rules.hookspecs import (
     NORMS,
     THREATS,
     Attack,
@@ -17,8 +17,8 @@ from arena.hookspecs import (
     TrainContext,
     hookimpl,
 )
-from arena.neighbors import neighbor_points
-from arena.norms import l2_norms
+from arena.rules.neighbors import neighbor_points
+from arena.rules.norms import l2_norms
 
 __version__ = "0.1.0"
 

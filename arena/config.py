@@ -93,7 +93,7 @@ class Settings:
         """The settings of ``arena plugin check``: a home of its own (``HOME/checks``, its own SQLite database
         and plugin cache), so that checks never reach the class's database or board. It shares the arena's
         secret: a model the arena trained has the same key there, and a check copies it instead of training it
-        again (:mod:`arena.checks`)."""
+        again (:mod:`arena.commands.checks`)."""
         home = self.home / "checks"
         url = f"sqlite:///{home / 'arena.db'}"
         return replace(self, home=home, database_url=url, broker_url=None, secret_home=self.secret_home or self.home)

@@ -30,10 +30,12 @@ import torch
 import torchattacks
 from torch import nn
 
-from arena import Budget, plugins
+from arena import Budget
 from arena.config import Settings
-from arena.tracks import TRACKS, Track
-from arena.training import TrainSpec, derive_seed, load_model, pick_device, train_defense
+from arena.contract import plugins
+from arena.play.training import TrainSpec, load_model, pick_device, train_defense
+from arena.rules.seeds import derive_seed
+from arena.rules.tracks import TRACKS, Track
 
 ROOT = Path(__file__).resolve().parents[1]
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

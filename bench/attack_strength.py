@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from arena import evaluation, plugins
 from arena.config import Settings
-from arena.match import MatchSpec, play
-from arena.tracks import Track, get_track, load_tracks
-from arena.training import TrainSpec, derive_seed, train_defense, train_substitute
+from arena.contract import plugins
+from arena.play.match import MatchSpec, play
+from arena.play.training import TrainSpec, train_defense, train_substitute
+from arena.rules import evaluation
+from arena.rules.seeds import derive_seed
+from arena.rules.tracks import Track, get_track, load_tracks
 
 ROOT = Path(__file__).resolve().parents[1]
 

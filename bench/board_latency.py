@@ -3,9 +3,9 @@
 Builds a database of ``--teams`` teams (default 50), each with one attack and one defense, played on two
 tracks (digits, 300 samples; mnist-linf, 1000 samples) under three threats: every attack against every
 defense, 15,000 results for 50 teams. Each result carries per-sample records and a gallery made by the
-referee's own functions (``arena.referee.metrics`` and ``gallery``) from synthetic but realistic outcomes
+referee's own functions (``arena.rules.referee.metrics`` and ``gallery``) from synthetic but realistic outcomes
 (defenses of varied strength and clean accuracy, attacks of varied power, harder and easier samples).
-Round 1 is done and published (``arena.planner.publish_round``: scored once, its standings kept); in round 2
+Round 1 is done and published (``arena.plan.planner.publish_round``: scored once, its standings kept); in round 2
 one team pushed a new attack, so round 2 reuses every result but that attack's 300 (a push costs one row per
 board). Round 2 is done, not published: the public's front page
 shows round 1 with round 2's progress above it.
@@ -43,11 +43,12 @@ import numpy as np
 import torch
 from sqlalchemy import insert
 
-from arena import planner, referee
-from arena.hookspecs import THREATS
-from arena.records import pack
+from arena.plan import planner
+from arena.rules import referee
+from arena.rules.hookspecs import THREATS
+from arena.rules.tracks import TRACKS
 from arena.store import Database, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, TrackRow
-from arena.tracks import TRACKS
+from arena.store.records import pack
 
 BENCH_TRACKS = ("digits", "mnist-linf")
 #: how much of its power an attack keeps under each threat model

@@ -34,11 +34,12 @@ from pathlib import Path
 import redis
 from sqlalchemy import select, text
 
-from arena import planner, plugins, versions
 from arena.config import Settings
+from arena.contract import plugins
 from arena.execution import follow, local, tasks
+from arena.plan import planner, versions
+from arena.rules.tracks import load_tracks
 from arena.store import Database, Job, PluginVersion
-from arena.tracks import load_tracks
 
 ROOT = Path(__file__).resolve().parents[1]
 ARENA = Path(sys.executable).parent / "arena"

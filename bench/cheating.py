@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import cheating  # noqa: E402 (tests/cheating.py)
 
 from arena.config import Settings  # noqa: E402
-from arena.tracks import TRACKS, Track  # noqa: E402
+from arena.rules.tracks import TRACKS, Track  # noqa: E402
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUILTINS = (
     "fgsm,transfer,undefended,fgsm-adv-training,pgd-adv-training,ensemble-adv-training,distillation,magnet,defense-gan"
 )
-ARENA = "from arena.cli import main; main()"
+ARENA = "from arena.commands.cli import main; main()"
 
 
 def arena(code: Path, env: dict[str, str], *args: str, timeout: float = 3600) -> float:

@@ -11,7 +11,7 @@ arena:
              paper: robust accuracy and the mean L2 size of its successful examples
   cw-l2@2    the same examples projected onto the L2 ball of radius 2 (the mnist-l2 budget)
   transfer   black-box: torchattacks PGD on the track's substitute ("model B", trained by
-             arena.training.train_substitute), replayed on the defense
+             arena.play.training.train_substitute), replayed on the defense
   adaptive   MagNet only: PGD on the cross-entropy less the detectors' excess reconstruction error, so that the
              examples also evade the detectors (Carlini and Wagner, https://arxiv.org/abs/1711.08478)
 
@@ -40,11 +40,13 @@ import torchattacks
 from defense_training import DEFAULT_CACHE, DEFENSES, ROOT, Trained, train_or_load
 from torch import nn
 
-from arena import Budget, Target, evaluation, plugins
+from arena import Budget, Target
 from arena.config import Settings
-from arena.referee import classify, judge, project
-from arena.tracks import TRACKS, Track
-from arena.training import load_model, pick_device, train_substitute
+from arena.contract import plugins
+from arena.play.training import load_model, pick_device, train_substitute
+from arena.rules import evaluation
+from arena.rules.referee import classify, judge, project
+from arena.rules.tracks import TRACKS, Track
 
 ATTACKS = ("fgsm", "pgd", "cw", "cw-l2", "cw-l2@2", "transfer", "adaptive")
 #: attacks whose examples the referee judges in another budget than the track's (not in "worst")
@@ -178,7 +180,7 @@ def main() -> None:
         "--evaluation",
         action="append",
         choices=("public", "transformed"),
-        help="the images: the published split, or a secret distortion of it (arena/evaluation.py) [public]",
+        help="the images: the published split, or a secret distortion of it (arena/rules/evaluation.py) [public]",
     )
     args = parser.parse_args()
     track, data_dir = TRACKS[args.track], Settings.from_env().data_dir

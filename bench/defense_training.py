@@ -1,6 +1,6 @@
 """Training time and clean accuracy of every built-in defense, trained exactly as the arena trains it.
 
-Each defense trains in its sandbox through ``arena.training.train_defense`` (the code path of a round's
+Each defense trains in its sandbox through ``arena.play.training.train_defense`` (the code path of a round's
 ``train-defense`` job) and its artifact is kept under ``--cache``, keyed like the arena's own artifacts by
 (content hash, track configuration, training version, seed): a second run trains nothing and only reads the
 artifacts back (``--retrain`` trains again). One row per defense and track: the seconds ``train(ctx)`` took
@@ -36,13 +36,15 @@ from typing import Any
 
 import torch
 
-from arena import evaluation, plugins
 from arena.config import Settings
-from arena.judging import photographed
-from arena.plugins import PluginSource
-from arena.referee import classify, judge
-from arena.tracks import TRACKS, Track
-from arena.training import TRAINING_VERSION, TrainSpec, derive_seed, load_model, pick_device, train_defense
+from arena.contract import plugins
+from arena.contract.plugins import PluginSource
+from arena.play.judging import photographed
+from arena.play.training import TRAINING_VERSION, TrainSpec, load_model, pick_device, train_defense
+from arena.rules import evaluation
+from arena.rules.referee import classify, judge
+from arena.rules.seeds import derive_seed
+from arena.rules.tracks import TRACKS, Track
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFENSES = sorted(p.parent.name for p in (ROOT / "plugins" / "defenses").glob("*/plugin.toml"))

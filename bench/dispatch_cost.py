@@ -27,8 +27,8 @@ import sqlalchemy as sa
 
 from arena import store
 from arena.execution import dispatch, tasks
+from arena.rules.tracks import TRACKS
 from arena.store import Artifact, Database, Job, Round
-from arena.tracks import TRACKS
 
 TRACK = TRACKS["digits"]
 INPUTS = ("defense", "twin", "substitute")

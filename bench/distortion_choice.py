@@ -1,6 +1,6 @@
 """Which secret distortion of digits, and whether to train on its draws: PGD training's figures under each.
 
-For bilinear and nearest resampling of the digits distortion (arena/distortions.py), trains the built-in
+For bilinear and nearest resampling of the digits distortion (arena/rules/distortions.py), trains the built-in
 ``pgd-adv-training`` twice (on the published training images, and on fresh draws of the family through
 ``TrainContext.augment``) and reports clean and PGD-40 robust accuracy (torchattacks) on the first ``n``
 public held-out images and on their secret distortion. The figures are in docs/evaluation.md.
@@ -22,8 +22,8 @@ import torchattacks
 from torch import nn
 
 from arena import TrainContext
-from arena.distortions import DISTORTIONS, distort, min_move
-from arena.tracks import TRACKS
+from arena.rules.distortions import DISTORTIONS, distort, min_move
+from arena.rules.tracks import TRACKS
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "plugins" / "defenses" / "pgd-adv-training" / "pgd_adv_training.py"

@@ -19,10 +19,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from arena import evaluation
 from arena.config import Settings
-from arena.referee import project, quantize_within
-from arena.tracks import TRACKS
+from arena.rules import evaluation
+from arena.rules.referee import project, quantize_within
+from arena.rules.tracks import TRACKS
 
 
 def train_cnn(track, x: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:

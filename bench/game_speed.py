@@ -1,4 +1,4 @@
-"""How long the game's equilibrium takes (arena.game.solve: two linear programs, scipy's HiGHS) by matrix size.
+"""How long the game's equilibrium takes (arena.results.game.solve: two linear programs, scipy's HiGHS) by matrix size.
 
 Random success rates in [0, 1]; the median of ``--repeat`` solves per size, one thread.
 
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from arena.game import solve
+from arena.results.game import solve
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check a lent GPU should get, in one run and in order of value, each bounded so that the whole fits a
 # short lease (about 8 minutes): a sandbox's start with and without its CUDA context, a warm and a cold
-# worker's match against the bare loop (where `arena.hosts.device_for` puts a small model's hosts), then a
+# worker's match against the bare loop (where `arena.play.hosts.device_for` puts a small model's hosts), then a
 # digits round of a few built-ins through one `arena worker` (bench/gpu_round.sh).
 #
 #   ARENA_DATA_DIR=/path/with/mnist.npz bench/gpu_checks.sh

@@ -107,7 +107,7 @@ def play(home: Path, track: str, builtins: str, jobs: int, threads: int | None) 
     env.pop("OMP_NUM_THREADS", None)  # each job's share of the cores is the executor's choice, unless --threads
     env |= {"OMP_NUM_THREADS": str(threads)} if threads else {}
     started = time.time()
-    command = [sys.executable, "-c", "from arena.cli import main; main()", "round", "run", "--track", track]
+    command = [sys.executable, "-c", "from arena.commands.cli import main; main()", "round", "run", "--track", track]
     run = subprocess.Popen([*command, "--quiet", "--jobs", str(jobs)], env=env, stdout=subprocess.PIPE, text=True)
     sampler = Sampler(run.pid)
     sampler.start()

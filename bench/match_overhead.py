@@ -5,7 +5,7 @@ and project, and classify clean and adversarial inputs. The arena adds: loading 
 sandboxed child process for the attack, pickling batches across the pipe, the referee's checks,
 per-sample records and the gallery. Each repeat plays the match twice: as a cold worker (a fresh attack
 process, the clean verdict computed: every match's cost before warm workers) and as a warm worker (the
-attack's process of the previous match and the defense's clean verdict kept, see arena.match.AttackPool);
+attack's process of the previous match and the defense's clean verdict kept, see arena.play.match.AttackPool);
 one torch thread. Where a GPU is visible both sides run on it.
 
     python bench/match_overhead.py [--track digits] [--repeat 5]
@@ -23,11 +23,13 @@ from pathlib import Path
 
 import torch
 
-from arena import evaluation, plugins
 from arena.config import Settings
-from arena.match import MatchSpec, Warm, play
-from arena.tracks import TRACKS
-from arena.training import TrainSpec, derive_seed, load_model, pick_device, train_defense, train_substitute
+from arena.contract import plugins
+from arena.play.match import MatchSpec, Warm, play
+from arena.play.training import TrainSpec, load_model, pick_device, train_defense, train_substitute
+from arena.rules import evaluation
+from arena.rules.seeds import derive_seed
+from arena.rules.tracks import TRACKS
 
 ROOT = Path(__file__).resolve().parents[1]
 

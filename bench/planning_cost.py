@@ -24,10 +24,10 @@ os.environ["ARENA_HOME"] = str(HOME)
 os.environ["ARENA_DATABASE_URL"] = f"sqlite:///{HOME}/arena.db"
 (HOME / "secret").write_text("ab" * 32)  # the same secret in every run: the same keys
 
-from arena import planner  # noqa: E402 (after the environment it reads)
 from arena.config import Settings  # noqa: E402
+from arena.plan import planner  # noqa: E402 (after the environment it reads
+from arena.rules.tracks import TRACKS  # noqa: E402
 from arena.store import Database, Job, Plugin, PluginVersion, Team  # noqa: E402
-from arena.tracks import TRACKS  # noqa: E402
 
 
 def digest(value: object) -> str:

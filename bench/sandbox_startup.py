@@ -61,7 +61,7 @@ def time_cold_bwrap(repeat: int) -> float:
     """Median seconds of a fresh bubblewrap'd Python importing torch and the arena (no zygote)."""
     view = namespaces.build_view([Path(namespaces.__file__).parents[1]], [], [])  # the whole arena package
     command = [str(namespaces.bwrap()), *view.bwrap_args(), "--unshare-pid", "--"]
-    command += [sys.executable, "-c", "import torch, numpy, arena.match, arena.training"]
+    command += [sys.executable, "-c", "import torch, numpy, arena.play.match, arena.play.training"]
     times = []
     for _ in range(repeat):
         started = time.perf_counter()

@@ -31,11 +31,11 @@ from pathlib import Path
 from celery_throughput import Run
 from sqlalchemy import select
 
-from arena import planner, versions
 from arena.config import Settings
 from arena.execution import follow, local
+from arena.plan import planner, versions
+from arena.rules.tracks import get_track, load_tracks
 from arena.store import Database, Job, Result
-from arena.tracks import get_track, load_tracks
 
 ATTACK = '''
 import torch

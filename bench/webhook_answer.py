@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from services import redis_url  # noqa: E402  (the tests' claim on a Redis database)
 from sqlalchemy import select  # noqa: E402
 
-from arena import enrolment, submissions  # noqa: E402
+from arena.classroom import submissions
+from arena.commands import enrolment  # noqa: E402
 from arena.store import Database, Team  # noqa: E402
 from leaderboard import create_app  # noqa: E402
 

@@ -1,6 +1,6 @@
 """PNG images of a match's gallery: the clean image, the adversarial image, and the perturbation amplified.
 
-A gallery (``Result.gallery``, see ``arena.referee.gallery``) holds uint8 images shaped (N, C, H, W).
+A gallery (``Result.gallery``, see ``arena.rules.referee.gallery``) holds uint8 images shaped (N, C, H, W).
 The perturbation is drawn amplified by one factor for the whole match, so items compare: on grey
 images, red where the attack brightened a pixel and blue where it darkened it, white where it did
 nothing; on colour images, mid-grey plus the amplified change.

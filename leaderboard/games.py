@@ -1,5 +1,5 @@
 """The game page: a board of a round as a zero-sum game (value, equilibrium mixes, best responses), and its
-value over the rounds (see :mod:`arena.game`)."""
+value over the rounds (see :mod:`arena.results.game`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from flask import abort
 from sqlalchemy import select
 
-from arena.game import board_game
+from arena.results.game import board_game
 from arena.store import Round
 from leaderboard.lookup import database, standings, summary
 from leaderboard.visibility import rounds, sees_everything, shows_results

@@ -8,8 +8,8 @@ from typing import Any
 from flask import abort
 from sqlalchemy.orm import Session
 
-from arena.boards import Board
-from arena.history import BREAK_SUCCESS_RATE
+from arena.results.boards import Board
+from arena.results.history import BREAK_SUCCESS_RATE
 from arena.store import Round
 from leaderboard.caching import Page, state
 from leaderboard.lookup import database, standings, summary

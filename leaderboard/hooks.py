@@ -1,5 +1,5 @@
 """``POST /hooks/push``: the one route of the board that writes. GitHub, GitLab and Gitea announce a team's
-push here; a verified push is recorded and its sync queued (:mod:`arena.pushes`), and the answer (202)
+push here; a verified push is recorded and its sync queued (:mod:`arena.classroom.pushes`), and the answer (202)
 comes at once: the sync runs on a worker or in a process of its own, never in the board.
 
 A delivery refused (oversized, without a service's headers, malformed, for an unknown repository, unsigned,
@@ -14,9 +14,9 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from arena import pushes, webhooks
+from arena.classroom import pushes, webhooks
+from arena.classroom.webhooks import Refused
 from arena.config import broker_url, hook_max_bytes
-from arena.webhooks import Refused
 from leaderboard.lookup import database
 
 bp = Blueprint("hooks", __name__, url_prefix="/hooks")

@@ -1,4 +1,4 @@
-"""The Lessons page: the course's claims beside the arena's figures of a round (see :mod:`arena.course`)."""
+"""The Lessons page: the course's claims beside the arena's figures of a round (see :mod:`arena.results.course`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import abort
 
-from arena.course import PHYSICAL, lessons
+from arena.results.course import PHYSICAL, lessons
 from leaderboard.lookup import database, standings, summary
 from leaderboard.visibility import rounds, sees_everything, shows_results
 

@@ -10,11 +10,11 @@ from flask import abort, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from arena.access import relative_paths
-from arena.curves import robustness_curve
-from arena.records import unpack
-from arena.scoring import plugin_entries
+from arena.results.access import relative_paths
+from arena.results.curves import robustness_curve
+from arena.results.scoring import plugin_entries
 from arena.store import Result, TrackRow
+from arena.store.records import unpack
 from leaderboard import gallery
 from leaderboard.lookup import database, get_or_404
 from leaderboard.signin import private_log

@@ -11,12 +11,12 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from arena.access import relative_paths
-from arena.curves import robustness_curve
-from arena.hookspecs import THREATS
-from arena.records import unpack
-from arena.scoring import plugin_entries
+from arena.results.access import relative_paths
+from arena.results.curves import robustness_curve
+from arena.results.scoring import plugin_entries
+from arena.rules.hookspecs import THREATS
 from arena.store import WAITING, Job, Plugin, PluginVersion, Result, Round, RoundEntry
+from arena.store.records import unpack
 from leaderboard.caching import kept, public
 from leaderboard.lookup import database, get_or_404
 from leaderboard.signin import may_see, private_log

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from arena.access import relative_paths
-from arena.planner import JOB_ORDER
-from arena.scoring import plugin_entries
+from arena.plan.planner import JOB_ORDER
+from arena.results.access import relative_paths
+from arena.results.scoring import plugin_entries
 from arena.store import Job
 from leaderboard.lookup import database, rounds, summary
 from leaderboard.signin import private_log

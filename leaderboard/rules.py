@@ -10,17 +10,17 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select
 
-from arena.diagnostics import EXPLANATIONS
-from arena.history import BREAK_SUCCESS_RATE
-from arena.hookspecs import THREATS
-from arena.physical import PrintAndPhoto
-from arena.plugins import MAX_PLUGIN_BYTES
-from arena.referee import GALLERY_SIZE, REFEREE_VERSION, TOLERANCE
+from arena.contract.plugins import MAX_PLUGIN_BYTES
+from arena.results.diagnostics import EXPLANATIONS
+from arena.results.history import BREAK_SUCCESS_RATE
+from arena.rules.hookspecs import THREATS
+from arena.rules.physical import PrintAndPhoto
+from arena.rules.referee import GALLERY_SIZE, REFEREE_VERSION, TOLERANCE
+from arena.rules.tracks import INFERENCE_MS, TRACKS, Track, TrackError, load_tracks
 from arena.store import TrackRow
-from arena.tracks import INFERENCE_MS, TRACKS, Track, TrackError, load_tracks
 from leaderboard.lookup import database
 
-#: what each threat model hands an attack (arena/threats.py builds these views)
+#: what each threat model hands an attack (arena/play/threats.py builds these views)
 THREAT_MODELS = {
     "white-box": "The defended model itself, with gradients; queries; the substitute model.",
     "gray-box": "A twin: the same defense code trained by the arena on the same data with another, secret seed; "
@@ -50,7 +50,7 @@ FIELD_LABELS = {
     "transform": "what the defense sees",
     "photo": "print-and-photo ranges (each image its own secret draw)",
 }
-#: what each kind of evaluation data is (arena/evaluation.py makes them)
+#: what each kind of evaluation data is (arena/rules/evaluation.py makes them)
 EVALUATIONS = {
     "transformed": "a secret distortion of the held-out split (drawn from the arena's secret)",
     "public": "the published held-out split",
@@ -94,7 +94,7 @@ def rules() -> dict[str, Any]:
     }
 
 
-#: what each transform does to the images a defense judges (arena/physical.py)
+#: what each transform does to the images a defense judges (arena/rules/physical.py)
 TRANSFORMS = {"print-photo": "every image printed and photographed (warp, blur, exposure, noise, JPEG), queries too"}
 
 

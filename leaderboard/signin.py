@@ -1,6 +1,6 @@
 """Signing in to the board: a team's token shows its own logs, the instructor's every team's.
 
-The token (see :mod:`arena.access`) is checked against the database on every request, so a new token
+The token (see :mod:`arena.results.access`) is checked against the database on every request, so a new token
 retires the old one's sessions at once. The session cookie holds the token's SHA-256, signed with the
 board's key (``SECRET_KEY``, else ``ARENA_BOARD_SECRET``, else a key of the process's own).
 A signed-in viewer's pages are never kept for others (see :mod:`leaderboard.caching`).
@@ -14,7 +14,8 @@ from typing import Any
 from flask import Blueprint, Flask, g, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
-from arena import access, config
+from arena import config
+from arena.results import access
 from arena.store import Team
 from leaderboard.lookup import database
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from arena.boards import AttackStanding, Board, DefenseStanding
+from arena.results.boards import AttackStanding, Board, DefenseStanding
 from arena.store import Round
 from leaderboard.lookup import standings
 from leaderboard.visibility import shows_results

@@ -19,10 +19,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from arena import snapshots
-from arena.boards import Board
-from arena.history import history
-from arena.scoring import OutcomeCache, round_standings, round_token
+from arena.results import snapshots
+from arena.results.boards import Board
+from arena.results.history import history
+from arena.results.scoring import OutcomeCache, round_standings, round_token
 from arena.store import Round
 
 

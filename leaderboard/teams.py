@@ -11,9 +11,9 @@ from flask import abort
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from arena import pushes
-from arena.redaction import redact
-from arena.roster import class_status
+from arena.classroom import pushes
+from arena.classroom.roster import class_status
+from arena.results.redaction import redact
 from arena.store import WAITING, Plugin, PluginVersion, Round, RoundEntry, Team
 from leaderboard.caching import public
 from leaderboard.lookup import database, get_or_404
@@ -74,7 +74,7 @@ STATUS_SORTS = ("name", "synced_at", "last_push", "plugins", "valid", "invalid",
 
 
 def status(sort: str = "name") -> dict[str, Any]:
-    """The class at a glance (see :mod:`arena.roster`): one line per team, sorted by ``sort`` (a column of
+    """The class at a glance (see :mod:`arena.classroom.roster`): one line per team, sorted by ``sort`` (a column of
     :data:`STATUS_SORTS`; a line without the value last); failed matches of rounds not yet published count
     for the instructor only. Shared between the public's views for the board's refresh time."""
     field = sort.lstrip("-")

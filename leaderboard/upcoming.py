@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arena import costs
+from arena.commands import costs
 from arena.store import Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team
 from leaderboard.caching import public
 from leaderboard.lookup import database, summary
@@ -57,7 +57,7 @@ def _versions(session: Session, round_: Round) -> list[dict[str, Any]]:
     columns = (Team.id, Team.name, Plugin.id.label("plugin_id"), Plugin.name.label("plugin"), Plugin.kind)
     query = select(*columns, PluginVersion.content_hash).join(Plugin, PluginVersion.plugin_id == Plugin.id)
     query = query.join(Team, Plugin.team_id == Team.id)
-    if round_.status == "open":  # as arena.versions.latest_valid_versions chooses them, without the archives
+    if round_.status == "open":  # as arena.plan.versions.latest_valid_versions chooses them, without the archives
         newest = func.coalesce(PluginVersion.seen_at, PluginVersion.created_at)
         rank = func.row_number().over(
             partition_by=PluginVersion.plugin_id, order_by=(newest.desc(), PluginVersion.id.desc())
@@ -83,9 +83,9 @@ def _versions(session: Session, round_: Round) -> list[dict[str, Any]]:
 
 def time_left(session: Session, round_id: int) -> float | None:
     """Seconds until the round's open jobs end, estimated (None: unknown): each takes what the round's ended jobs
-    of its kind took (their median), else what :mod:`arena.costs` estimates from this arena's past jobs, else (a
-    training) what the round's other trainings took; the jobs running now count half, and the jobs run as many at a
-    time as run now."""
+    of its kind took (their median), else what :mod:`arena.commands.costs` estimates from this arena's past jobs,
+    else (a training) what the round's other trainings took; the jobs running now count half, and the jobs run as
+    many at a time as run now."""
     query = select(Job.kind, Job.state, Job.started_at, Job.finished_at).where(Job.round_id == round_id)
     took: dict[str, list[float]] = defaultdict(list)
     left: dict[str, float] = defaultdict(float)
@@ -111,7 +111,8 @@ def time_left(session: Session, round_id: int) -> float | None:
 
 
 def _estimated(round_id: int) -> dict[str, float]:
-    """The seconds :mod:`arena.costs` expects a queued job of each kind of the round to take, where it knows."""
+    """The seconds :mod:`arena.commands.costs` expects a queued job of each kind of the round to take, where it
+    knows."""
     try:
         cost = costs.cost(database(), round_id)
     except KeyError:  # a job without the plugins a cost is read for (made by hand, not by the planner)

@@ -6,7 +6,7 @@ from functools import partial
 
 from flask import Blueprint, Response, abort, render_template, request
 
-from arena import export
+from arena.results import export
 from leaderboard import boards, caching, games, history, lessons, matches, plugin_page, round_jobs, rules, teams
 from leaderboard.lookup import database
 from leaderboard.visibility import rounds, shows_results

@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from arena import planner, scoring, versions
 from arena.config import Settings
-from arena.data import Dataset, load_digits
 from arena.execution import local
+from arena.plan import planner, versions
+from arena.results import scoring
+from arena.rules.data import Dataset, load_digits
+from arena.rules.tracks import Track
 from arena.store import Database
-from arena.tracks import Track
 
 CHEATS = Path(__file__).resolve().parent / "cheats"
 #: the plugins that read or recognise data (issue 11), and those that hide their gradient (issue 12)

@@ -1,6 +1,6 @@
 """A tiny in-process arena for testing plugins: digits data, small trained models, a counting Target.
 
-The real :class:`arena.Target` implementations live in ``arena/threats.py``; this one keeps everything in
+The real :class:`arena.Target` implementations live in ``arena/play/threats.py``; this one keeps everything in
 one process so plugin tests stay fast and independent of the engine.
 """
 

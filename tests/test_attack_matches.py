@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from plugin_harness import PLUGINS, load_plugin
 
-from arena import evaluation, plugins, training
-from arena.match import MatchSpec, play
-from arena.plugins import PluginSource
-from arena.tracks import TRACKS, Track
-from arena.training import TrainSpec
+from arena.contract import plugins
+from arena.contract.plugins import PluginSource
+from arena.play import training
+from arena.play.match import MatchSpec, play
+from arena.play.training import TrainSpec
+from arena.rules import evaluation
+from arena.rules.tracks import TRACKS, Track
 
 SMALL = {"eval_size": 60, "batch_size": 30, "epochs": 10, "time_limit": 120.0}
 TRACKS_BY_NORM = {

@@ -26,8 +26,8 @@ from plugin_harness import (
 from torch import nn
 
 from arena import Attack, Budget, ThreatModelError, neighbor_points
-from arena.referee import perturbation_norms, project
-from arena.tracks import TRACKS, Track, TrackError
+from arena.rules.referee import perturbation_norms, project
+from arena.rules.tracks import TRACKS, Track, TrackError
 
 ATTACKS = sorted(folder.name for folder in (PLUGINS / "attacks").iterdir() if (folder / "plugin.toml").is_file())
 #: the attacks the course teaches (DESIGN.md, section 9)

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 from hostile import write_attack
 
-from arena import boards, evaluation, plugins, training
-from arena.boards import Cell
-from arena.match import MatchSpec, play
-from arena.tracks import TRACKS
-from arena.training import TrainSpec
+from arena.contract import plugins
+from arena.play import training
+from arena.play.match import MatchSpec, play
+from arena.play.training import TrainSpec
+from arena.results import boards
+from arena.results.boards import Cell
+from arena.rules import evaluation
+from arena.rules.tracks import TRACKS
 
 TRACK = dataclasses.replace(TRACKS["digits"], eval_size=60, batch_size=60, epochs=3, max_queries=20, time_limit=120.0)
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
@@ -141,7 +144,7 @@ def test_an_attack_cannot_frame_an_honest_defense(kit: Kit, body: str) -> None:
 
 
 def test_a_forfeit_counts_as_every_sample_broken_and_not_against_the_attack() -> None:
-    from arena.boards import Entry, _attack, _defense
+    from arena.results.boards import Entry, _attack, _defense
 
     entry = Entry(1, "t", "p", "abc", None, 1, 1)
     forfeit = Cell("failed", "k", 1, error="the defense failed", blame="defense")
@@ -266,7 +269,7 @@ def test_an_attack_that_fakes_being_in_the_defenses_code_gains_nothing(kit: Kit)
     """It says the defense's code runs, then exits: the match is played again with the defense apart, where it
     exits again. Disputed: not its failure to count, and no result it could score with."""
     body = """
-    from arena.threats import notify
+    from arena.play.threats import notify
     notify(target._conn, ("enter", 10**9, "forward"))
     os._exit(0)
     """

@@ -25,11 +25,12 @@ from sqlalchemy import select
 from test_rounds import RAISES_IN_RUN, TINY, write_plugin
 from werkzeug.serving import make_server
 
-from arena import access, planner, versions
 from arena.config import Settings
 from arena.execution import local
+from arena.plan import planner, versions
+from arena.results import access
+from arena.rules.tracks import load_tracks
 from arena.store import Database, Round, Team
-from arena.tracks import load_tracks
 from leaderboard import create_app
 
 pytestmark = pytest.mark.slow

@@ -15,11 +15,11 @@ from test_browser import browser, screenshot, text  # noqa: F401 (browser: the f
 from test_rounds import TINY, write_plugin
 from werkzeug.serving import make_server
 
-from arena import planner, versions
 from arena.config import Settings
 from arena.execution import local
+from arena.plan import planner, versions
+from arena.rules.tracks import load_tracks
 from arena.store import Database
-from arena.tracks import load_tracks
 from leaderboard import create_app
 
 pytestmark = pytest.mark.slow

@@ -26,14 +26,15 @@ from services import RedisServer, fresh_postgres_database, redis_url
 from sqlalchemy import func, select
 from test_rounds import write_plugin
 
-from arena import planner, plugins, versions
-from arena.cli import main
+from arena.commands.cli import main
 from arena.config import Settings
+from arena.contract import plugins
 from arena.execution import dispatch, follow, tasks
 from arena.execution import local as local_executor
-from arena.records import unpack
+from arena.plan import planner, versions
+from arena.rules.tracks import Track, load_tracks
 from arena.store import Artifact, Database, Job, PluginVersion, Result, Round, RoundMatch
-from arena.tracks import Track, load_tracks
+from arena.store.records import unpack
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 

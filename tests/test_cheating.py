@@ -13,12 +13,13 @@ import pytest
 from cheating import LOOKUP_BUILTINS, LOOKUPS, environment, install, install_lookups, play
 from hostile import write_defense
 
-from arena import plugins, training
 from arena.config import Settings
-from arena.data import load_digits
+from arena.contract import plugins
+from arena.play import training
+from arena.play.training import TrainSpec
+from arena.rules.data import load_digits
+from arena.rules.tracks import TRACKS
 from arena.sandbox import PluginFailure
-from arena.tracks import TRACKS
-from arena.training import TrainSpec
 
 #: how much above the plain baseline a cheat may land by chance (its CNN trains from another secret seed)
 SLACK = 0.05

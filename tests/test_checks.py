@@ -15,12 +15,13 @@ from sqlalchemy import func, select
 from test_rounds import TINY, write_plugin
 from test_scoring import Rows
 
-from arena import checks, costs, keys, planner, report, versions
-from arena.cli import main
+from arena.commands import checks, costs, report
+from arena.commands.cli import main
 from arena.config import Settings
 from arena.execution import local
+from arena.plan import keys, planner, versions
+from arena.rules.tracks import load_tracks
 from arena.store import Artifact, Database, Job, Plugin, PluginVersion, Result, Round, Team
-from arena.tracks import load_tracks
 from leaderboard import create_app
 
 REPO = Path(__file__).resolve().parents[1]

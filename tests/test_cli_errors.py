@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from arena.cli import main
+from arena.commands.cli import main
 
 
 def run(*args: str) -> tuple[int, str]:

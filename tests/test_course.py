@@ -1,5 +1,5 @@
-"""The lecture replayed (arena.course): each claim's verdict from a round's boards, and `arena course` end to end
-with its Lessons page on the board."""
+"""The lecture replayed (arena.results.course): each claim's verdict from a round's boards, and `arena course` end
+to end with its Lessons page on the board."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from sqlalchemy import select
 from test_rounds import TINY, write_plugin
 
-from arena import access, course
-from arena.boards import AttackStanding, Board, Cell, DefenseStanding, Entry
-from arena.cli import main
+from arena.commands.cli import main
 from arena.config import Settings
+from arena.results import access, course
+from arena.results.boards import AttackStanding, Board, Cell, DefenseStanding, Entry
 from arena.store import Database, Result, Round, RoundMatch
 from leaderboard import create_app
 

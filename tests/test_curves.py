@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from arena.curves import robustness_curve
+from arena.results.curves import robustness_curve
 
 
 def records(survived: list[int], linf: list[float], clean: list[int] | None = None) -> dict[str, np.ndarray]:

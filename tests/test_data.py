@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from arena.data import (
+from arena.rules.data import (
     MNIST_FILES,
     DataCorrupt,
     DataUnavailable,

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from plugin_harness import PLUGINS, accuracy, digits, load_manifest, train_context
 from torch import nn
 
-from arena import Defense, plugins
-from arena.referee import classify, judge
-from arena.tracks import TRACKS
-from arena.training import TrainSpec, check_model, derive_seed, load_model, save_model, train_defense
+from arena import Defense
+from arena.contract import plugins
+from arena.play.training import TrainSpec, check_model, load_model, save_model, train_defense
+from arena.rules.referee import classify, judge
+from arena.rules.seeds import derive_seed
+from arena.rules.tracks import TRACKS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFENSES = sorted(folder.name for folder in (PLUGINS / "defenses").iterdir() if (folder / "plugin.toml").is_file())
@@ -280,7 +282,7 @@ def test_distillation_masks_the_cross_entropy_gradient_but_not_the_logits(quick:
 
 @pytest.fixture(scope="module")
 def arena_trained(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, nn.Module]:
-    """Every defense trained through ``arena.training`` (sandbox, artifact) on ``digits``, then loaded back."""
+    """Every defense trained through ``arena.play.training`` (sandbox, artifact) on ``digits``, then loaded back."""
     track, data_dir = TRACKS["digits"], tmp_path_factory.mktemp("arena") / "data"  # digits ship with scikit-learn
     trained = {}
     for name in DEFENSES:

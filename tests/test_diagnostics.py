@@ -9,7 +9,7 @@ import pytest
 from cheating import environment, play
 
 from arena.config import Settings
-from arena.tracks import TRACKS
+from arena.rules.tracks import TRACKS
 
 
 @pytest.mark.slow

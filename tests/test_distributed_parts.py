@@ -19,13 +19,13 @@ import redis
 from click.testing import CliRunner
 from services import redis_url
 
-from arena.cli import main
+from arena.commands.cli import main
 from arena.config import Settings
 from arena.execution import dispatch, jobs, rounds, tasks
 from arena.execution.state import WorkerState
 from arena.execution.workers import plan_workers
+from arena.rules.tracks import TRACKS
 from arena.store import Artifact, Database, Job, JobInput, Plugin, PluginVersion, Round, RoundMatch, Team
-from arena.tracks import TRACKS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from arena import access
-from arena.cli import main
+from arena.commands.cli import main
 from arena.config import Settings
+from arena.results import access
 from arena.store import Database, Team, Token
 
 #: an assignment's "Download grades" CSV as GitHub Classroom writes it, for a group assignment (a student who has

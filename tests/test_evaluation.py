@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from arena import Budget, TrainContext, evaluation, plugins
-from arena.data import bundled_data_files, load_digits
-from arena.distortions import DISTORTIONS
-from arena.neighbors import breakable
-from arena.referee import TOLERANCE, project, quantize, quantize_within
-from arena.tracks import TRACKS, TrackError
+from arena import Budget, TrainContext
+from arena.contract import plugins
+from arena.rules import evaluation
+from arena.rules.data import bundled_data_files, load_digits
+from arena.rules.distortions import DISTORTIONS
+from arena.rules.neighbors import breakable
+from arena.rules.referee import TOLERANCE, project, quantize, quantize_within
+from arena.rules.tracks import TRACKS, TrackError
 
 DIGITS = TRACKS["digits"]
 SECRET = b"a secret"

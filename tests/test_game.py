@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from arena.game import solve
+from arena.results.game import solve
 
 
 def test_matching_pennies_is_worth_a_half_with_even_mixes() -> None:

@@ -1,7 +1,7 @@
 """The hostile plugin suite: each plugin fails only its own validation, with a clear reason; nothing else is hurt.
 
 Every plugin is validated as a pushed submission is: loaded in a sandbox, then played in a smoke match
-against the arena's baseline (:mod:`arena.validation`). The arena's home lies inside a folder the
+against the arena's baseline (:mod:`arena.play.validation`). The arena's home lies inside a folder the
 sandbox may read (its data folder), so the tests see the home's secrets hidden, not merely absent.
 Tests that need what only bubblewrap gives (no network, a hidden file system, a pid namespace, a
 bounded process count for root) are skipped with the fallback.
@@ -22,12 +22,13 @@ from pathlib import Path
 import pytest
 from hostile import SPY, none_running, write_attack, write_defense
 
-from arena import plugins, validation
 from arena.config import Settings
-from arena.data import bundled_data_files, load_digits
+from arena.contract import plugins
+from arena.play import validation
+from arena.play.validation import SmokeKit, Validation
+from arena.rules.data import bundled_data_files, load_digits
 from arena.sandbox import LOG_TAIL_CHARS, isolation
 from arena.store import Database
-from arena.validation import SmokeKit, Validation
 
 SECRET = "hostile-suite-s3cr3t"
 SAMPLES = validation.SMOKE_TRACK.eval_size

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arena.hosts import CUDA_START_SECONDS, MAX_TIMED_MODELS, Timings, device_for, timed
-from arena.lru import LRU
+from arena.play.hosts import CUDA_START_SECONDS, MAX_TIMED_MODELS, Timings, device_for, timed
+from arena.play.lru import LRU
 
 
 @pytest.fixture

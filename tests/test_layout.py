@@ -1,8 +1,9 @@
-"""The layout docs/architecture.md draws: imports point one way, without a circle."""
+"""The layout docs/architecture.md draws: arena/ by job, imports pointing one way, without a circle."""
 
 from __future__ import annotations
 
 import ast
+import io
 import os
 import subprocess
 import sys
@@ -10,12 +11,31 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+
+from arena.play.training import load_model
+from arena.rules.tracks import TRACKS, ReferenceCNN
 
 ARENA = Path(__file__).resolve().parents[1] / "arena"
+#: arena's packages (and its one top-level module) from the bottom up: each imports only itself and those before it;
+#: ``arena/__init__.py``, what plugins import, stands above them all
+PACKAGES = [
+    "config",
+    "store",
+    "rules",
+    "contract",
+    "sandbox",
+    "play",
+    "results",
+    "plan",
+    "classroom",
+    "execution",
+    "commands",
+]
 #: each package's modules in their order: a module imports only those before it
 LAYERS = {
     "execution": ["inputs", "state", "jobs", "rounds", "pool", "local", "dispatch", "tasks", "follow", "workers"],
-    "sandbox": ["namespaces", "child", "zygote", "box"],
+    "sandbox": ["wire", "namespaces", "child", "zygote", "box"],
 }
 
 
@@ -60,6 +80,31 @@ def test_no_module_of_the_engine_imports_itself_in_a_circle() -> None:
         if name not in state:
             visit(name)
     assert not circles
+
+
+def test_each_package_imports_only_itself_and_the_packages_below_it() -> None:
+    graph = imports()
+    placed = {name: name.split(".")[1] for name in graph if name != "arena"}
+    assert set(placed.values()) == set(PACKAGES), "a module outside the layout: " + str(
+        set(placed.values()) - set(PACKAGES)
+    )
+    upward = [
+        f"{name} imports {other}"
+        for name, package in placed.items()
+        for other in graph[name]
+        if other != "arena" and PACKAGES.index(placed[other]) > PACKAGES.index(package)
+    ]
+    assert not upward
+
+
+def test_an_artifact_saved_before_the_layout_loads() -> None:
+    """A model saved whole names its classes' modules: ``arena.tracks.ReferenceCNN`` lives in ``arena.rules.tracks``."""
+    saved = io.BytesIO()
+    torch.save(TRACKS["digits"].make_reference(), saved, _use_new_zipfile_serialization=False)
+    before = saved.getvalue().replace(b"arena.rules.tracks", b"arena.tracks")
+    assert b"arena.rules.tracks" not in before
+    model = load_model(before, torch.device("cpu"), None, Path("unused"))
+    assert type(model) is ReferenceCNN
 
 
 @pytest.mark.parametrize("package", sorted(LAYERS))

@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import select
 from test_rounds import TINY
 
-from arena import planner, records, versions
 from arena.config import Settings, SettingsError, default_jobs
 from arena.execution import local
-from arena.store import Artifact, Database, Job, Result, Round
-from arena.tracks import load_tracks
+from arena.plan import planner, versions
+from arena.rules.tracks import load_tracks
+from arena.store import Artifact, Database, Job, Result, Round, records
 
 pytestmark = pytest.mark.slow
 

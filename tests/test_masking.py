@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from cheating import CHEATS
 
-from arena import evaluation, plugins, training
-from arena.match import MatchSpec, play
-from arena.tracks import TRACKS
-from arena.training import TrainSpec
+from arena.contract import plugins
+from arena.play import training
+from arena.play.match import MatchSpec, play
+from arena.play.training import TrainSpec
+from arena.rules import evaluation
+from arena.rules.tracks import TRACKS
 
 TRACK = dataclasses.replace(TRACKS["digits"], eval_size=150, batch_size=150)
 #: what the exact straight-through gradient may still buy over the gradient-free parts (7 of 150 samples)

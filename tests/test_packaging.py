@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from arena import extras, plugins
-from arena.cli import main
+from arena.commands.cli import main
 from arena.config import BUILTIN_PLUGIN_DIRS
+from arena.contract import extras, plugins
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

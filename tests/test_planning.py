@@ -1,13 +1,13 @@
-"""Planning as a pure function (arena/planning.py): what a round needs, decided from what is stored."""
+"""Planning as a pure function (arena/plan/planning.py): what a round needs, decided from what is stored."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from arena.keys import attempt_key
-from arena.planning import Latest, Pairing, Stored, decide, pairings
+from arena.plan.keys import attempt_key
+from arena.plan.planning import Latest, Pairing, Stored, decide, pairings
+from arena.rules.tracks import TRACKS
 from arena.store import Plugin, PluginVersion, Team
-from arena.tracks import TRACKS
 
 TRACK = TRACKS["digits"]
 NOTHING = Stored(frozenset(), frozenset(), frozenset(), frozenset(), frozenset(), {})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from arena.config import Settings
-from arena.plugins import (
+from arena.contract.plugins import (
     ENTRY_POINT_PREFIX,
     LoadedPlugin,
     PluginError,
@@ -510,7 +510,7 @@ def install(site: Path, files: dict[str, str], entry_point: str, dist: str = "de
     dist_info = site / f"{dist}-0.1.dist-info"
     dist_info.mkdir(parents=True)
     (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text(f"[arena.plugins]\n{entry_point}\n")
+    (dist_info / "entry_points.txt").write_text(f"[arena.contract.plugins]\n{entry_point}\n")
 
 
 def entry_point_sources(name: str) -> list[PluginSource]:
@@ -595,8 +595,8 @@ def test_entry_point_to_a_missing_module(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def hook_names() -> list[str]:
-    """The hooks declared in ``arena/hookspecs.py``: its top-level functions named ``arena_*``."""
-    tree = ast.parse((REPO / "arena" / "hookspecs.py").read_text())
+    """The hooks declared in ``arena/rules/hookspecs.py``: its top-level functions named ``arena_*``."""
+    tree = ast.parse((REPO / "arena" / "rules" / "hookspecs.py").read_text())
     return [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("arena_")]
 
 

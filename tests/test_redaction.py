@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from arena.cli import main
-from arena.redaction import redact
+from arena.commands.cli import main
+from arena.results.redaction import redact
 from leaderboard import create_app
 
 TOKEN = "ghp_S3cr3tT0kenOfTheRedTeam"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from arena.referee import (
+from arena.rules.referee import (
     GALLERY_SIZE,
     MalformedOutput,
     Verdict,

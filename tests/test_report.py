@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from test_scoring import Rows
 
-from arena.cli import main
+from arena.commands.cli import main
 from arena.store import Database
 from leaderboard import create_app
 

@@ -23,10 +23,10 @@ from services import fresh_postgres_database
 from sqlalchemy import select
 from test_rounds import TINY, write_plugin
 
-from arena import scoring
-from arena.boards import Cell
-from arena.cli import main
+from arena.commands.cli import main
 from arena.config import Settings
+from arena.results import scoring
+from arena.results.boards import Cell
 from arena.sandbox import namespaces
 from arena.store import Database, Result, Round
 from arena.store.db import migration_config

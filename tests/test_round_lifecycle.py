@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from arena import config
-from arena.cli import main
+from arena.commands.cli import main
 from arena.config import Settings
 from arena.store import Database, Round
 

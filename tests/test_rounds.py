@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from arena import planner, planning, versions
-from arena.cli import main
+from arena.commands.cli import main
 from arena.config import Settings
 from arena.execution import local
+from arena.plan import planner, planning, versions
+from arena.rules.tracks import load_tracks
 from arena.store import Database, Job, Result, RoundMatch
-from arena.tracks import load_tracks
 
 REPO = Path(__file__).resolve().parents[1]
 #: the built-in plugins these tests play against (all of them would make every round minutes long)
@@ -160,7 +160,7 @@ def test_plugin_new_writes_a_plugin_that_validates(tmp_path: Path, arena_home: P
     for kind in ("attack", "defense"):
         out = runner.invoke(main, ["plugin", "new", kind, f"my-{kind}", "--dir", str(tmp_path)])
         assert out.exit_code == 0, out.output
-    from arena import plugins
+    from arena.contract import plugins
 
     for kind in ("attack", "defense"):
         source = plugins.read_folder(tmp_path / f"my-{kind}")

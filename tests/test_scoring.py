@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from arena.game import payoffs
-from arena.history import BREAK_SUCCESS_RATE, history
-from arena.records import pack
-from arena.scoring import OutcomeCache, latest_round, played_boards, round_standings, round_token
+from arena.results.game import payoffs
+from arena.results.history import BREAK_SUCCESS_RATE, history
+from arena.results.scoring import OutcomeCache, latest_round, played_boards, round_standings, round_token
 from arena.store import Database, Job, Plugin, PluginVersion, Result, Round, RoundEntry, RoundMatch, Team, TrackRow
+from arena.store.records import pack
 
 
 class Rows:

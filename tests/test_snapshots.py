@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import select, update
 from test_scoring import Rows
 
-from arena import planner, snapshots
-from arena.scoring import round_standings
+from arena.plan import planner
+from arena.results import snapshots
+from arena.results.scoring import round_standings
 from arena.store import Database, Result, Round, RoundStandings
 from leaderboard import create_app
 

@@ -15,12 +15,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from arena import plugins, submissions, validation
-from arena.cli import main
+from arena.classroom import submissions
+from arena.classroom.submissions import SubmissionError
+from arena.commands.cli import main
 from arena.config import Settings
+from arena.contract import plugins
+from arena.plan.versions import latest_valid_versions
+from arena.play import validation
 from arena.store import Database, Plugin, PluginVersion, Team
-from arena.submissions import SubmissionError
-from arena.versions import latest_valid_versions
 
 BUILTIN = Path(__file__).resolve().parents[1] / "plugins"
 BROKEN = "from arena import Attack, hookimpl\nclass Broken(Attack)\n    pass\n"

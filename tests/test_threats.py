@@ -16,13 +16,17 @@ import torch
 from hostile import SPY, write_attack
 from torch import nn
 
-from arena import ThreatModelError, evaluation, hosts, physical, plugins, training, wire
-from arena.match import MatchOutcome, MatchSpec, Warm, attack_view, play
-from arena.plugins import PluginSource
-from arena.records import unpack
-from arena.threats import ArenaTarget, QueryServer
-from arena.tracks import TRACKS, Track
-from arena.training import TrainSpec
+from arena import ThreatModelError
+from arena.contract import plugins
+from arena.contract.plugins import PluginSource
+from arena.play import hosts, training
+from arena.play.match import MatchOutcome, MatchSpec, Warm, attack_view, play
+from arena.play.threats import ArenaTarget, QueryServer
+from arena.play.training import TrainSpec
+from arena.rules import evaluation, physical
+from arena.rules.tracks import TRACKS, Track
+from arena.sandbox import wire
+from arena.store.records import unpack
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 
@@ -452,7 +456,7 @@ def test_a_warm_process_serves_the_matches_of_one_round_only(arena: Arena) -> No
 
 
 # --------------------------------------------------------------------------------------------------
-# A physical track: what the defense sees is printed and photographed (arena/physical.py)
+# A physical track: what the defense sees is printed and photographed (arena/rules/physical.py)
 # --------------------------------------------------------------------------------------------------
 
 PHYSICAL = dataclasses.replace(TRACK, name="digits-physical-test", transform="print-photo", photo={"blur": 0.6})

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arena.tracks import (
+from arena.rules.tracks import (
     ARCHITECTURES,
     TRACKS,
     Track,

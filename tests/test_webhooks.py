@@ -32,8 +32,10 @@ from sqlalchemy import select
 from test_serve import free_port
 from test_submissions import GIT_IDENTITY, Remote, git
 
-from arena import access, enrolment, submissions, webhooks
+from arena.classroom import submissions, webhooks
+from arena.commands import enrolment
 from arena.config import Settings
+from arena.results import access
 from arena.store import Database, Push, Team
 from leaderboard import create_app
 
@@ -509,7 +511,7 @@ def test_a_push_through_a_served_board_over_http(home: Path, db: Database) -> No
     command = [
         sys.executable,
         "-c",
-        "from arena.cli import main; main()",
+        "from arena.commands.cli import main; main()",
         "serve",
         "--port",
         str(port),
@@ -553,7 +555,7 @@ def test_with_a_broker_a_celery_worker_syncs_the_push(home: Path, db: Database) 
         log = home / "worker.log"
         with open(log, "wb") as out:
             worker = subprocess.Popen(
-                [sys.executable, "-c", "from arena.cli import main; main()", "worker"],
+                [sys.executable, "-c", "from arena.commands.cli import main; main()", "worker"],
                 env=env | {"ARENA_BUILTINS": "fgsm,undefended"}, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         try:

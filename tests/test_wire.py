@@ -1,4 +1,4 @@
-"""The wire protocol (arena/wire.py): every message kind survives its crossing, and a malformed one is refused
+"""The wire protocol (arena/sandbox/wire.py): every message kind survives its crossing, and a malformed one is refused
 with a message that says what was expected."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from arena import wire
+from arena.sandbox import wire
 from arena.sandbox.box import _ChildUnpickler
 
 SHAPE = (1, 8, 8)

@@ -36,8 +36,8 @@ from sqlalchemy.orm import Session
 from arena.config import Settings
 from arena.execution import jobs
 from arena.execution.rounds import finish_round
+from arena.rules.tracks import Track
 from arena.store import Database, Job, JobInput
-from arena.tracks import Track
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class Dispatcher:
 
         Matches wait while a training job of their round and track waits in the queue, then go out in the
         planner's order (track, attack, defense, threat): a worker's warm attack processes (one per attack,
-        track and threat, :class:`arena.match.AttackPool`) then serve one defense after another. Sent as each
+        track and threat, :class:`arena.play.match.AttackPool`) then serve one defense after another. Sent as each
         defense became ready, consecutive matches changed attack every three: no attack process stayed warm.
         """
         with self.db.session() as session:

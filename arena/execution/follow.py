@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from arena.config import Settings
 from arena.execution.rounds import blocking_rounds, recorded_tracks
+from arena.rules.tracks import Track
 from arena.store import Database
-from arena.tracks import Track
 
 log = logging.getLogger(__name__)
 

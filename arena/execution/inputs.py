@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from arena.plugins import PluginSource
+from arena.contract.plugins import PluginSource
 from arena.store import Artifact, PluginVersion
 
 #: bytes of artifacts a process keeps

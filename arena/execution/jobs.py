@@ -16,18 +16,19 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from arena.access import relative_paths
 from arena.config import Settings
+from arena.contract.plugins import describe_error
 from arena.execution.inputs import source_of
 from arena.execution.state import WorkerState
-from arena.match import MatchOutcome, MatchSpec, play
-from arena.plugins import describe_error
-from arena.referee import REFEREE_VERSION
+from arena.play.match import MatchOutcome, MatchSpec, play
+from arena.play.training import TrainSpec, train_defense, train_substitute
+from arena.results.access import relative_paths
+from arena.rules.referee import REFEREE_VERSION
+from arena.rules.seeds import derive_seed
+from arena.rules.tracks import Track
 from arena.sandbox import PluginFailure
 from arena.store import Artifact, Database, Job, PluginVersion, Result
 from arena.store.db import insert_once
-from arena.tracks import Track
-from arena.training import TrainSpec, derive_seed, train_defense, train_substitute
 
 #: how many times a job may start (an error of the arena, a lost worker) before it fails for good
 MAX_ATTEMPTS = 3
@@ -138,7 +139,7 @@ def missing_inputs_of(session: Session, depends: list[list[str]]) -> list[tuple[
 
 def fail_job(db: Database, job_id: int, reason: str) -> None:
     """Fail a job without running it (its inputs could not be made); a match records why in its cell,
-    and which of its inputs were missing (a replanned input replays it, see ``arena.planner``)."""
+    and which of its inputs were missing (a replanned input replays it, see ``arena.plan.planner``)."""
     with db.session() as session:
         _fail(session, session.get(Job, job_id), reason)
 

@@ -21,9 +21,9 @@ from arena.config import Settings
 from arena.execution import pool
 from arena.execution.rounds import finish_round, take_back
 from arena.execution.state import WorkerState
-from arena.planner import JOB_ORDER
+from arena.plan.planner import JOB_ORDER
+from arena.rules.tracks import Track
 from arena.store import Database, Job
-from arena.tracks import Track
 
 
 def run_local(

@@ -29,8 +29,8 @@ from arena.config import Settings
 from arena.execution import jobs
 from arena.execution.rounds import local_worker
 from arena.execution.state import WorkerState
+from arena.rules.tracks import Track
 from arena.store import Database, Job
-from arena.tracks import Track
 
 log = logging.getLogger(__name__)
 

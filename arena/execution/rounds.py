@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from arena.execution import jobs
+from arena.rules.tracks import Track
 from arena.store import Database, Job, Round, RoundMatch, TrackRow
-from arena.tracks import Track
 
 
 def local_worker() -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from weakref import WeakKeyDictionary
 
 from arena.execution.inputs import Inputs
+from arena.play.warm import Warm
 from arena.store import Database
-from arena.warm import Warm
 
 
 class WorkerState:
-    """The warm parts of matches (:class:`arena.warm.Warm`), the inputs read from each database
+    """The warm parts of matches (:class:`arena.play.warm.Warm`), the inputs read from each database
     (:class:`arena.execution.inputs.Inputs`) and the databases a worker opened by URL."""
 
     def __init__(self) -> None:

@@ -35,13 +35,13 @@ from celery import Celery, Task, bootsteps
 from kombu import Exchange, Queue
 from sqlalchemy import select
 
-from arena import pushes
+from arena.classroom import pushes
 from arena.config import Settings, broker_url
 from arena.execution import dispatch, jobs
 from arena.execution.state import WorkerState
-from arena.planner import JOB_ORDER
+from arena.plan.planner import JOB_ORDER
+from arena.rules.tracks import Track
 from arena.store import Database, Job
-from arena.tracks import Track
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def run_job(task: Task, job_id: int, track: dict, seed: int | None) -> str:
 
 
 def sync_pushes(task: Task, push_ids: list[int]) -> None:
-    """Sync the teams of pushes a webhook announced, one after the other (see :mod:`arena.pushes`)."""
+    """Sync the teams of pushes a webhook announced, one after the other (see :mod:`arena.classroom.pushes`)."""
     settings = Settings.from_env()
     pushes.run_all(worker_state(task.app).database(settings.database_url), settings, push_ids)
 

@@ -28,7 +28,7 @@ from arena.store import Database, Round
 
 if TYPE_CHECKING:
     from arena.execution.dispatch import Dispatcher
-    from arena.tracks import Track
+    from arena.rules.tracks import Track
 
 #: seconds to wait before restarting a worker that died, doubled after each quick death, at most this
 RESTART_MAX_SECONDS = 30.0
@@ -73,7 +73,7 @@ def plan_workers(
     """One worker per GPU (the first ``count``), or ``count`` (default 1) CPU workers where there is none.
 
     Each worker's share of the cores is its OpenMP thread count (unless ``OMP_NUM_THREADS`` is set): GPU workers
-    use the CPU too (hosts of small models classify there, see :func:`arena.hosts.device_for`)."""
+    use the CPU too (hosts of small models classify there, see :func:`arena.play.hosts.device_for`)."""
     host = socket.gethostname()
     if gpus:
         if count is not None and count > len(gpus):

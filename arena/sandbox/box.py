@@ -19,13 +19,15 @@ the private working directory, the limits and the wall clock, but plugin code ca
 can read and reach the network; the arena says so loudly.
 
 The parent drives the sandbox with requests over a pipe; while it waits for a reply it answers the
-child's queries (the black-box ``query`` of :mod:`arena.threats`). Everything the child sends is
+child's queries (the black-box ``query`` of :mod:`arena.play.threats`). Everything the child sends is
 untrusted: :class:`_ChildUnpickler` accepts plain data and numpy arrays only. Its stdout and stderr are
 drained by the parent, which keeps the last :data:`LOG_TAIL_CHARS` characters (plugins may print
 without bound).
 
 A failure of the plugin raises :class:`PluginFailure` (its match or validation fails); a failure of the
 arena to set the sandbox up raises :class:`SandboxError` (the job is retried, the plugin not blamed).
+
+Over 400 lines: a sandbox's start, calls and stop share its pipe, its limits and its log; they read best together.
 """
 
 from __future__ import annotations
@@ -49,10 +51,9 @@ from multiprocessing.connection import Pipe
 from pathlib import Path
 from typing import Any, Protocol
 
-from arena import wire
 from arena.config import BUILTIN_PLUGIN_DIRS, GIB, Environ, Settings, sandbox_limits
-from arena.data import bundled_data_files
-from arena.sandbox import namespaces
+from arena.rules.data import bundled_data_files
+from arena.sandbox import namespaces, wire
 from arena.sandbox.child import KEEP_ENV
 from arena.sandbox.zygote import Child, Isolation, OutputTail, SandboxError, get_zygote, isolation
 
@@ -77,7 +78,7 @@ Service = Callable[[Any], Any]
 
 
 class Watch(Protocol):
-    """Keeps a call's time by whose code runs (see :class:`arena.watch.DefenseWatch`): the child's one-way
+    """Keeps a call's time by whose code runs (see :class:`arena.play.watch.DefenseWatch`): the child's one-way
     ``("notice", payload)`` messages say when another party's code starts and ends in it."""
 
     def notice(self, payload: Any) -> None:

@@ -21,9 +21,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
-from arena import wire
 from arena.config import GIB, with_process_defaults
-from arena.plugins import describe_error
+from arena.contract.plugins import describe_error
+from arena.sandbox import wire
 
 #: the variables a sandbox inherits; LD_LIBRARY_PATH because CUDA's container images find the driver's libraries by it
 KEEP_ENV = (

@@ -13,6 +13,9 @@ enters the sandbox's namespaces and forks the process that serves the requests, 
 pid namespace; the proxy waits for it or for the lifeline to close, then kills whatever is left and exits
 with the served process's status. Without bubblewrap (the *fallback*) the proxy does the same without
 namespaces, serving from its child and killing the process group instead.
+
+Over 400 lines: the arena's side and the zygote's own side of one socket protocol, kept in one file so that the
+two ends change together.
 """
 
 from __future__ import annotations
@@ -38,13 +41,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
-from arena import wire
 from arena.config import sandbox_isolation
-from arena.sandbox import namespaces
+from arena.sandbox import namespaces, wire
 from arena.sandbox.child import EX_CPU, EX_SETUP, minimal_env, serve
 from arena.sandbox.namespaces import View
 
-PRELOAD = ("torch", "numpy", "arena.match", "arena.training")
+PRELOAD = ("torch", "numpy", "arena.play.match", "arena.play.training")
 #: the zygote's malloc asks for transparent huge pages and keeps large blocks (up to 32 MiB: a batch's
 #: activations) in its heap instead of fresh mappings: its children fork, fault and run faster (fewer
 #: page-table entries to copy, fewer page faults and TLB misses); plugins never see the variable

@@ -143,7 +143,7 @@ class PluginVersion(Base):
 
 class TrackRow(Base):
     """A track as it was played: its configuration is copied here so results stay explainable (the rules
-    themselves are :class:`arena.tracks.Track`)."""
+    themselves are :class:`arena.rules.tracks.Track`)."""
 
     __tablename__ = "tracks"
 
@@ -207,7 +207,7 @@ class RoundMatch(Base):
 
 
 class RoundStandings(Base):
-    """A published round's scored boards (compressed JSON of ``arena.boards.Board``), written when it is
+    """A published round's scored boards (compressed JSON of ``arena.results.boards.Board``), written when it is
     published: a published round never changes, so no board process scores it again."""
 
     __tablename__ = "round_standings"
@@ -273,7 +273,7 @@ class Token(Base):
 
 class Push(Base):
     """A push a git service announced by webhook, for one team (a push to a shared class repository is one per
-    team it concerns): what was pushed, and what the sync it queued found (``arena.pushes``)."""
+    team it concerns): what was pushed, and what the sync it queued found (``arena.classroom.pushes``)."""
 
     __tablename__ = "pushes"
     __table_args__ = (
@@ -323,7 +323,7 @@ def _same_as_key(context: DefaultExecutionContext) -> str:
 class Result(Base):
     """The outcome of one attempt at a match, written once under its key.
 
-    ``content_key`` names the match by content (``arena.keys.result_key``). Its first attempt is
+    ``content_key`` names the match by content (``arena.plan.keys.result_key``). Its first attempt is
     stored under that key; a replay (``attempt`` 1, 2, ...) under a key of its own, so the rounds that
     showed an earlier attempt keep showing it. A match failed without running, because inputs could
     not be made, lists their artifact keys in ``missing_inputs`` (None for a match that ran).

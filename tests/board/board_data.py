@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from test_scoring import Rows
 
-from arena import access
+from arena.results import access
 from arena.store import PluginVersion, Result, Team
 
 EVIL = "<script>alert(1)</script>"

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from test_scoring import Rows
 
-from arena import access
+from arena.results import access
 from arena.store import PluginVersion, Result, Round, RoundMatch
 
 # --------------------------------------------------------------------------------------------------
@@ -90,12 +90,12 @@ def test_a_log_shown_to_its_team_names_no_server_path() -> None:
         'Traceback (most recent call last):\n  File "/srv/arena/home/plugin-cache/0123456789abcdef/attack.py", '
         'line 3, in run\n  File "/opt/venv/lib/python3.11/site-packages/torch/nn/modules/module.py", line 9\n'
         '  File "/usr/lib/python3.11/multiprocessing/connection.py", line 384, in _send\n'
-        '  File "/srv/arena/src/arena/match.py", line 20, in play'
+        '  File "/srv/arena/src/arena/play/match.py", line 20, in play'
     )
     shown = access.relative_paths(log)
     assert "/srv" not in shown and "/opt" not in shown and "/usr" not in shown
     assert '"attack.py", line 3' in shown and '"torch/nn/modules/module.py"' in shown
-    assert '"multiprocessing/connection.py"' in shown and '"arena/match.py"' in shown
+    assert '"multiprocessing/connection.py"' in shown and '"arena/play/match.py"' in shown
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,12 +19,12 @@ from flask.testing import FlaskClient
 from PIL import Image
 from test_scoring import Rows
 
-from arena.cli import main
+from arena.commands.cli import main
 from arena.config import Settings
-from arena.hookspecs import THREATS
-from arena.scoring import round_standings
+from arena.results.scoring import round_standings
+from arena.rules.hookspecs import THREATS
+from arena.rules.tracks import TRACKS
 from arena.store import Round
-from arena.tracks import TRACKS
 from leaderboard import create_app
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The class: teams and rosters, git submissions and pushes by webhook."""

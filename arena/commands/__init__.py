@@ -1,0 +1,1 @@
+"""The command line: the arena's and the instructor's commands, a student's check and play, what they print."""

@@ -1,0 +1,1 @@
+"""Playing the game: training a defense, a match between an attack and a defense, and its judging."""
