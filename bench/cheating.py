@@ -3,6 +3,7 @@
     python bench/cheating.py [--track digits] [--eval-size 300] [--evaluation public]
     python bench/cheating.py --masking     # the squeezes: every attack, then with autoattack and spsa
     python bench/cheating.py --lookups [--builtins fgsm,pgd,...]  # lookups of the public images (lookup-public)
+    python bench/cheating.py --failures [--builtins ...]  # exit, stall, slow, sabotage, batch detection (issue 24)
 
 ``--secret HEX`` plays under a given arena secret (the same evaluation images and training seeds: paired runs).
 
@@ -39,6 +40,7 @@ def main() -> None:
         help="the squeezes and built-in defenses against every built-in attack, then again with the reference attacks",
     )
     parser.add_argument("--lookups", action="store_true", help="the lookups of the public images (cheating.LOOKUPS)")
+    parser.add_argument("--failures", action="store_true", help="the failure cheats (cheating.FAILURE_CHEATS)")
     parser.add_argument("--builtins", default=None, help="the built-in plugins that play, comma-separated")
     parser.add_argument("--secret", default=None, help="the arena's secret, in hex (default: a fresh one)")
     args = parser.parse_args()
@@ -54,6 +56,11 @@ def main() -> None:
         builtins = tuple(args.builtins.split(",")) if args.builtins else cheating.LOOKUP_BUILTINS
         folder = cheating.install_lookups(root / "plugins", track.load(Settings.from_env().data_dir))
         os.environ.update(cheating.environment(folder, builtins))
+        show(track, *timed_round(track))
+        return
+    if args.failures:
+        builtins = tuple(args.builtins.split(",")) if args.builtins else (*cheating.ATTACKS, "pgd-adv-training")
+        os.environ.update(cheating.environment(cheating.install(root / "plugins", cheating.FAILURE_CHEATS), builtins))
         show(track, *timed_round(track))
         return
     if not args.masking:
@@ -86,7 +93,7 @@ def show(track: Track, figures: dict, seconds: float) -> None:
     """Each defense's clean, worst-case and mean robust accuracy and its diagnostics, per threat."""
     print(f"{track.name} ({track.evaluation}, {track.eval_size} images), {seconds:.0f} s")
     print(f"{'defense':26s} {'threat':10s} {'clean':>6s} {'worst':>6s} {'mean':>6s} failed  diagnostics")
-    standings = {key: row for key, row in figures.items() if len(key) == 2}
+    standings = {key: row for key, row in figures.items() if len(key) == 2 and "clean" in row}  # not attacks' rows
     for (defense, threat), row in sorted(standings.items(), key=lambda item: (item[0][1], item[0][0])):
         shown = " ".join(f"{row[k]:6.3f}" if row[k] is not None else f"{'-':>6s}" for k in ("clean", "worst", "mean"))
         print(f"{defense:26s} {threat:10s} {shown} {row['failed']:6d}  {', '.join(row['diagnostics'])}")
