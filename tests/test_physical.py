@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from arena.rules import evaluation
+from arena.rules.hookspecs import TrainContext
 from arena.rules.physical import PrintAndPhoto, photograph
 from arena.rules.tracks import TRACKS, TrackError, load_tracks
 from leaderboard import create_app
@@ -102,3 +103,20 @@ def test_the_rules_page_says_what_a_physical_track_does_to_the_images(tmp_path: 
     digits = next(t for t in app.test_client().get("/api/rules").json["tracks"] if t["name"] == "digits")
     assert "transform" not in {f["name"] for f in digits["fields"]}
     app.extensions["arena_db"].dispose()
+
+
+def test_a_defense_trains_on_photographs_drawn_from_the_published_ranges_only_on_a_physical_track() -> None:
+    track = TRACKS["digits-physical"]
+    x = torch.rand(8, *track.input_shape)
+
+    def context(photo: PrintAndPhoto | None) -> TrainContext:
+        return TrainContext(
+            track.name, 10, track.input_shape, "linf", 0.2, x, torch.zeros(8, dtype=torch.long),
+            track.make_reference, torch.device("cpu"), 7, 60.0, 1, track.levels, photo=photo,
+        )  # fmt: skip
+
+    assert context(None).photograph(x) is x
+    photographed = context(track.photo_ranges).photograph(x)
+    assert photographed.shape == x.shape and not torch.equal(photographed, x)
+    assert torch.equal(photographed * (track.levels - 1), torch.round(photographed * (track.levels - 1)))  # on the grid
+    assert torch.equal(photographed, context(track.photo_ranges).photograph(x))  # its draws come from the seed

@@ -143,6 +143,7 @@ def _train_setup(_conn: Connection, spec: TrainSpec, x_train: np.ndarray, y_trai
             epochs=spec.track.epochs,
             levels=spec.track.levels,
             distortion=DISTORTIONS[spec.track.dataset] if spec.track.evaluation == "transformed" else None,
+            photo=spec.track.photo_ranges if spec.track.transform != "none" else None,
         )
         started = time.perf_counter()
         model = defense.train(ctx)

@@ -29,7 +29,7 @@ from torch import nn
 
 from arena.rules import referee
 from arena.rules.distortions import Distortion, distort, min_move
-from arena.rules.physical import PrintAndPhoto
+from arena.rules.physical import PrintAndPhoto, photograph
 
 PROJECT = "arena"
 
@@ -224,7 +224,9 @@ class TrainContext:
     (untrained, on ``device``); a defense may bring its own architecture instead. Every image the
     model will see lies on a grid of ``levels`` grey levels (``k / (levels - 1)``). Where the track
     evaluates a secret distortion of its held-out images, ``distortion`` is its (public) family and
-    :meth:`augment` draws from it: a model trained on such images keeps its accuracy on the evaluation's.
+    :meth:`augment` draws from it: a model trained on such images keeps its accuracy on the evaluation's. On a
+    physical track ``photo`` holds the published ranges of its print-and-photo step and :meth:`photograph` draws
+    from them: what the defense will see of every image.
     """
 
     track: str
@@ -241,6 +243,7 @@ class TrainContext:
     epochs: int
     levels: int = 256
     distortion: Distortion | None = None
+    photo: PrintAndPhoto | None = None
     generator: torch.Generator = field(init=False)
     log: Callable[[str], None] = print
 
@@ -290,6 +293,14 @@ class TrainContext:
                 optimizer.step()
             self.log(f"{prefix}epoch {epoch}/{epochs}: last batch loss {loss.item():.4f}")
         return True
+
+    def photograph(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` printed and photographed under fresh public draws (from :attr:`generator`) of the track's ranges,
+        as every judged image is; ``x`` itself off a physical track (``photo`` is None)."""
+        if self.photo is None:
+            return x
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
+        return photograph(x.cpu(), seed, self.photo, self.levels).to(x.device)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` under fresh draws (from :attr:`generator`) of the family of distortions the track evaluates.
