@@ -297,7 +297,8 @@ def _wrong_type(field: str, value: Any) -> str | None:
     return None if ok else f"{field} must be {kind}, not {value!r}"
 
 
-#: the built-in tracks
+#: the built-in tracks; each clean floor lies at least 2 points below the lowest clean accuracy an honest built-in
+#: defense reached on the secret images of 3 arenas (``bench/defense_training.py --secrets 3``, docs/defenses.md)
 TRACKS: dict[str, Track] = {
     track.name: track
     for track in (
@@ -308,7 +309,7 @@ TRACKS: dict[str, Track] = {
             eps=0.2,
             eval_size=300,
             max_queries=200,
-            clean_floor=0.9,
+            clean_floor=0.87,
             epochs=30,
             batch_size=300,
             time_limit=300.0,
@@ -321,7 +322,7 @@ TRACKS: dict[str, Track] = {
             eps=3,
             eval_size=300,
             max_queries=500,
-            clean_floor=0.9,
+            clean_floor=0.87,
             epochs=30,
             batch_size=300,
             time_limit=300.0,
@@ -334,7 +335,7 @@ TRACKS: dict[str, Track] = {
             eps=0.2,
             eval_size=300,
             max_queries=200,
-            clean_floor=0.85,
+            clean_floor=0.8,
             epochs=30,
             batch_size=300,
             time_limit=300.0,
@@ -349,7 +350,7 @@ TRACKS: dict[str, Track] = {
             eps=0.3,
             eval_size=1000,
             max_queries=1000,
-            clean_floor=0.97,
+            clean_floor=0.93,
             epochs=2,
             description="MNIST, L-inf eps 0.3, as in Madry's MNIST challenge",
         ),
@@ -360,7 +361,7 @@ TRACKS: dict[str, Track] = {
             eps=0.3,
             eval_size=1000,
             max_queries=1000,
-            clean_floor=0.95,
+            clean_floor=0.9,
             epochs=2,
             transform="print-photo",
             description="MNIST, L-inf eps 0.3, every judged image printed and photographed (Kurakin et al. 2017)",
@@ -372,7 +373,7 @@ TRACKS: dict[str, Track] = {
             eps=2.0,
             eval_size=1000,
             max_queries=1000,
-            clean_floor=0.97,
+            clean_floor=0.93,
             epochs=2,
             description="MNIST, L2 eps 2.0",
         ),
