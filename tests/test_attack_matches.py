@@ -31,9 +31,10 @@ TRACKS_BY_NORM = {
 #: a targeted attack succeeds only where it hits its target. Elsewhere (the twin, the substitute) at least 0.1.
 #: CW-L2 (kappa 0) keeps the smallest example that still fools the twin once rounded to the pixel grid: such
 #: minimal examples transfer weakly to the real model (Carlini and Wagner raise kappa for transfer)
-TRANSFERRED_SUCCESS = {"cw-l2": 0.05}
-#: SimBA spends 20 queries per image here; on the secret images (issue 11) it breaks 0.11 to 0.2 of them
-WHITE_BOX_SUCCESS = {"fgsm-targeted": 0.25, "simba": 0.1, "universal": 0.1, "one-pixel": 0.1, "rand-fgsm": 0.2}
+TRANSFERRED_SUCCESS = {"cw-l2": 0.05, "simba": 0.08}  # simba: the same queries under every threat
+#: SimBA spends 20 queries per image here; on the secret images (issue 11) it breaks 0.11 to 0.2 of them, 0.09 of
+#: these 60 since each image whose ball a lookup held was redrawn (issue 24)
+WHITE_BOX_SUCCESS = {"fgsm-targeted": 0.25, "simba": 0.08, "universal": 0.1, "one-pixel": 0.1, "rand-fgsm": 0.2}
 
 
 @dataclass(frozen=True)

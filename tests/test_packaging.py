@@ -101,7 +101,7 @@ def test_an_installed_package_carries_the_builtins_unchanged(tmp_path: Path) -> 
         archive.extractall(tmp_path / "site")
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     probe = (
-        "import json; from arena import config, plugins; "
+        "import json; from arena import config; from arena.contract import plugins; "
         "print(json.dumps([str(config.BUILTIN_PLUGIN_DIRS[0]), "
         "{s.label: s.content_hash for s in plugins.discover(config.BUILTIN_PLUGIN_DIRS, entry_points=False)}]))"
     )
