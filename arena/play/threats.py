@@ -257,8 +257,7 @@ class ArenaTarget(Target):
         self._conn = conn
         self._model = GuardedModel(model, conn, input_shape, num_classes) if model is not None and guard else model
         self._substitute = substitute
-        self._train_data: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._public_data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._data_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._used = 0
         self._left = 0
 
@@ -277,20 +276,20 @@ class ArenaTarget(Target):
     @property
     def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Asked from the arena on first use (the attack's process reads no data set itself)."""
-        if self._train_data is None:
-            self._conn.send(wire.service(wire.TRAIN_DATA, None))
-            x, y = self._conn.recv()
-            self._train_data = torch.from_numpy(x), torch.from_numpy(y)
-        return self._train_data
+        return self._data_set(wire.TRAIN_DATA)
 
     @property
     def public_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Asked from the arena on first use, like :attr:`train_data`."""
-        if self._public_data is None:
-            self._conn.send(wire.service(wire.PUBLIC_DATA, None))
+        return self._data_set(wire.PUBLIC_DATA)
+
+    def _data_set(self, service: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels the arena's ``service`` sends, asked once."""
+        if service not in self._data_sets:
+            self._conn.send(wire.service(service, None))
             x, y = self._conn.recv()
-            self._public_data = torch.from_numpy(x), torch.from_numpy(y)
-        return self._public_data
+            self._data_sets[service] = torch.from_numpy(x), torch.from_numpy(y)
+        return self._data_sets[service]
 
     @property
     def queries_used(self) -> int:
