@@ -163,6 +163,9 @@ def play_attack(
     else in a fresh one. ``apart``: the defended model (the twin under gray-box) runs in a host of its own, and
     the attack holds a :class:`arena.play.threats.RemoteModel` (a fresh process, never a warm one). ``timings``
     say where the defense's hosts run (:func:`arena.play.hosts.device_for`).
+
+    One function of about 80 lines, on purpose: one ``ExitStack`` holds the hosts, the services and the attack's
+    process through the batches, and the blame of a failure reads all of them in the order they were opened.
     """
     track, started = spec.track, time.perf_counter()
     x, y, targets = evaluation.x, evaluation.y, evaluation.targets
