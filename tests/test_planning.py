@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from arena.plan.keys import attempt_key
+from arena.plan.keys import artifact_key, attempt_key, evaluation_key, result_key
 from arena.plan.planning import Latest, Pairing, Stored, decide, pairings
 from arena.rules.tracks import TRACKS
 from arena.store import Plugin, PluginVersion, Team
@@ -57,3 +57,15 @@ def test_a_match_that_lacked_an_input_is_replayed_as_its_next_attempt() -> None:
     assert match.cause == "replay: its defense's training failed before" and plan.replayed == 1
     training = next(job for job in plan.jobs if job.kind == "train-defense")
     assert training.cause.startswith("replay: the training of team/defense-2@")
+
+
+def test_a_track_that_differs_only_in_its_evaluation_shares_its_trained_models() -> None:
+    """The demo's fewer images, or a new floor, reuse the models; what training reads retrains them."""
+    fewer = dataclasses.replace(TRACK, eval_size=100, clean_floor=0.5, max_queries=10, draws=2, inference_ms=9.0)
+    for kind in ("defense", "twin", "substitute"):
+        assert artifact_key(kind, fewer, "fp", "d" * 64) == artifact_key(kind, TRACK, "fp", "d" * 64)
+        for training in ({"eps": TRACK.eps / 2}, {"epochs": TRACK.epochs + 1}, {"levels": 256}):
+            other = dataclasses.replace(TRACK, **training)
+            assert artifact_key(kind, other, "fp", "d" * 64) != artifact_key(kind, TRACK, "fp", "d" * 64), training
+    assert evaluation_key(fewer, "fp") != evaluation_key(TRACK, "fp")
+    assert result_key("a", "d", fewer, "white-box", 0, "e") != result_key("a", "d", TRACK, "white-box", 0, "e")

@@ -197,24 +197,36 @@ def test_plugin_check_plays_against_the_builtins(tmp_path: Path, student_dir: Pa
 
 @pytest.mark.slow
 def test_demo_runs_a_whole_round(tmp_path: Path) -> None:
-    """`arena demo --no-serve`, as a user runs it, in a fresh home: exits 0 and prints the rankings."""
+    """`arena demo --no-serve`, as a user runs it, in a fresh home: exits 0 and prints the rankings; a student's
+    `arena play` after it plays only the student's matches, on the demo's images."""
     env = {
         "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
         "ARENA_HOME": str(tmp_path / "home"),
         "ARENA_BUILTINS": SKELETON_BUILTINS,
+        "OMP_NUM_THREADS": "1",
     }
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "arena"), "demo", "--no-serve"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "round 1 - digits - white-box" in done.stdout
-    assert "mnist" not in done.stdout  # digits only, unless asked
-    assert "arena/undefended" in done.stdout and "arena/simba" in done.stdout
+
+    def arena(*args: str) -> str:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "arena"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    out = arena("demo", "--no-serve")
+    assert "the demo attacks 100 of digits' 300 evaluation images (`arena demo --images 300`" in out
+    assert "round 1 - digits - white-box" in out
+    assert "mnist" not in out  # digits only, unless asked
+    assert "arena/undefended" in out and "arena/simba" in out
+    arena("plugin", "new", "attack", "mine", "--team", "students", "--dir", str(tmp_path))
+    played = arena("play", str(tmp_path / "mine"), "--quiet")
+    assert "to do: 0 training(s), 4 match(es)" in played, "the demo's models and matches serve the student's round"
+    assert "round 2 is published" in played
 
 
 def test_demo_names_a_track_it_cannot_play(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

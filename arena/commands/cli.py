@@ -28,6 +28,9 @@ from arena.store import Database, Round
 
 #: the demo's default: the track that plays a whole round of every built-in plugin in minutes on a CPU
 DEMO_TRACKS = ("digits",)
+#: the evaluation images the demo attacks per track (a class's round attacks the track's own count, digits' 300):
+#: every built-in played in minutes; trained models do not depend on it, so a later check or round reuses them
+DEMO_IMAGES = 100
 #: how much lower than the board's the demo's jobs run (``nice``)
 DEMO_NICENESS = 10
 
@@ -299,13 +302,21 @@ def _print_sync(synced: list[versions.SyncedPlugin]) -> None:
 @click.option("--track", "track_names", multiple=True, help="Track to play (repeatable) [default: digits].")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
+@click.option(
+    "--images",
+    type=click.IntRange(1),
+    default=DEMO_IMAGES,
+    show_default=True,
+    help="Evaluation images attacked per track (at most the track's own: digits 300).",
+)
 @JOBS
-def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int, jobs: int | None) -> None:
-    """A whole round of the built-in plugins (on digits unless --track says otherwise), shown on the board as it
-    plays (published from the start: the demo is the instructor), published again once done."""
+def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int, images: int, jobs: int | None) -> None:
+    """A whole round of the built-in plugins (on digits unless --track says otherwise) on the first ``--images``
+    of each track's secret evaluation images, shown on the board as it plays (published from the start: the demo
+    is the instructor), published again once done."""
     settings = _with_jobs(Settings.from_env(), jobs)
     db = _open(settings)
-    tracks = admin.usable_tracks(settings, track_names or DEMO_TRACKS)
+    tracks = [_fewer_images(track, images) for track in admin.usable_tracks(settings, track_names or DEMO_TRACKS)]
     board = None if no_serve else _start_board(host, port)
     os.nice(DEMO_NICENESS)  # the round's jobs (and their sandboxes) yield the cores to the board
 
@@ -324,6 +335,17 @@ def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int, job
         click.echo(f"the board stays on http://{host}:{port}/ (Ctrl+C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
             board.join()
+
+
+def _fewer_images(track: Track, images: int) -> Track:
+    """``track`` attacking its first ``images`` evaluation images (a subset of its own), saying so."""
+    if images >= track.eval_size:
+        return track
+    click.echo(
+        f"the demo attacks {images} of {track.name}'s {track.eval_size} evaluation images "
+        f"(`arena demo --images {track.eval_size}` all of them; the trained models are the same)"
+    )
+    return dataclasses.replace(track, eval_size=images)
 
 
 def _start_board(host: str, port: int) -> multiprocessing.process.BaseProcess:

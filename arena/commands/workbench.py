@@ -167,7 +167,8 @@ def _print_matches(db: Database, version_id: int, opponents: list[int], track: T
 @click.option("--serve", is_flag=True, help="Then serve the board (as `arena serve` does).")
 def play(paths: tuple[Path, ...], track_names: tuple[str, ...], quiet: bool, serve: bool) -> None:
     """Play plugin folders in your own local arena: validate each as a push is, play a new round of every plugin
-    the arena holds (after `make demo`, only your matches run), publish it and show where the board shows it.
+    the arena holds on each track as the arena last played it (after `make demo`, its images: only your matches
+    run), publish it and show where the board shows it.
 
     For a class's arena (teams with repositories) push to your team's repository instead.
     """
@@ -179,7 +180,8 @@ def play(paths: tuple[Path, ...], track_names: tuple[str, ...], quiet: bool, ser
                 "this arena holds teams with repositories (a class's arena): push to your team's repository, "
                 "or try a plugin with `arena plugin check PATH`, which never reaches the board"
             )
-    tracks = admin.usable_tracks(settings, track_names or ("digits",))
+    recorded = rounds.recorded_tracks(db)  # as this arena played them (the demo's images): only new matches run
+    tracks = [recorded.get(t.name, t) for t in admin.usable_tracks(settings, track_names or ("digits",))]
     for round_id, number in rounds.unfinished_rounds(db):  # a round an interrupted run left: finish it first
         click.echo(f"finishing round {number} first")
         local.run_local(db, settings, rounds.recorded_tracks(db), round_id, progress=not quiet)

@@ -26,10 +26,11 @@ def secret_fingerprint(settings: Settings) -> str:
 
 
 def artifact_key(kind: str, track: Track, fingerprint: str, defense_hash: str | None = None) -> str:
-    """Key of a trained model: ``defense`` and ``twin`` depend on the defense's code and the secret."""
+    """Key of a trained model: ``defense`` and ``twin`` depend on the defense's code and the secret, every kind on
+    what training reads of the track (not on its evaluation's size or floor)."""
     if kind == "substitute":
-        return digest("substitute", track.config(), TRAINING_VERSION)
-    return digest(kind, defense_hash, track.config(), TRAINING_VERSION, fingerprint)
+        return digest("substitute", track.training_config(), TRAINING_VERSION)
+    return digest(kind, defense_hash, track.training_config(), TRAINING_VERSION, fingerprint)
 
 
 def result_key(attack_hash: str, defense_hash: str, track: Track, threat: str, seed: int, evaluation: str) -> str:
