@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from arena.commands.cli import main
+from arena.commands.cli import DEMO_IMAGES, main
 from arena.config import Settings
 from arena.execution import local
 from arena.plan import planner, planning, versions
@@ -219,7 +219,7 @@ def test_demo_runs_a_whole_round(tmp_path: Path) -> None:
         return done.stdout
 
     out = arena("demo", "--no-serve")
-    assert "the demo attacks 100 of digits' 300 evaluation images (`arena demo --images 300`" in out
+    assert f"the demo attacks {DEMO_IMAGES} of the 300 evaluation images of digits (`arena demo --images 300`" in out
     assert "round 1 - digits - white-box" in out
     assert "mnist" not in out  # digits only, unless asked
     assert "arena/undefended" in out and "arena/simba" in out

@@ -30,7 +30,7 @@ from arena.store import Database, Round
 DEMO_TRACKS = ("digits",)
 #: the evaluation images the demo attacks per track (a class's round attacks the track's own count, digits' 300):
 #: every built-in played in minutes; trained models do not depend on it, so a later check or round reuses them
-DEMO_IMAGES = 100
+DEMO_IMAGES = 80
 #: how much lower than the board's the demo's jobs run (``nice``)
 DEMO_NICENESS = 10
 
@@ -342,7 +342,7 @@ def _fewer_images(track: Track, images: int) -> Track:
     if images >= track.eval_size:
         return track
     click.echo(
-        f"the demo attacks {images} of {track.name}'s {track.eval_size} evaluation images "
+        f"the demo attacks {images} of the {track.eval_size} evaluation images of {track.name} "
         f"(`arena demo --images {track.eval_size}` all of them; the trained models are the same)"
     )
     return dataclasses.replace(track, eval_size=images)
