@@ -16,8 +16,8 @@ from cheating import FAILURE_CHEATS, environment, install, play
 from arena.config import Settings
 from arena.rules.tracks import TRACKS
 
-#: 150 images, and an inference budget of 5 ms an image: a stalled defense forfeits in seconds, not a minute
-TRACK = dataclasses.replace(TRACKS["digits"], eval_size=150, inference_ms=5.0)
+#: 100 images, and an inference budget of 5 ms an image: a stalled defense forfeits in seconds, not a minute
+TRACK = dataclasses.replace(TRACKS["digits"], eval_size=100, inference_ms=5.0)
 
 
 @pytest.mark.slow

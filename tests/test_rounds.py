@@ -219,7 +219,8 @@ def test_demo_runs_a_whole_round(tmp_path: Path) -> None:
         return done.stdout
 
     out = arena("demo", "--no-serve")
-    assert f"the demo attacks {DEMO_IMAGES} of the 300 evaluation images of digits (`arena demo --images 300`" in out
+    said = f"the demo attacks {DEMO_IMAGES} of the 300 evaluation images of digits and judges a randomized defense"
+    assert said in out and "(`arena demo --images 300 --draws 5` as a class's round" in out
     assert "round 1 - digits - white-box" in out
     assert "mnist" not in out  # digits only, unless asked
     assert "arena/undefended" in out and "arena/simba" in out

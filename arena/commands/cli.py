@@ -31,6 +31,8 @@ DEMO_TRACKS = ("digits",)
 #: the evaluation images the demo attacks per track (a class's round attacks the track's own count, digits' 300):
 #: every built-in played in minutes; trained models do not depend on it, so a later check or round reuses them
 DEMO_IMAGES = 80
+#: the draws over which the demo judges a randomized defense (a class's round: the track's own, 5)
+DEMO_DRAWS = 3
 #: how much lower than the board's the demo's jobs run (``nice``)
 DEMO_NICENESS = 10
 
@@ -309,14 +311,24 @@ def _print_sync(synced: list[versions.SyncedPlugin]) -> None:
     show_default=True,
     help="Evaluation images attacked per track (at most the track's own: digits 300).",
 )
+@click.option(
+    "--draws",
+    type=click.IntRange(1),
+    default=DEMO_DRAWS,
+    show_default=True,
+    help="Draws over which a randomized defense is judged (at most the track's own: 5).",
+)
 @JOBS
-def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int, images: int, jobs: int | None) -> None:
+def demo(
+    no_serve: bool, track_names: tuple[str, ...], host: str, port: int, images: int, draws: int, jobs: int | None
+) -> None:
     """A whole round of the built-in plugins (on digits unless --track says otherwise) on the first ``--images``
-    of each track's secret evaluation images, shown on the board as it plays (published from the start: the demo
-    is the instructor), published again once done."""
+    of each track's secret evaluation images, randomized defenses judged over ``--draws`` draws, shown on the
+    board as it plays (published from the start: the demo is the instructor), published again once done."""
     settings = _with_jobs(Settings.from_env(), jobs)
     db = _open(settings)
-    tracks = [_fewer_images(track, images) for track in admin.usable_tracks(settings, track_names or DEMO_TRACKS)]
+    usable = admin.usable_tracks(settings, track_names or DEMO_TRACKS)
+    tracks = [_lighter(track, images, draws) for track in usable]
     board = None if no_serve else _start_board(host, port)
     os.nice(DEMO_NICENESS)  # the round's jobs (and their sandboxes) yield the cores to the board
 
@@ -337,15 +349,19 @@ def demo(no_serve: bool, track_names: tuple[str, ...], host: str, port: int, ima
             board.join()
 
 
-def _fewer_images(track: Track, images: int) -> Track:
-    """``track`` attacking its first ``images`` evaluation images (a subset of its own), saying so."""
-    if images >= track.eval_size:
+def _lighter(track: Track, images: int, draws: int) -> Track:
+    """``track`` attacking its first ``images`` evaluation images (a subset of its own) and judging a randomized
+    defense over ``draws`` draws, at most the track's own, saying so. Training reads neither: the models are the
+    track's (:meth:`Track.training_config`)."""
+    images, draws = min(images, track.eval_size), min(draws, track.draws)
+    if (images, draws) == (track.eval_size, track.draws):
         return track
     click.echo(
-        f"the demo attacks {images} of the {track.eval_size} evaluation images of {track.name} "
-        f"(`arena demo --images {track.eval_size}` all of them; the trained models are the same)"
+        f"the demo attacks {images} of the {track.eval_size} evaluation images of {track.name} and judges a "
+        f"randomized defense over {draws} of its {track.draws} draws "
+        f"(`arena demo --images {track.eval_size} --draws {track.draws}` as a class's round; the same trained models)"
     )
-    return dataclasses.replace(track, eval_size=images)
+    return dataclasses.replace(track, eval_size=images, draws=draws)
 
 
 def _start_board(host: str, port: int) -> multiprocessing.process.BaseProcess:
