@@ -184,7 +184,7 @@ def play(paths: tuple[Path, ...], track_names: tuple[str, ...], quiet: bool, ser
     tracks = [recorded.get(t.name, t) for t in admin.usable_tracks(settings, track_names or ("digits",))]
     for round_id, number in rounds.unfinished_rounds(db):  # a round an interrupted run left: finish it first
         click.echo(f"finishing round {number} first")
-        local.run_local(db, settings, rounds.recorded_tracks(db), round_id, progress=not quiet)
+        local.run_local(db, settings, recorded, round_id, progress=not quiet)
     record_plugins(db, settings)
     scratch, _ = checks.lender(settings.scratch())  # a check may have trained the smoke kit or your defense
     try:
