@@ -23,7 +23,7 @@ from arena.sandbox import PluginFailure
 
 #: how much above the plain baseline a cheat may land by chance (its CNN trains from another secret seed)
 SLACK = 0.05
-#: digits with 150 of its 300 images: the rankings these rounds check, at half the matches' cost
+#: digits with 150 of its 300 images: the rankings these rounds check, on half the images (their trainings stay)
 SMALLER = dataclasses.replace(TRACKS["digits"], eval_size=150)
 
 
