@@ -140,7 +140,7 @@ def _unheld(
     budget = Budget(track.norm, track.eps, 0, torch.Generator(), levels=track.levels)
     y = torch.tensor(data.y_test[chosen.numpy()])
     rows = (~breakable(images, y, public_x, public_y, budget)).nonzero().squeeze(1)
-    if not len(rows):
+    if not len(rows) or not seeds:
         return images
     originals = torch.tensor(data.x_test[chosen.numpy()])[rows]
     candidates = torch.stack([draw(seed)[rows] for seed in seeds])  # (draws, held images, C, H, W)
