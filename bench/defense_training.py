@@ -26,6 +26,7 @@ shared machine: MNIST trains every defense in minutes on two CPU cores.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import tempfile
@@ -90,8 +91,7 @@ def clean_figures(trained: Trained, track: Track, data_dir: Path, secret: bytes 
     if secret is None:
         x, y, _, _ = track.eval_set(data_dir)
     else:
-        secret_set = evaluation.build(track, data_dir, secret)
-        x, y = photographed(track, secret_set, secret_set.x), secret_set.y
+        x, y = secret_images(track, data_dir, secret)
     x, y = x.to(pick_device()), y.to(pick_device())
     draws = track.draws if trained.randomized else 1
     started = time.perf_counter()
@@ -102,6 +102,14 @@ def clean_figures(trained: Trained, track: Track, data_dir: Path, secret: bytes 
         "rejected": float(records["clean_rejected"].mean()),
         "classify_seconds": time.perf_counter() - started,
     }
+
+
+@functools.cache
+def secret_images(track: Track, data_dir: Path, secret: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation images (photographed on a physical track) and labels of an arena whose secret is ``secret``,
+    built once per track and secret (on MNIST a build takes minutes)."""
+    secret_set = evaluation.build(track, data_dir, secret)
+    return photographed(track, secret_set, secret_set.x), secret_set.y
 
 
 def plain_training(track: Track, data_dir: Path) -> tuple[float, float]:
