@@ -13,7 +13,7 @@ from arena import Budget, TrainContext
 from arena.contract import plugins
 from arena.rules import evaluation
 from arena.rules.data import bundled_data_files, load_digits
-from arena.rules.distortions import DISTORTIONS
+from arena.rules.distortions import DISTORTIONS, distort
 from arena.rules.neighbors import breakable
 from arena.rules.referee import TOLERANCE, project, quantize, quantize_within
 from arena.rules.tracks import TRACKS, TrackError
@@ -109,6 +109,30 @@ def test_an_image_is_drawn_again_only_where_a_lookup_of_the_public_originals_hol
     assert torch.equal(chosen.x[~held], first.x[~held]) and torch.equal(chosen.index, first.index)
     assert 0.05 < held.float().mean() < 0.8
     assert (~breakable(chosen.x, chosen.y, *public, budget)).float().mean() < held.float().mean() / 2
+
+
+def test_the_search_keeps_the_least_distorted_unheld_draw_as_judging_every_draw_would() -> None:
+    """The search stops at each held image's first unheld draw, least distorted first: the choice of judging all."""
+    data, chosen = load_digits(), torch.arange(0, 480, 2)
+    budget = Budget(DIGITS.norm, DIGITS.eps, 0, torch.Generator(), levels=DIGITS.levels)
+    draws = {
+        seed: distort(torch.tensor(data.x_test), torch.Generator().manual_seed(seed), DISTORTIONS["digits"], chosen,
+                      DIGITS.levels, DIGITS.eps)
+        for seed in range(8)
+    }  # fmt: skip
+    found = evaluation._unheld(DIGITS, data, draws[0].clone(), chosen, list(range(1, 8)), draws.__getitem__)
+    public = tuple(
+        torch.tensor(np.concatenate(pair)) for pair in ((data.x_train, data.x_test), (data.y_train, data.y_test))
+    )
+    y, originals = torch.tensor(data.y_test[chosen]), torch.tensor(data.x_test[chosen])
+    expected, best = draws[0].clone(), torch.full((len(chosen),), float("inf"))
+    held = ~breakable(draws[0], y, *public, budget)
+    for seed in range(1, 8):
+        moved = (draws[seed] - originals).flatten(1).norm(dim=1)
+        better = held & breakable(draws[seed], y, *public, budget) & (moved < best)
+        expected[better], best[better] = draws[seed][better], moved[better]
+    assert torch.equal(found, expected)
+    assert held.sum() > 20 and (found != draws[0]).flatten(1).any(dim=1).sum() > 10  # the search had work to do
 
 
 def test_mnist_images_move_beyond_the_budget_too(mnist_dir: Path) -> None:
