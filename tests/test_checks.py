@@ -226,6 +226,28 @@ def test_a_check_after_the_demo_trains_nothing_the_arena_trained(arena: dict[str
 
 
 @pytest.mark.slow
+def test_a_check_plays_the_track_as_the_arena_last_played_it_unless_full(arena: dict[str, str], tmp_path: Path) -> None:
+    """After a lighter round (the demo's fewer images) a check plays that round's images, and says so; ``--full``
+    plays the track as defined. Both reuse the arena's models: training reads neither."""
+    home = tmp_path / "home"
+    shutil.copytree(Settings.from_env(arena).home, home, ignore=shutil.ignore_patterns("checks"))
+    (home / "tracks.toml").write_text(TINY.replace("eval_size = 40", "eval_size = 60"))  # defined anew, not played
+    env = arena | {"ARENA_HOME": str(home)}
+    probe = scaffold(env, "attack", "probe", tmp_path)
+    out = invoke(env, "plugin", "check", str(probe), "--track", "tiny", "--quiet")
+    assert "plays tiny as this arena last played it (eval_size 40 instead of 60; --full: as defined)" in out
+    assert "to do: 0 training(s), 4 match(es)" in out
+    scratch = Database(f"sqlite:///{home / 'checks' / 'arena.db'}")
+    full = invoke(env, "plugin", "check", str(probe), "--track", "tiny", "--full", "--quiet")
+    assert "as this arena last played it" not in full and "to do: 0 training(s), 4 match(es)" in full
+    with scratch.session() as session:
+        assert session.scalar(select(func.count()).select_from(Result)) == 8, "the full track's matches are new"
+        sizes = sorted(metrics["n"] for metrics in session.scalars(select(Result.metrics)))
+    assert sizes == [40] * 4 + [60] * 4
+    scratch.dispose()
+
+
+@pytest.mark.slow
 def test_a_defense_check_shows_accuracy_rejections_the_worst_case_and_its_log(
     arena: dict[str, str], tmp_path: Path
 ) -> None:

@@ -50,12 +50,14 @@ def _open(settings: Settings) -> Database:
 @click.command("check")
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--track", "track_name", default="digits", show_default=True)
+@click.option("--full", is_flag=True, help="The track as defined, not as this machine's arena last played it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def check(path: Path, track_name: str, quiet: bool) -> None:
+def check(path: Path, track_name: str, full: bool, quiet: bool) -> None:
     """Validate a plugin folder (with the smoke match a push gets) and play it against the built-in plugins.
 
     It plays in a scratch arena (ARENA_HOME/checks): nothing reaches the class's database or board. The models
     this machine's arena trained already are reused; what must still be trained is said, with an estimate, first.
+    The track is played as the arena last played it (after `make demo`, its fewer images) unless --full.
     """
     home = Settings.from_env()
     track = admin.named_tracks(home, (track_name,))[0]
@@ -65,6 +67,8 @@ def check(path: Path, track_name: str, quiet: bool) -> None:
     lender, problem = checks.lender(home)
     if problem:
         click.echo(f"not reusing this machine's trained models: {problem}")
+    if lender is not None and not full:
+        track = _as_played(track, rounds.recorded_tracks(lender).get(track.name, track))
     try:
         hashes = [s.content_hash for s in plugins.discover(settings.plugin_dirs)]
         record_plugins(db, settings, checks.verdicts(lender, hashes))
@@ -91,6 +95,15 @@ def check(path: Path, track_name: str, quiet: bool) -> None:
         if lender is not None:
             lender.dispose()
     _print_matches(db, version_id, opponents, track)
+
+
+def _as_played(defined: Track, played: Track) -> Track:
+    """``played`` (the track as the arena last played it), saying how it differs from ``defined`` when it does."""
+    was, now = defined.config(), played.config()
+    changed = [f"{key} {now[key]} instead of {was[key]}" for key in sorted(was) if now.get(key) != was[key]]
+    if changed:
+        click.echo(f"plays {defined.name} as this arena last played it ({', '.join(changed)}; --full: as defined)")
+    return played
 
 
 def _validate(db: Database, settings: Settings, source: PluginSource, lender: Database | None = None) -> int:
