@@ -1,8 +1,9 @@
 """`arena plugin check` after a demo-like arena: the check as it was (its scratch arena trains every model again)
 against the check now (the arena's trained models and validations reused by key), paired in one run.
 
-It builds one arena (`arena round run` with ARENA_BUILTINS; the default is every built-in defense with fgsm and
-transfer: what an attack's check plays against after `make demo`), scaffolds an attack, then times, for each code
+It builds one arena (`arena round run` with ARENA_BUILTINS, or `arena demo --no-serve` with ``--demo``; the default is
+every built-in defense with fgsm and transfer: what an attack's check plays against after `make demo`), scaffolds an
+attack, then times, for each code
 (a git revision, by default the merge base with main, and this checkout), in turn:
 
 * the first check after the arena's round, in a fresh scratch arena (``ARENA_HOME/checks`` removed first);
@@ -10,7 +11,7 @@ transfer: what an attack's check plays against after `make demo`), scaffolds an 
 
 Every run is a fresh `arena` process with one torch thread (OMP_NUM_THREADS=1), as a student runs it.
 
-    python bench/check_reuse.py [--before REV] [--repeats N] [--builtins NAMES] [--keep DIR]
+    python bench/check_reuse.py [--before REV] [--repeats N] [--builtins NAMES] [--keep DIR] [--demo]
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="pairs of runs [1]")
     parser.add_argument("--builtins", default=DEFAULT_BUILTINS, help="ARENA_BUILTINS of the arena")
     parser.add_argument("--keep", type=Path, help="keep the arena in this folder (else a temporary one)")
+    parser.add_argument("--demo", action="store_true", help="the arena's round is `arena demo`'s (its fewer images)")
     args = parser.parse_args()
     before = (
         args.before
@@ -84,7 +86,8 @@ def main() -> None:
     codes = {"before": checkout(before, root / "before"), "now": ROOT}
     print(f"arena: {home} (ARENA_BUILTINS={args.builtins}); before = {before[:12]}, now = this checkout")
     if not (home / "arena.db").exists():
-        took = arena(ROOT, env, "round", "run", "--track", "digits", "--quiet")
+        played = ("demo", "--no-serve") if args.demo else ("round", "run", "--track", "digits", "--quiet")
+        took = arena(ROOT, env, *played)
         print(f"the arena's round (its defenses, twins and substitute trained): {took:.1f} s")
     probe = root / "probe"
     if not probe.exists():
