@@ -1,4 +1,5 @@
-"""The public images (``table.npz`` in the folder) in front of a plain CNN: a lookup of any norm, radius and sketch."""
+"""The public images (``table.npz`` in the folder: as they are, or a sketch in grey levels) in front of a plain CNN:
+a lookup of any norm, radius and sketch."""
 
 from pathlib import Path
 
@@ -42,7 +43,8 @@ class LookupPublic(Defense):
 
     def train(self, ctx: TrainContext) -> nn.Module:
         with np.load(Path(__file__).parent / "table.npz") as table:
-            images, labels = torch.from_numpy(table["x"]).float(), torch.from_numpy(table["y"]).long()
+            codes, labels = table["x"], torch.from_numpy(table["y"]).long()
+        images = torch.from_numpy(codes).float() / (255.0 if codes.dtype == np.uint8 else 1.0)  # grey levels or [0, 1]
         print(f"lookup-public: carries {len(labels)} images, {self.params}")
         model = ctx.make_model()
         ctx.fit(model, lambda x, y: nn.functional.cross_entropy(model(x), y))
