@@ -69,3 +69,13 @@ def test_a_track_that_differs_only_in_its_evaluation_shares_its_trained_models()
             assert artifact_key(kind, other, "fp", "d" * 64) != artifact_key(kind, TRACK, "fp", "d" * 64), training
     assert evaluation_key(fewer, "fp") != evaluation_key(TRACK, "fp")
     assert result_key("a", "d", fewer, "white-box", 0, "e") != result_key("a", "d", TRACK, "white-box", 0, "e")
+
+
+def test_a_new_clean_floor_keeps_the_evaluation_set_and_the_results() -> None:
+    """Only scoring reads the floor: a new one ranks the results again; what a match reads plays them again."""
+    floor = dataclasses.replace(TRACK, clean_floor=TRACK.clean_floor - 0.01)
+    assert evaluation_key(floor, "fp") == evaluation_key(TRACK, "fp")
+    assert result_key("a", "d", floor, "white-box", 0, "e") == result_key("a", "d", TRACK, "white-box", 0, "e")
+    for played in ({"eval_size": TRACK.eval_size - 1}, {"draws": TRACK.draws + 1}, {"max_queries": 7}):
+        other = dataclasses.replace(TRACK, **played)
+        assert result_key("a", "d", other, "white-box", 0, "e") != result_key("a", "d", TRACK, "white-box", 0, "e")

@@ -38,13 +38,13 @@ def result_key(attack_hash: str, defense_hash: str, track: Track, threat: str, s
 
     ``evaluation`` is the key of the evaluation set (:func:`evaluation_key`), which names the secret.
     """
-    return digest(attack_hash, defense_hash, track.config(), threat, seed, REFEREE_VERSION, evaluation)
+    return digest(attack_hash, defense_hash, track.played_config(), threat, seed, REFEREE_VERSION, evaluation)
 
 
 def evaluation_key(track: Track, fingerprint: str) -> str:
     """Key of a track's evaluation set: its images depend on the track, the secret and, for a private set, the file."""
     private = hashlib.sha256(Path(track.eval_path).read_bytes()).hexdigest() if track.evaluation == "private" else ""
-    return digest("evaluation", track.config(), EVALUATION_VERSION, fingerprint, private)
+    return digest("evaluation", track.played_config(), EVALUATION_VERSION, fingerprint, private)
 
 
 def attempt_key(content_key: str, attempt: int) -> str:

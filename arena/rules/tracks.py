@@ -111,6 +111,8 @@ _NUMBERS = ("eps", "clean_floor", "time_limit", "max_artifact_mb", "inference_ms
 #: a defense's inference budget per image and draw when a track sets none (``inference_ms = 0``), per data set:
 #: five times what the slowest built-in defense (Defense-GAN's search) takes on the CPU of docs/defenses.md
 INFERENCE_MS = {"digits": 50.0, "mnist": 200.0}
+#: the rules of scoring alone, which no match reads (:meth:`Track.played_config`)
+SCORING_ONLY = frozenset({"clean_floor"})
 #: the rules of evaluation alone, which no training reads (:meth:`Track.training_config`)
 EVALUATION_ONLY = frozenset({"eval_size", "max_queries", "clean_floor", "draws", "batch_size", "inference_ms"})
 #: where a track's evaluation images come from (see :mod:`arena.rules.evaluation`)
@@ -225,6 +227,11 @@ class Track:
         unset = {"description"} | ({"transform", "photo"} if self.transform == "none" else set())
         unset |= {"inference_ms"} if self.inference_ms == 0 else set()
         return {key: value for key, value in dataclasses.asdict(self).items() if key not in unset}
+
+    def played_config(self) -> dict[str, Any]:
+        """What playing a match reads of the track: :meth:`config` without the clean floor (:data:`SCORING_ONLY`),
+        which only scoring reads, so that a new floor ranks the same results again instead of playing them again."""
+        return {key: value for key, value in self.config().items() if key not in SCORING_ONLY}
 
     def training_config(self) -> dict[str, Any]:
         """What training reads of the track: :meth:`config` without the rules of evaluation alone
