@@ -85,10 +85,11 @@ class MagNet(Defense):
     Trains the classifier ``c`` (``ctx.make_model()``) plainly for ``ctx.epochs`` epochs and ``autoencoders``
     denoising autoencoders ``a_k`` (Gaussian noise of deviation ``noise`` on the input, mean squared error)
     for ``ae_epoch_factor * ctx.epochs`` epochs each (at least one), on the training split less a held-out
-    ``validation`` share. The thresholds ``tau`` are set on that clean validation share (printed and photographed on
-    a physical track, as the defense will see it: ``ctx.photograph``) so that it loses at most
-    ``false_positive_rate`` of its inputs to the detectors (split evenly over them). The autoencoders differ
-    by their initialisation; drawing one at random per batch is the paper's defense against gray-box
+    ``validation`` share. The thresholds ``tau`` are set on that clean validation share as the defense will see it
+    (printed and photographed on a physical track: ``ctx.photograph``) so that it loses at most
+    ``false_positive_rate`` of its inputs to the detectors (split evenly over them), both as published and under
+    fresh draws of the track's secret distortion (``ctx.augment``; each threshold the larger of the two). The
+    autoencoders differ by their initialisation; drawing one at random per batch is the paper's defense against gray-box
     attackers, so the defense is ``randomized``. Each phase stops early, with a log line, when
     ``ctx.time_budget`` is spent.
 
@@ -142,11 +143,11 @@ class MagNet(Defense):
             split.fit(ae, denoising_loss, lr=self.ae_lr, epochs=epochs, name=f"autoencoder {k}", **fit)
             ae.eval()
         model = MagNetModel(classifier, autoencoders, torch.zeros(self.autoencoders, 2, device=ctx.device)).eval()
-        x_val = ctx.photograph(ctx.x[order[:held]].to(ctx.device))  # as the defense will see them
-        with torch.no_grad():
-            errors = model.reconstruction_errors(x_val)
-        quantile = 1.0 - self.false_positive_rate / errors[0].numel()
-        model.thresholds.copy_(torch.quantile(errors, quantile, dim=0))
+        x_val = ctx.x[order[:held]]
+        with torch.no_grad():  # as the defense will see them: published, and under draws of the secret distortion
+            seen = [model.reconstruction_errors(ctx.photograph(x.to(ctx.device))) for x in (x_val, ctx.augment(x_val))]
+        quantile = 1.0 - self.false_positive_rate / seen[0][0].numel()
+        model.thresholds.copy_(torch.maximum(*(torch.quantile(errors, quantile, dim=0) for errors in seen)))
         ctx.log(f"thresholds at the {quantile:.5f} quantile of {held} validation inputs: {model.thresholds.tolist()}")
         return model
 
