@@ -313,7 +313,8 @@ def _wrong_type(field: str, value: Any) -> str | None:
 
 
 #: the built-in tracks; each clean floor lies at least 2 points below the lowest clean accuracy an honest built-in
-#: defense reached on the secret images of 3 arenas (``bench/defense_training.py --secrets 3``, docs/defenses.md)
+#: defense reached on the secret images of 3 arenas (``bench/defense_training.py --secrets 3``, docs/defenses.md;
+#: ``mnist-l2`` and ``mnist-physical`` not measured so: they follow ``mnist-linf``)
 TRACKS: dict[str, Track] = {
     track.name: track
     for track in (
@@ -365,7 +366,7 @@ TRACKS: dict[str, Track] = {
             eps=0.3,
             eval_size=1000,
             max_queries=1000,
-            clean_floor=0.93,
+            clean_floor=0.92,
             epochs=2,
             description="MNIST, L-inf eps 0.3, as in Madry's MNIST challenge",
         ),
@@ -376,7 +377,7 @@ TRACKS: dict[str, Track] = {
             eps=0.3,
             eval_size=1000,
             max_queries=1000,
-            clean_floor=0.9,
+            clean_floor=0.89,
             epochs=2,
             transform="print-photo",
             description="MNIST, L-inf eps 0.3, every judged image printed and photographed (Kurakin et al. 2017)",
@@ -388,7 +389,7 @@ TRACKS: dict[str, Track] = {
             eps=2.0,
             eval_size=1000,
             max_queries=1000,
-            clean_floor=0.93,
+            clean_floor=0.92,
             epochs=2,
             description="MNIST, L2 eps 2.0",
         ),
