@@ -314,7 +314,7 @@ def _wrong_type(field: str, value: Any) -> str | None:
 
 #: the built-in tracks; each clean floor lies at least 2 points below the lowest clean accuracy an honest built-in
 #: defense reached on the secret images of 3 arenas (``bench/defense_training.py --secrets 3``, docs/defenses.md;
-#: ``mnist-l2`` not measured so: it follows ``mnist-linf``; ``mnist-physical`` without its two plainest defenses)
+#: ``mnist-l2`` not measured so: it follows ``mnist-linf``)
 TRACKS: dict[str, Track] = {
     track.name: track
     for track in (
