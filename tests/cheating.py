@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from arena.commands import checks
 from arena.config import Settings
 from arena.execution import local
 from arena.plan import planner, versions
@@ -97,15 +98,23 @@ def environment(folder: Path, builtins: tuple[str, ...] = (*ATTACKS, "undefended
     return {"ARENA_PLUGIN_DIRS": str(folder), "ARENA_BUILTINS": ",".join(builtins)}
 
 
-def play(settings: Settings, track: Track) -> dict[tuple[str, ...], dict[str, Any]]:
-    """Play a round of the cheats and the baseline on ``track``; figures per (defense, threat)."""
+def play(settings: Settings, track: Track, store: Database | None = None) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Play a round of the cheats and the baseline on ``track``; figures per (defense, threat). With a ``store``
+    (the suite's, under one secret), the trained models and the evaluation set it holds are borrowed, not made again,
+    and those the round made are lent to it."""
     db = Database(settings.database_url)
     db.upgrade()
     tracks = {track.name: track}
     versions.record_plugins(db, settings)
+    with db.session() as session:
+        defenses = [v for v in versions.latest_valid_versions(session) if v.plugin.kind == "defense"]
+        keys = checks.model_keys(settings, defenses, [track])
+    checks.borrow(store, db, keys)
     round_id = planner.open_round(db, [track])
     planner.plan_round(db, settings, round_id, tracks)
     local.run_local(db, settings, tracks, round_id, progress=False)
+    if store is not None:
+        checks.borrow(db, store, keys)
     figures: dict[tuple[str, ...], dict[str, Any]] = {}
     with db.session() as session:
         for board in scoring.round_standings(session, round_id):

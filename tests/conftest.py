@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from models import TEST_SECRET, open_store
 from services import fresh_postgres_database
 
 from arena.config import Settings
@@ -47,6 +48,25 @@ def arena_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("ARENA_DATABASE_URL", raising=False)
     monkeypatch.delenv("ARENA_BROKER_URL", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Database]:
+    """Trained models and evaluation sets that the suite's rounds share across test files and xdist workers: a SQLite
+    database beside the workers' temporary folders (one per run; tests/models.py)."""
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    db = open_store(root)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def shared_models(arena_home: Path, model_store: Database) -> Database:
+    """The test's arena under :data:`TEST_SECRET`, sharing its trained models with the suite's other rounds under it
+    (pass it to ``cheating.play``): a defense, its twin and the substitute train once per run, not once per round."""
+    arena_home.mkdir(parents=True, exist_ok=True)
+    (arena_home / "secret").write_text(TEST_SECRET)
+    return model_store
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from arena.play.training import TrainSpec
 from arena.rules.data import load_digits
 from arena.rules.tracks import TRACKS
 from arena.sandbox import PluginFailure
+from arena.store import Database
 
 #: how much above the plain baseline a cheat may land by chance (its CNN trains from another secret seed)
 SLACK = 0.05
@@ -29,11 +30,11 @@ SMALLER = dataclasses.replace(TRACKS["digits"], eval_size=150)
 
 @pytest.mark.slow
 def test_cheating_defenses_rank_no_better_than_the_plain_cnn(
-    arena_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_models: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in environment(install(tmp_path / "cheats")).items():
         monkeypatch.setenv(name, value)
-    figures = play(Settings.from_env(), SMALLER)
+    figures = play(Settings.from_env(), SMALLER, shared_models)
     for threat in ("white-box", "gray-box", "black-box"):
         honest = figures["undefended", threat]
         assert honest["failed"] == 0
@@ -47,16 +48,14 @@ def test_cheating_defenses_rank_no_better_than_the_plain_cnn(
 
 @pytest.mark.slow
 def test_lookups_of_the_public_images_rank_below_pgd_training(
-    arena_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_models: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 24: a lookup of the public originals (L2 or L-inf, any radius, a 4 x 4 sketch, registered over
     shifts) is flat inside its ball; ``neighbors`` starts outside it, so each ranks below PGD training."""
-    arena_home.mkdir(parents=True, exist_ok=True)
-    (arena_home / "secret").write_text("ab" * 32)  # the secret of the round in docs/evaluation.md: no chance draw
     folder = install_lookups(tmp_path / "cheats", load_digits())
     for name, value in environment(folder, LOOKUP_BUILTINS).items():
         monkeypatch.setenv(name, value)
-    figures = play(Settings.from_env(), dataclasses.replace(TRACKS["digits"], eval_size=100))
+    figures = play(Settings.from_env(), dataclasses.replace(TRACKS["digits"], eval_size=100), shared_models)
     for threat in ("white-box", "gray-box", "black-box"):
         honest = figures["pgd-adv-training", threat]
         assert honest["failed"] == 0
@@ -68,7 +67,7 @@ def test_lookups_of_the_public_images_rank_below_pgd_training(
 
 @pytest.mark.slow
 def test_a_defense_cannot_tell_the_adversarial_host_by_how_long_it_waited(
-    arena_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_models: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``idle-detector`` rejects everything once its host has idled: were the adversarial host started while
     the attack plays, it would reject every adversarial input of a slow attack and survive it whole. Both hosts
@@ -78,7 +77,7 @@ def test_a_defense_cannot_tell_the_adversarial_host_by_how_long_it_waited(
     plugins_dir = install(tmp_path / "cheats", ("idle-detector",))
     for name, value in environment(plugins_dir, ("pgd", "transfer", "undefended")).items():
         monkeypatch.setenv(name, value)
-    figures = play(Settings.from_env(), SMALLER)
+    figures = play(Settings.from_env(), SMALLER, shared_models)
     for attack, threat in (("pgd", "white-box"), ("pgd", "gray-box"), ("transfer", "black-box")):
         honest, cheat = figures[attack, "undefended", threat], figures[attack, "idle-detector", threat]
         assert cheat["status"] == honest["status"] == "ok"

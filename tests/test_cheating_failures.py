@@ -15,6 +15,7 @@ from cheating import FAILURE_CHEATS, environment, install, play
 
 from arena.config import Settings
 from arena.rules.tracks import TRACKS
+from arena.store import Database
 
 #: 100 images, and an inference budget of 5 ms an image: a stalled defense forfeits in seconds, not a minute
 TRACK = dataclasses.replace(TRACKS["digits"], eval_size=100, inference_ms=5.0)
@@ -22,7 +23,7 @@ TRACK = dataclasses.replace(TRACKS["digits"], eval_size=100, inference_ms=5.0)
 
 @pytest.mark.slow
 def test_defenses_that_fail_stall_or_judge_batches_rank_below_pgd_adv_training(
-    arena_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_models: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 24: a defense that exits or stalls under gradients, a slow one, a saboteur that fails only beside
     an attack's code and a batch-level detector all rank below the course's best defense on every board, and
@@ -31,7 +32,7 @@ def test_defenses_that_fail_stall_or_judge_batches_rank_below_pgd_adv_training(
     plugins_dir = install(tmp_path / "cheats", FAILURE_CHEATS)
     for name, value in environment(plugins_dir, (*attacks, "pgd-adv-training")).items():
         monkeypatch.setenv(name, value)
-    figures = play(Settings.from_env(), TRACK)
+    figures = play(Settings.from_env(), TRACK, shared_models)
     for threat in ("white-box", "gray-box", "black-box"):
         best = figures["pgd-adv-training", threat]
         assert best["failed"] == 0, (threat, best)

@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+import models
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,10 +21,10 @@ from torch import nn
 
 from arena import Defense
 from arena.contract import plugins
-from arena.play.training import TrainSpec, check_model, load_model, save_model, train_defense
+from arena.play.training import check_model, load_model, save_model
 from arena.rules.referee import classify, judge
-from arena.rules.seeds import derive_seed
 from arena.rules.tracks import TRACKS
+from arena.store import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFENSES = sorted(folder.name for folder in (PLUGINS / "defenses").iterdir() if (folder / "plugin.toml").is_file())
@@ -281,14 +282,14 @@ def test_distillation_masks_the_cross_entropy_gradient_but_not_the_logits(quick:
 
 
 @pytest.fixture(scope="module")
-def arena_trained(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, nn.Module]:
-    """Every defense trained through ``arena.play.training`` (sandbox, artifact) on ``digits``, then loaded back."""
-    track, data_dir = TRACKS["digits"], tmp_path_factory.mktemp("arena") / "data"  # digits ship with scikit-learn
+def arena_trained(cache: Path, tmp_path_factory: pytest.TempPathFactory, model_store: Database) -> dict[str, nn.Module]:
+    """Every defense trained through ``arena.play.training`` (sandbox, artifact) on ``digits`` as a round under the
+    suite's secret trains it (the suite's rounds share the models, :func:`conftest.shared_models`), then loaded back."""
+    track, home = TRACKS["digits"], tmp_path_factory.mktemp("arena")  # digits ship with scikit-learn
     trained = {}
     for name in DEFENSES:
         source = plugins.read_folder(PLUGINS / "defenses" / name)
-        seed = derive_seed(b"test", "defense", source.content_hash, track.name)
-        artifact, _ = train_defense(TrainSpec(source, track, seed, data_dir, cache))
+        artifact = models.defense(model_store, source, track, home, cache)
         trained[name] = load_model(artifact, torch.device("cpu"), source, cache)
     return trained
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import models
 import pytest
 from cheating import CHEATS
 
 from arena.contract import plugins
 from arena.play import training
 from arena.play.match import MatchSpec, play
-from arena.play.training import TrainSpec
 from arena.rules import evaluation
 from arena.rules.tracks import TRACKS
+from arena.store import Database
 
 TRACK = dataclasses.replace(TRACKS["digits"], eval_size=150, batch_size=150)
 #: what the exact straight-through gradient may still buy over the gradient-free parts (7 of 150 samples)
@@ -27,8 +28,9 @@ DEFENSES = {
 
 
 @pytest.fixture(scope="module")
-def success(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict]:
-    """White-box metrics of autoattack and pgd against each defense (trained once, secret seed 1)."""
+def success(tmp_path_factory: pytest.TempPathFactory, model_store: Database) -> dict[tuple[str, str], dict]:
+    """White-box metrics of autoattack and pgd against each defense (trained as a round under the suite's secret
+    trains it, once per run: tests/models.py)."""
     root = tmp_path_factory.mktemp("masking")
     data, cache = root / "data", root / "cache"
     substitute, _ = training.train_substitute(TRACK, data)
@@ -36,7 +38,7 @@ def success(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], d
     found = {}
     for name, folder in DEFENSES.items():
         defense = plugins.read_folder(folder)
-        model, _ = training.train_defense(TrainSpec(defense, TRACK, 1, data, cache))
+        model = models.defense(model_store, defense, TRACK, root, cache)
         for attack in ("autoattack", "pgd", "spsa"):
             spec = MatchSpec(
                 plugins.read_folder(PLUGINS / "attacks" / attack), defense, TRACK, "white-box", 0, model, None,
