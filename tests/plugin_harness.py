@@ -46,10 +46,10 @@ def load_plugin(kind: str, name: str) -> type[Attack] | type[Defense]:
     return cls
 
 
-def make_attack(name: str) -> Attack:
-    """A built-in attack, built with its manifest's ``[params]``."""
+def make_attack(name: str, **overrides: object) -> Attack:
+    """A built-in attack, built with its manifest's ``[params]``, some of them overridden."""
     params = load_manifest(PLUGINS / "attacks" / name).get("params", {})
-    return load_plugin("attack", name)(**params)
+    return load_plugin("attack", name)(**(params | overrides))
 
 
 def make_defense(name: str) -> Defense:

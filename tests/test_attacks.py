@@ -416,6 +416,41 @@ def test_neighbor_points_leave_the_nearest_original_and_approach_other_classes()
     assert (away > 1.0).float().mean() > 0.9
 
 
+class _SketchLookup(nn.Module):
+    """The label of the nearest public image when the input's 4 x 4 sketch (average-pooled) lies within an L2
+    ``radius`` of its sketch, else ``model``'s answer: a lookup that pools a step at full size away."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, radius: float) -> None:
+        super().__init__()
+        self.model, self.sketches, self.labels, self.radius = model, _sketch(images), labels, radius
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distance, nearest = torch.cdist(_sketch(x), self.sketches).min(dim=1)
+        known = nn.functional.one_hot(self.labels[nearest], 10).float() * 100.0
+        return torch.where((distance <= self.radius)[:, None], known, self.model(x))
+
+
+def _sketch(images: torch.Tensor) -> torch.Tensor:
+    return nn.functional.avg_pool2d(images, 2).flatten(1)
+
+
+def test_neighbors_starts_from_the_sketches_too() -> None:
+    """Steps found at full size are averaged away in a 4 x 4 sketch: a sketch lookup holds 28 % of the held-out
+    images against them; the starts found among the sketches leave its ball for every image."""
+    x, y = held_out(60)
+    _, _, public_x, public_y = digits()
+    lookup = _SketchLookup(reference_model(), public_x, public_y, radius=1.0)
+    survived = {}
+    for sides in ((), (4,)):
+        attack, target = (
+            make_attack("neighbors", sketch_sides=sides),
+            HarnessTarget(lookup, substitute_model(), "white-box", MAX_QUERIES * len(x)),
+        )
+        survived[sides] = accuracy(lookup, attack.run(target, x, y, budget("linf")), y)
+    assert accuracy(lookup, x, y) == 1.0
+    assert survived[()] > 0.2 and survived[(4,)] < 0.05, survived
+
+
 @pytest.mark.parametrize("threat", ["white-box", "black-box"])
 def test_neighbors_leaves_the_flat_ball_of_a_lookup_of_the_public_images(threat: str) -> None:
     """A lookup answers the held-out images themselves; pgd finds no gradient in its ball, neighbors leaves it."""
@@ -429,4 +464,5 @@ def test_neighbors_leaves_the_flat_ball_of_a_lookup_of_the_public_images(threat:
     assert sizes(x_adv, x, "linf").max() <= EPS["linf"] + 1e-6
     assert accuracy(lookup, x, y) == 1.0 and after_pgd > 0.9
     assert accuracy(lookup, x_adv, y) < 0.5
-    assert target.queries_used <= (2 * (2 * 4 + 1) if threat == "black-box" else 0) * len(x)
+    starts = 2 * 4 + 1 + 4 + 1  # at full size, and among the 4 x 4 sketches
+    assert target.queries_used <= (2 * starts if threat == "black-box" else 0) * len(x)

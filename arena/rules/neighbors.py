@@ -11,7 +11,10 @@ value in an L-inf ball lies at ``x + eps * sign(o' - o)`` and in an L2 ball at `
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 
 from arena.rules.hookspecs import Budget
 
@@ -22,19 +25,48 @@ SHORTLIST = 64
 
 
 def neighbor_points(
-    x: torch.Tensor, y: torch.Tensor, public_x: torch.Tensor, public_y: torch.Tensor, budget: Budget, count: int = 4
+    x: torch.Tensor,
+    y: torch.Tensor,
+    public_x: torch.Tensor,
+    public_y: torch.Tensor,
+    budget: Budget,
+    count: int = 4,
+    sketches: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """Candidate points of the budget ball per image, shaped (N, 2 count + 1, C, H, W), as the referee keeps them.
+    """Candidate points of the budget ball per image, shaped (N, K, C, H, W), as the referee keeps them.
 
     Candidate 0 moves away from the nearest public image ``o`` of the image's own class ``y`` (towards the middle
     grey where a pixel equals ``o``'s); then, for each of the ``count`` nearest public images ``o'`` of other
     classes (nearest first), one candidate moves along ``o' - o`` (the L2 comparison's best) and one comes as
     near to ``o'`` as the ball allows (:func:`_towards`: under L-inf, farthest from ``o`` among those points).
-    An image whose class has no public image has ``o = x``.
+    An image whose class has no public image has ``o = x``. ``K = 2 count + 1``.
+
+    ``sketches`` (pooling factors that divide the images' sides) adds, per factor ``f``, ``count + 1`` candidates
+    found the same way among the images average-pooled by ``f`` (a lookup that compares small sketches): one away
+    from the sketch of ``o`` and one along each ``o' - o``, each a step whose pooled image is the sketch's best.
     """
     flat = x.flatten(1)
     images = public_x.to(flat.device, flat.dtype).flatten(1)
     labels = public_y.to(flat.device)
+    others, origin = _nearest(flat, y, images, labels, count)
+    away = _step(flat, _away(flat, origin), budget)
+    points = [away]
+    for column in others.unbind(dim=1):
+        points += [_step(flat, images[column] - origin, budget), _towards(flat, images[column], away, budget)]
+    for factor in sketches:
+        pool, lift = _sketching(x.shape[1:], factor)
+        sketch = pool(public_x.to(flat.device, flat.dtype))
+        others, origin = _nearest(pool(x), y, sketch, labels, count)
+        points.append(_step(flat, lift(_away(pool(x), origin)), budget))
+        points += [_step(flat, lift(sketch[column] - origin), budget) for column in others.unbind(dim=1)]
+    return torch.stack([budget.snap(point.view_as(x), x) for point in points], dim=1)
+
+
+def _nearest(
+    flat: torch.Tensor, y: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``flat``: the indices of the ``count`` L2-nearest ``images`` of other classes (nearest first), and
+    the nearest of its own class (the row itself where its class has none)."""
     own, others = [], []
     for start in range(0, len(flat), CHUNK):
         distance = torch.cdist(flat[start : start + CHUNK], images)
@@ -42,13 +74,33 @@ def neighbor_points(
         own.append(distance.masked_fill(~same, float("inf")).argmin(dim=1))
         k = min(count, int((~same).sum(dim=1).min()))
         others.append(distance.masked_fill(same, float("inf")).topk(k, dim=1, largest=False).indices)
-    own = torch.cat(own)
-    origin = torch.where((labels[own] == y.to(labels.device))[:, None], images[own], flat)
-    away = _step(flat, torch.where(flat != origin, flat - origin, 0.5 - flat), budget)  # where x = o, into [0, 1]
-    points = [away]
-    for column in torch.cat(others).unbind(dim=1):
-        points += [_step(flat, images[column] - origin, budget), _towards(flat, images[column], away, budget)]
-    return torch.stack([budget.snap(point.view_as(x), x) for point in points], dim=1)
+    nearest = torch.cat(own)
+    origin = torch.where((labels[nearest] == y.to(labels.device))[:, None], images[nearest], flat)
+    return torch.cat(others), origin
+
+
+def _away(flat: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """The direction away from ``origin``; where a pixel equals it, towards the middle grey (into [0, 1])."""
+    return torch.where(flat != origin, flat - origin, 0.5 - flat)
+
+
+def _sketching(
+    shape: torch.Size, factor: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """``pool`` (images to flat sketches average-pooled by ``factor``) and ``lift`` (a sketch's direction to the
+    full images' direction that moves the sketch along it: each pixel takes its block's value)."""
+    channels, height, width = shape
+    if factor < 2 or height % factor or width % factor:
+        raise ValueError(f"a sketch's factor must be at least 2 and divide the sides {height} x {width}, not {factor}")
+
+    def pool(images: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(images.reshape(-1, channels, height, width), factor).flatten(1)
+
+    def lift(direction: torch.Tensor) -> torch.Tensor:
+        blocks = direction.view(-1, channels, height // factor, width // factor)
+        return blocks.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3).flatten(1)
+
+    return pool, lift
 
 
 def _towards(flat: torch.Tensor, other: torch.Tensor, away: torch.Tensor, budget: Budget) -> torch.Tensor:

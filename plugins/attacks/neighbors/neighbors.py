@@ -19,12 +19,14 @@ class Neighbors(Attack):
 
     with ``u = sign`` for linf and ``v / ||v||_2`` for l2 (:func:`arena.neighbor_points`): ``s_0`` is the
     point of the ball farthest from ``o``, ``s_{2j-1}`` the one that most favours ``o'_j`` over ``o`` in L2,
-    ``s_{2j}`` the nearest to ``o'_j`` in L-inf. From each
+    ``s_{2j}`` the nearest to ``o'_j`` in L-inf; then the first ``k + 1`` kinds again for each sketch side that
+    divides the images' side, found among the images average-pooled to that side (a lookup that compares
+    small sketches averages a step at full size away; these steps are whole in the sketch). From each
     start, ``steps`` signed (linf) or normalised (l2) gradient steps of size ``rel_step * eps`` up the
     cross-entropy of ``target.model`` (white- and gray-box) or of ``target.substitute`` (black-box), each
     projected onto the ball and the track's grid. Per sample it returns the first point the model misclassifies
-    (black-box: the starts and the ends of the steps are sent to ``target.query``, ``2 (2k + 1)`` queries per
-    sample at most), else the one with the smallest margin of the true class.
+    (black-box: the starts and the ends of the steps are sent to ``target.query``, two per start and sample at
+    most), else the one with the smallest margin of the true class.
 
     A defense that answers the label of the nearest public image inside some radius is flat there, so no
     gradient or query leads out of that radius; these starts lie outside it.
@@ -38,6 +40,8 @@ class Neighbors(Attack):
         steps: gradient steps from each start (default 10; 0 keeps the starts).
         rel_step: step size as a fraction of eps (default 0.1).
         train_split: also count the public training split as public originals (default True).
+        sketch_sides: sides of the pooled sketches to start from as well, those that divide the images' side
+            (default (14, 7, 4): 14, 7 and 4 on 28 x 28 images, 4 on 8 x 8 ones).
 
     Usage::
 
@@ -48,12 +52,21 @@ class Neighbors(Attack):
     threats = ("white-box", "gray-box", "black-box")
     targeted = False
 
-    def __init__(self, count: int = 4, steps: int = 10, rel_step: float = 0.1, train_split: bool = True) -> None:
-        if count < 0 or steps < 0 or rel_step <= 0:
+    def __init__(
+        self,
+        count: int = 4,
+        steps: int = 10,
+        rel_step: float = 0.1,
+        train_split: bool = True,
+        sketch_sides: tuple[int, ...] = (14, 7, 4),
+    ) -> None:
+        if count < 0 or steps < 0 or rel_step <= 0 or any(side < 1 for side in sketch_sides):
             raise ValueError(
-                f"count and steps must not be negative, rel_step must be positive: {count, steps, rel_step}"
+                "count and steps must not be negative, rel_step and sketch_sides must be positive: "
+                f"{count, steps, rel_step, sketch_sides}"
             )
-        super().__init__(count=count, steps=steps, rel_step=rel_step, train_split=train_split)
+        sides = list(sketch_sides)  # as the manifest states it
+        super().__init__(count=count, steps=steps, rel_step=rel_step, train_split=train_split, sketch_sides=sides)
 
     def run(self, target: Target, x: torch.Tensor, y: torch.Tensor, budget: Budget) -> torch.Tensor:
         """The starts, their steps, and per sample the point of smallest margin (the first misclassified one)."""
@@ -61,7 +74,10 @@ class Neighbors(Attack):
         if self.train_split:
             train_x, train_y = target.train_data
             public_x, public_y = torch.cat([public_x, train_x]), torch.cat([public_y, train_y])
-        starts = neighbor_points(x, y, public_x, public_y, budget, self.count).flatten(0, 1)
+        height, width = x.shape[-2:]
+        sides = [side for side in self.sketch_sides if side < min(height, width)]
+        factors = tuple(height // side for side in sides if height % side == 0 and width % side == 0)
+        starts = neighbor_points(x, y, public_x, public_y, budget, self.count, factors).flatten(0, 1)
         k = len(starts) // len(x)
         rows_x, rows_y = x.repeat_interleave(k, dim=0), y.repeat_interleave(k, dim=0)
         if target.threat != "black-box":
