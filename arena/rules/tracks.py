@@ -389,7 +389,7 @@ TRACKS: dict[str, Track] = {
             eps=2.0,
             eval_size=1000,
             max_queries=1000,
-            clean_floor=0.92,
+            clean_floor=0.91,
             epochs=2,
             description="MNIST, L2 eps 2.0",
         ),
