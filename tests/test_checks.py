@@ -158,6 +158,36 @@ def test_the_cost_names_each_training_and_estimates_each_match_by_its_defense(tm
     assert lines[-1] == "  play 3 matches: about 20 s"
 
 
+def test_a_second_check_estimates_its_matches_by_the_first_checks(tmp_path: Path) -> None:
+    """A new version of a quick attack is estimated by its earlier version's matches against the same defense, not
+    by the defense's matches against every attack (a slow one's among them); in the lender's database as well."""
+    db, lender = (migrated(f"sqlite:///{tmp_path / name}.db") for name in ("checks", "arena"))
+    rows, lent = Rows(db), Rows(lender)
+    first, second = rows.version("students", "probe", "attack"), rows.version("students", "probe", "attack")
+    slow = rows.version("arena", "defense-gan", "defense")
+    other = lent.version("arena", "pgd", "attack")
+    lent_first, lent_slow = lent.version("students", "probe", "attack"), lent.version("arena", "defense-gan", "defense")
+    with db.session() as session:
+        session.add(Job(kind="match", key="job", params={"track": "tiny", "attack": second, "defense": slow}))
+    ids = {"track": "tiny", "threat": "white-box"}
+    for where, key, attack, defense, seconds in (
+        (lender, "a", other, lent_slow, 30.0),
+        (lender, "b", other, lent_slow, 40.0),
+        (lender, "c", lent_first, lent_slow, 3.0),
+        (db, "d", first, slow, 2.0),
+    ):
+        written = Rows(where).result(key, [1, 0], attack_version_id=attack, defense_version_id=defense, **ids)
+        with where.session() as session:
+            session.get(Result, written).wall_time = seconds
+    assert costs.cost(db, None, [lender]).match_seconds == 2.5  # its earlier versions against defense-gan, here and in the lender
+    with db.session() as session:
+        session.query(Result).delete()
+    assert costs.cost(db, None, [lender]).match_seconds == 3.0  # its earlier version in the lender
+    with lender.session() as session:
+        session.query(Result).filter(Result.attack_version_id == lent_first).delete()
+    assert costs.cost(db, None, [lender]).match_seconds == 35.0  # none: the defense's matches
+
+
 # --------------------------------------------------------------------------------------------------
 # The real thing: a small arena, then checks and a play against its built-ins
 # --------------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Every estimate comes from what this machine measured before, in the run's database and the others given (a check
 reads the arena's, a play the check's): a model's last training of the same plugin on the same track (its artifact's
 seconds); for a defense never trained here, its smoke match's one epoch scaled as the baseline's training compares
-with the baseline's smoke epoch; for a match, the median time of the matches of the same defense (else the same
-attack, else any) on the same track. Unknown stays unknown, and says so.
+with the baseline's smoke epoch; for a match, the median time on the same track of the same opponent's matches with
+an earlier version of the same plugin (a second check), else of the same defense's matches, else of the same
+attack's, else of any. Unknown stays unknown, and says so.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from arena.contract.plugins import BUILTIN_TEAM
 from arena.play import validation
@@ -62,7 +64,7 @@ def cost(db: Database, round_id: int | None, others: Iterable[Database | None] =
         ids = {params.get(side) for _, params in jobs for side in ("attack", "defense")} - {None}
         versions = {v.id: v for v in session.scalars(select(PluginVersion).where(PluginVersion.id.in_(ids)))}
         owners = {i: _Owner(v.plugin.team.name, v.plugin.name, _smoke_epoch(v)) for i, v in versions.items()}
-        hashes = {i: v.content_hash for i, v in versions.items()}
+        sides = {i: Side(v.plugin.team.name, v.plugin.name, v.content_hash) for i, v in versions.items()}
     trainings = [
         _estimate(sources, TRAININGS[kind], params["track"], owners.get(params.get("defense")))
         for kind, params in jobs
@@ -72,7 +74,7 @@ def cost(db: Database, round_id: int | None, others: Iterable[Database | None] =
     trainings.sort(key=lambda t: (order.index(t.kind), t.label))
     medians = _MatchTimes(sources)
     matches = [
-        medians.of(params["track"], hashes.get(params["defense"]), hashes.get(params["attack"]))
+        medians.of(params["track"], sides.get(params["attack"], UNKNOWN), sides.get(params["defense"], UNKNOWN))
         for kind, params in jobs
         if kind == "match"
     ]
@@ -136,31 +138,58 @@ def _last_training(sources: list[Database], kind: str, track: str, owner: tuple[
     return None
 
 
+@dataclass(frozen=True)
+class Side:
+    """One side of a match to estimate: its plugin's team and name, and its version's content hash."""
+
+    team: str | None
+    plugin: str | None
+    content_hash: str | None
+
+
+UNKNOWN = Side(None, None, None)
+AttackVersion, DefenseVersion = aliased(PluginVersion), aliased(PluginVersion)
+
+
 class _MatchTimes:
-    """Median match times on this machine, each read once: of a defense's matches, of an attack's, of a track's."""
+    """Median match times on this machine, each read once: of an earlier version of the same plugin against the same
+    opponent (a second check), of the same defense's matches, of the same attack's, of the track's."""
 
     def __init__(self, sources: list[Database]) -> None:
         self.sources = sources
-        self.known: dict[tuple[str, str, str | None], float | None] = {}
+        self.known: dict[tuple[str, str, Side, Side], float | None] = {}
 
-    def of(self, track: str, defense: str | None, attack: str | None) -> float | None:
-        """A match's estimate: the median of the same defense's matches, else the same attack's, else the track's."""
-        for side, content_hash in (("defense", defense), ("attack", attack), ("track", None)):
-            if side != "track" and content_hash is None:
+    def of(self, track: str, attack: Side, defense: Side) -> float | None:
+        """A match's estimate: the median of the first of those kinds of matches that this machine played."""
+        tiers = [("earlier", attack, defense), ("earlier", defense, attack), ("same", defense, UNKNOWN)]
+        tiers += [("same", attack, UNKNOWN), ("track", UNKNOWN, UNKNOWN)]
+        for tier, own, other in tiers:
+            if (tier != "track" and own.content_hash is None) or (tier == "earlier" and other.content_hash is None):
                 continue
-            key = (track, side, content_hash)
+            key = (track, tier, own, other)
             if key not in self.known:
-                self.known[key] = self._median(track, side, content_hash)
+                self.known[key] = self._median(track, tier, own is attack, own, other)
             if self.known[key] is not None:
                 return self.known[key]
         return None
 
-    def _median(self, track: str, side: str, content_hash: str | None) -> float | None:
-        query = select(Result.wall_time).where(Result.track == track, Result.status == "ok")
-        if content_hash is not None:
-            column = Result.defense_version_id if side == "defense" else Result.attack_version_id
-            query = query.join(PluginVersion, column == PluginVersion.id)
-            query = query.where(PluginVersion.content_hash == content_hash)
+    def _median(self, track: str, tier: str, attacks: bool, own: Side, other: Side) -> float | None:
+        query = (
+            select(Result.wall_time)
+            .join(AttackVersion, Result.attack_version_id == AttackVersion.id)
+            .join(DefenseVersion, Result.defense_version_id == DefenseVersion.id)
+            .where(Result.track == track, Result.status == "ok")
+        )
+        mine, theirs = (AttackVersion, DefenseVersion) if attacks else (DefenseVersion, AttackVersion)
+        if tier == "same":
+            query = query.where(mine.content_hash == own.content_hash)
+        elif tier == "earlier":  # by team and name: ids differ between databases
+            query = (
+                query.join(Plugin, mine.plugin_id == Plugin.id)
+                .join(Team, Plugin.team_id == Team.id)
+                .where(Team.name == own.team, Plugin.name == own.plugin, mine.content_hash != own.content_hash)
+                .where(theirs.content_hash == other.content_hash)
+            )
         times: list[float] = []
         for source in self.sources:
             with source.session() as session:
