@@ -29,6 +29,11 @@ from arena.results import scoring
 from arena.rules.tracks import Track
 from arena.store import Database, PluginVersion, Round, RoundEntry, Team
 
+#: job seconds under which a check or a play runs its jobs in this process, whose sandbox is warm already: a worker
+#: process of its own per core imports torch and the arena and starts its own sandbox first, which cost a second check
+#: after the demo more than playing its 14 matches side by side saved (18 s against 13.5 s on 2 cores; docs/plugins.md)
+IN_PROCESS_SECONDS = 30.0
+
 
 def register(main: click.Group, plugin_group: click.Group) -> None:
     """Add ``play`` to the ``arena`` command and ``check`` to its ``plugin`` group."""
@@ -87,8 +92,9 @@ def check(path: Path, track_name: str, full: bool, quiet: bool) -> None:
             opponents = [v.id for v in others]
         if reused:
             click.echo(f"reused {reused} trained model(s) of this machine's arena ({_where(lender)})")
-        _say(report.cost_lines(costs.cost(db, None, [lender])))
-        local.run_local(db, settings, {track.name: track}, round_id=None, progress=not quiet)
+        cost = costs.cost(db, None, [lender])
+        _say(report.cost_lines(cost))
+        local.run_local(db, settings, {track.name: track}, None, not quiet, _workers(cost))
     except validation.BaselineError as exc:  # the arena's baseline is missing or broken: not the plugin's fault
         raise click.ClickException(str(exc)) from None
     finally:
@@ -210,8 +216,9 @@ def play(paths: tuple[Path, ...], track_names: tuple[str, ...], quiet: bool, ser
         round_id = planner.open_round(db, tracks, seed=0)
         plan = planner.plan_round(db, settings, round_id, {t.name: t for t in tracks})
         click.echo(f"round planned: {plan.cells_line()}")
-        _say(report.cost_lines(costs.cost(db, round_id, [scratch])))
-        local.run_local(db, settings, {t.name: t for t in tracks}, round_id, progress=not quiet)
+        cost = costs.cost(db, round_id, [scratch])
+        _say(report.cost_lines(cost))
+        local.run_local(db, settings, {t.name: t for t in tracks}, round_id, not quiet, _workers(cost))
     except validation.BaselineError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -239,6 +246,12 @@ def _show_round(db: Database, round_id: int, versions: list[int], tracks: list[T
     for plugin_id in pages.values():
         click.echo(f"  your plugin's page: http://127.0.0.1:5000/plugins/{plugin_id}")
     click.echo("  its logs there are the instructor's, you in your own arena: `arena team token --admin`, then sign in")
+
+
+def _workers(cost: costs.Cost) -> int | None:
+    """One job at a time, in this process, for a run estimated under :data:`IN_PROCESS_SECONDS`; else the settings'
+    (``ARENA_JOBS``, by default one per core)."""
+    return 1 if cost.seconds is not None and cost.seconds < IN_PROCESS_SECONDS else None
 
 
 def _say(lines: list[str]) -> None:
