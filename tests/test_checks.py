@@ -179,7 +179,7 @@ def test_a_second_check_estimates_its_matches_by_the_first_checks(tmp_path: Path
         written = Rows(where).result(key, [1, 0], attack_version_id=attack, defense_version_id=defense, **ids)
         with where.session() as session:
             session.get(Result, written).wall_time = seconds
-    assert costs.cost(db, None, [lender]).match_seconds == 2.5  # its earlier versions against defense-gan, here and in the lender
+    assert costs.cost(db, None, [lender]).match_seconds == 2.5  # its earlier versions here and in the lender
     with db.session() as session:
         session.query(Result).delete()
     assert costs.cost(db, None, [lender]).match_seconds == 3.0  # its earlier version in the lender
