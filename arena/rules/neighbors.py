@@ -55,9 +55,9 @@ def neighbor_points(
         points += [_step(flat, images[column] - origin, budget), _towards(flat, images[column], away, budget)]
     for factor in sketches:
         pool, lift = _sketching(x.shape[1:], factor)
-        sketch = pool(public_x.to(flat.device, flat.dtype))
-        others, origin = _nearest(pool(x), y, sketch, labels, count)
-        points.append(_step(flat, lift(_away(pool(x), origin)), budget))
+        small, sketch = pool(x), pool(public_x.to(flat.device, flat.dtype))
+        others, origin = _nearest(small, y, sketch, labels, count)
+        points.append(_step(flat, lift(_away(small, origin)), budget))
         points += [_step(flat, lift(sketch[column] - origin), budget) for column in others.unbind(dim=1)]
     return torch.stack([budget.snap(point.view_as(x), x) for point in points], dim=1)
 
